@@ -1,0 +1,42 @@
+"""Typed execution events, named and shaped like ComfyUI's websocket messages.
+
+The executor emits ``Event(type, data)``; adapters (server.py, cli.py) decide how to deliver them.
+ComfyUI's types: execution_start, execution_cached, executing, progress, executed,
+execution_success, execution_error, execution_interrupted. Loom adds ``node_done`` (per-node
+duration and cache reason); ComfyUI clients never see it. Every event of a run carries a
+monotonic ``seq`` starting at 0. A progress event may carry ``preview``: a zero-argument callable
+returning a PIL image, evaluated only by a consumer that wants it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+COMFY_TYPES = frozenset({"execution_start", "execution_cached", "executing", "progress", "executed",
+                         "execution_success", "execution_error", "execution_interrupted"})
+HISTORY_TYPES = frozenset({"execution_start", "execution_cached", "execution_success", "execution_error",
+                           "execution_interrupted"})
+
+
+@dataclass(slots=True)
+class Event:
+    type: str
+    data: dict
+    seq: int = 0
+    preview: Callable[[], Any] | None = field(default=None, repr=False)
+
+    def to_message(self) -> dict:
+        """The ComfyUI websocket message ``{"type", "data"}``."""
+        return {"type": self.type, "data": self.data}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+EventSink = Callable[[Event], None]
+
+
+def discard(_event: Event) -> None:
+    """A sink that drops everything."""

@@ -1,0 +1,298 @@
+"""Validation before anything runs: every error at once, in ComfyUI's ``node_errors`` shape.
+
+Only nodes upstream of the requested output nodes are validated (ComfyUI's rule). Constants are
+coerced to their declared types; links are checked for existence, output index and type. An
+output whose ancestry holds any error is dropped; if every output is dropped the workflow fails
+with ``prompt_outputs_failed_validation``. No recursion: all walks use explicit stacks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ErrorItem, WorkflowError, input_error
+from .node import MISSING, Input, Node, Registry
+from .workflow import Link, NodeSpec, Workflow
+
+
+@dataclass
+class Validated:
+    """A workflow ready to run: coerced constants, integer link indices, runnable outputs."""
+
+    workflow: Workflow
+    outputs: list[str]
+    node_errors: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    classes: dict[str, type[Node]] = field(default_factory=dict)
+
+
+def types_compatible(received: str, expected: str) -> bool:
+    if received == expected or received == "*" or expected == "*":
+        return True
+    return bool(set(received.split(",")) & set(expected.split(",")))
+
+
+def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, ErrorItem | None]:
+    """Coerce one constant to the input's declared type; return (value, error)."""
+    t, name = inp.type, inp.name
+    cfg = {"type": t, "min": inp.min, "max": inp.max} if t in ("INT", "FLOAT") else None
+
+    def wrong(expected: str) -> tuple[Any, ErrorItem]:
+        return value, input_error("invalid_input_type", f"Failed to convert an input value to a {t} value",
+                                  name, f"{name}, {value!r:.80}, expected {expected}", received=value)
+
+    if t == "INT":
+        if isinstance(value, bool):
+            return wrong("an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                return wrong("an integer")
+            value = int(value)
+        elif isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                return wrong("an integer")
+        elif not isinstance(value, int):
+            return wrong("an integer")
+    elif t == "FLOAT":
+        if isinstance(value, bool):
+            return wrong("a number")
+        try:
+            value = float(value) if isinstance(value, (int, float, str)) else None
+        except (ValueError, OverflowError):
+            value = None
+        if value is None or not math.isfinite(value):
+            return wrong("a finite number")
+    elif t == "STRING":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        elif not isinstance(value, str):
+            return wrong("a string")
+    elif t == "BOOLEAN":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        elif value in (0, 1) and not isinstance(value, float):
+            value = bool(value)
+        elif not isinstance(value, bool):
+            return wrong("true or false")
+    elif t == "COMBO":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            return wrong("one of the listed options")
+        if inp.check_options:
+            key = id(inp)
+            if key not in option_cache:
+                option_cache[key] = inp.choices(env)
+            opts = option_cache[key]
+            if value not in opts:
+                shown = ", ".join(map(str, opts)) if len(opts) <= 20 else f"(list of length {len(opts)})"
+                return value, input_error("value_not_in_list", "Value not in list", name,
+                                          f"{name}: '{value}' not in [{shown}]", received=value,
+                                          config={"options": opts} if len(opts) <= 20 else None)
+        return value, None
+    else:  # a socket type given a constant
+        return value, input_error("invalid_input_type", f"Input expects a link to a {t} output", name,
+                                  f"{name} got a constant {value!r:.60}; a link is [\"node_id\", output_index] "
+                                  "with the node id as a string", received=value)
+    if t in ("INT", "FLOAT"):
+        if inp.min is not None and value < inp.min:
+            return value, input_error("value_smaller_than_min", f"Value {value} smaller than min of {inp.min}",
+                                      name, f"{name}", received=value, config=cfg)
+        if inp.max is not None and value > inp.max:
+            return value, input_error("value_bigger_than_max", f"Value {value} bigger than max of {inp.max}",
+                                      name, f"{name}", received=value, config=cfg)
+    return value, None
+
+
+def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[str] | None = None) -> Validated:
+    nodes = wf.nodes
+    classes: dict[str, type[Node]] = {}
+    unknown: dict[str, dict] = {}
+    for nid, spec in nodes.items():
+        cls = registry.get(spec.class_type)
+        if cls is None:
+            hint = registry.suggest(spec.class_type)
+            det = f"Node ID '#{nid}': unknown node type '{spec.class_type}'"
+            det += f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+            unknown[nid] = {"errors": [ErrorItem("unknown_class_type", "Node type not found", det,
+                                                 {"suggestions": hint}).to_dict()],
+                            "dependent_outputs": [], "class_type": spec.class_type}
+        else:
+            classes[nid] = cls
+    if unknown:
+        nid, first = next(iter(unknown.items()))
+        raise WorkflowError("invalid_prompt", f"Cannot execute because node {first['class_type']} does not exist.",
+                            f"Node ID '#{nid}'", unknown)
+
+    outputs = [nid for nid, c in classes.items() if c.output_node]
+    if targets is not None:
+        wanted = {str(t) for t in targets}
+        outputs = [o for o in outputs if o in wanted]
+    if not outputs:
+        raise WorkflowError("prompt_no_outputs", "Prompt has no outputs",
+                            "the workflow needs at least one output node (SaveImage, PreviewImage, ...)")
+
+    # Walk upstream of the outputs (iteratively) to find what must be validated.
+    needed: dict[str, None] = {}
+    stack = list(reversed(outputs))
+    while stack:
+        nid = stack.pop()
+        if nid in needed or nid not in nodes:
+            continue
+        needed[nid] = None
+        for v in nodes[nid].inputs.values():
+            if isinstance(v, Link) and v.node in nodes and v.node not in needed:
+                stack.append(v.node)
+
+    errors: dict[str, list[ErrorItem]] = {}
+    warnings: list[str] = []
+    option_cache: dict = {}
+    new_nodes: dict[str, NodeSpec] = {}
+    for nid in needed:
+        spec, cls = nodes[nid], classes[nid]
+        errs: list[ErrorItem] = []
+        out: dict[str, Any] = {}
+        consts: dict[str, Any] = {}
+        for inp in cls.inputs:
+            if inp.name not in spec.inputs:
+                if inp.optional:
+                    continue
+                if inp.is_widget and inp.default is not MISSING:
+                    out[inp.name] = consts[inp.name] = inp.default
+                    warnings.append(f"node {nid} ({spec.class_type}): '{inp.name}' missing, using default {inp.default!r}")
+                    continue
+                errs.append(input_error("required_input_missing", "Required input is missing", inp.name,
+                                        f"{inp.name} ({inp.type})"))
+                continue
+            v = spec.inputs[inp.name]
+            if isinstance(v, Link):
+                link, err = _check_link(nid, inp, v, nodes, classes)
+                if err:
+                    errs.append(err)
+                else:
+                    out[inp.name] = link
+            else:
+                v2, err = coerce(inp, v, env, option_cache)
+                if err:
+                    errs.append(err)
+                else:
+                    out[inp.name] = consts[inp.name] = v2
+        for name, v in spec.inputs.items():
+            if cls.input(name) is None:
+                if isinstance(v, Link):
+                    errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
+                                            f"{spec.class_type} has no input '{name}'; inputs are "
+                                            + ", ".join(i.name for i in cls.inputs)))
+                else:
+                    warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
+        if not errs:
+            try:
+                custom = cls.check(env, **consts) or {}
+            except Exception as e:  # a buggy check must not crash validation
+                custom = {"*": f"{type(e).__name__}: {e}"}
+            for name, msg in custom.items():
+                errs.append(input_error("custom_validation_failed", "Custom validation failed for node",
+                                        name, f"{name} - {msg}"))
+        if errs:
+            errors[nid] = errs
+        new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
+
+    for nid in _cycle_nodes(needed, new_nodes):
+        errors.setdefault(nid, []).append(ErrorItem("dependency_cycle", "Workflow has a cycle",
+                                                    f"Node ID '#{nid}' depends on itself through its inputs"))
+
+    node_errors: dict[str, dict] = {}
+    good = outputs
+    if errors:
+        consumers: dict[str, list[str]] = {}
+        for nid in needed:
+            for v in nodes[nid].inputs.values():
+                if isinstance(v, Link) and v.node in needed:
+                    consumers.setdefault(v.node, []).append(nid)
+        output_set = set(outputs)
+        bad_all: set[str] = set()
+        for nid, errs in errors.items():
+            reach = _reach(nid, consumers)
+            bad_all |= reach
+            node_errors[nid] = {"errors": [e.to_dict() for e in errs],
+                                "dependent_outputs": [o for o in outputs if o in reach and o in output_set],
+                                "class_type": nodes[nid].class_type}
+        good = [o for o in outputs if o not in bad_all]
+        if not good:
+            lines = [f"{e['message']}: {e['details']}" for ne in node_errors.values() for e in ne["errors"]]
+            raise WorkflowError("prompt_outputs_failed_validation", "Prompt outputs failed validation",
+                                "\n".join(lines), node_errors)
+    wf2 = Workflow(new_nodes, wf.prompt, wf.extra_data)
+    return Validated(wf2, good, node_errors, warnings, {n: classes[n] for n in new_nodes})
+
+
+def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tuple[Link | None, ErrorItem | None]:
+    src = v.node
+    if src not in nodes:
+        return None, input_error("bad_linked_input", "Linked node does not exist", inp.name,
+                                 f"{inp.name} links to node '{src}', which is not in the workflow")
+    src_cls = classes[src]
+    outs = src_cls.outputs
+    idx = v.output
+    if isinstance(idx, str):
+        names = [o.label for o in outs]
+        if idx not in names:
+            return None, input_error("bad_linked_input", "Linked output does not exist", inp.name,
+                                     f"{inp.name} links to output '{idx}' of {src_cls.class_type} #{src}; "
+                                     f"outputs are {names}")
+        idx = names.index(idx)
+    elif isinstance(idx, float):
+        idx = int(idx)
+    if not 0 <= idx < len(outs):
+        return None, input_error("bad_linked_input", "Linked output index out of range", inp.name,
+                                 f"{inp.name} links to output {idx} of {src_cls.class_type} #{src}, "
+                                 f"which has {len(outs)} output(s)")
+    received = outs[idx].type
+    expected = "COMBO" if inp.type == "COMBO" else inp.type
+    if not types_compatible(received, expected) and not (inp.type == "COMBO" and received in ("STRING", "*")):
+        return None, input_error("return_type_mismatch", "Return type mismatch between linked nodes", inp.name,
+                                 f"{inp.name}, received_type({received}) mismatch input_type({expected})",
+                                 received_type=received, linked_node=[src, idx])
+    return Link(src, idx), None
+
+
+def _reach(start: str, consumers: dict[str, list[str]]) -> set[str]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for c in consumers.get(stack.pop(), ()):
+            if c not in seen:
+                seen.add(c)
+                stack.append(c)
+    return seen
+
+
+def _cycle_nodes(needed: dict, nodes: dict[str, NodeSpec]) -> list[str]:
+    """Nodes that lie on a cycle (Kahn's algorithm: whatever never becomes ready)."""
+    indeg = {n: 0 for n in needed}
+    consumers: dict[str, list[str]] = {}
+    for nid in needed:
+        for v in nodes[nid].inputs.values():
+            if isinstance(v, Link) and v.node in indeg:
+                indeg[nid] += 1
+                consumers.setdefault(v.node, []).append(nid)
+    ready = [n for n, d in indeg.items() if d == 0]
+    while ready:
+        n = ready.pop()
+        for c in consumers.get(n, ()):
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                ready.append(c)
+    left = {n for n, d in indeg.items() if d > 0}
+    if not left:
+        return []
+    import networkx as nx  # only on the error path: report the nodes actually on a cycle
+
+    g = nx.DiGraph((v.node, nid) for nid in left for v in nodes[nid].inputs.values()
+                   if isinstance(v, Link) and v.node in left)
+    on_cycle = set()
+    for comp in nx.strongly_connected_components(g):
+        if len(comp) > 1 or any(g.has_edge(n, n) for n in comp):
+            on_cycle |= comp
+    return sorted(on_cycle)

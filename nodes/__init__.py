@@ -1,0 +1,32 @@
+"""Loom's node catalogue, gathered from explicit per-module lists (no discovery by import *).
+
+Each module defines ``NODES = [...]``; add a module here to register its nodes. Modules that need
+torch import it at module level; diffusers and transformers are imported lazily inside run().
+"""
+from __future__ import annotations
+
+import importlib
+
+from engine.node import Node, Registry
+
+MODULES = [
+    "nodes.primitives",
+    "nodes.image",
+]
+
+
+def all_nodes() -> list[type[Node]]:
+    out: list[type[Node]] = []
+    for name in MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a module listed before it has landed
+                continue
+            raise
+        out.extend(mod.NODES)
+    return out
+
+
+def default_registry() -> Registry:
+    return Registry(all_nodes())
