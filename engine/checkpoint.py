@@ -2,10 +2,8 @@
 
 Reading works on the safetensors header alone (no weights touched), so detection and config inference are
 cheap; ``load_tensors`` then reads only the tensors of one component, converting each to the target
-dtype/device as it is read (no second full copy, no mmap). Conversion of the tensors to diffusers modules lives
-in ``engine/convert.py``-like helpers at the bottom of ``engine/models.py``'s helper module
-``engine/checkpoint_build.py``? No: see ``build_*`` in this package's ``engine/checkpoint_modules``. (See
-``checkpoint_convert`` section below.)
+dtype/device as it is read (no second full copy, no mmap). ``build_*`` turn those tensors into diffusers /
+transformers modules (built with empty weights, then ``load_state_dict(assign=True)``).
 
 torch/diffusers are imported lazily inside functions: only ``engine/models.py`` imports torch at module level.
 
@@ -377,3 +375,164 @@ def component_keys(header: Header, plan: CheckpointPlan, component: str, index: 
     else:
         p = plan.text_encoders[index].prefix
     return [k for k in header.tensors if k.startswith(p)]
+
+
+# ------------------------------------------------------------------------------------ conversion + build
+def convert_unet(sd: dict, config: dict) -> dict:
+    """LDM UNet tensors (full ``model.diffusion_model.*`` keys) -> diffusers keys (diffusers' own helper)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    return convert_ldm_unet_checkpoint(sd, config)
+
+
+def convert_vae(sd: dict, config: dict) -> dict:
+    """LDM VAE tensors (``first_stage_model.``/``vae.``/no prefix) -> diffusers ``AutoencoderKL`` keys."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(sd, config)
+
+
+def convert_clip(sd: dict, prefix: str) -> dict:
+    """HF-layout CLIP tensors under ``prefix`` (ending 'text_model.') -> bare transformers-5 keys
+    (``embeddings.*``, ``encoder.*``, ``final_layer_norm.*``); drops the non-persistent ``position_ids``."""
+    return {k[len(prefix):]: v for k, v in sd.items()
+            if k.startswith(prefix) and not k.endswith("embeddings.position_ids")}
+
+
+_OPENCLIP_RENAMES = ((".ln_1.", ".layer_norm1."), (".ln_2.", ".layer_norm2."), (".mlp.c_fc.", ".mlp.fc1."),
+                     (".mlp.c_proj.", ".mlp.fc2."), (".attn.out_proj.", ".self_attn.out_proj."))
+
+
+def convert_openclip(sd: dict, prefix: str, num_layers: int, projection: bool) -> dict:
+    """OpenCLIP text tensors -> bare transformers-5 CLIP keys; ``in_proj`` is split into q/k/v views (no
+    copy); resblocks >= ``num_layers`` are dropped; ``text_projection`` [hidden, proj] becomes
+    ``text_projection.weight`` [proj, hidden] when ``projection``."""
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            continue
+        name = k[len(prefix):]
+        if name == "token_embedding.weight":
+            out["embeddings.token_embedding.weight"] = v
+        elif name == "positional_embedding":
+            out["embeddings.position_embedding.weight"] = v
+        elif name.startswith("ln_final."):
+            out["final_layer_norm." + name.split(".", 1)[1]] = v
+        elif name == "text_projection":
+            if projection:
+                out["text_projection.weight"] = v.T.contiguous()
+        elif name.startswith("transformer.resblocks."):
+            idx = int(name.split(".")[2])
+            if idx >= num_layers:
+                continue
+            rest = "." + name.split(".", 3)[3]
+            base = f"encoder.layers.{idx}"
+            if rest in (".attn.in_proj_weight", ".attn.in_proj_bias"):
+                kind = "weight" if rest.endswith("weight") else "bias"
+                for part, t in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
+                    out[f"{base}.self_attn.{part}.{kind}"] = t
+                continue
+            for old, new in _OPENCLIP_RENAMES:
+                rest = rest.replace(old, new)
+            out[base + rest] = v
+    return out
+
+
+def instantiate(factory, state_dict: dict, device=None):
+    """Build ``factory()`` with empty (meta) parameters and adopt ``state_dict`` tensors as its parameters
+    (``assign=True``: no copy). Buffers are built normally, then moved to ``device``. Every parameter must be
+    provided; extra keys are an error. Returns the module in eval mode with ``requires_grad`` off."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        module = factory()
+    expected = set(module.state_dict().keys())
+    if not any(k.startswith("text_model.") for k in state_dict) and any(k.startswith("text_model.") for k in expected):
+        state_dict = {"text_model." + k if not k.startswith("text_projection") else k: v
+                      for k, v in state_dict.items()}
+    missing, extra = expected - set(state_dict), set(state_dict) - expected
+    if missing or extra:
+        raise CheckpointError(f"{type(module).__name__}: inferred config does not match the weights: "
+                              f"missing {sorted(missing)[:5]} ({len(missing)}), unexpected {sorted(extra)[:5]} "
+                              f"({len(extra)})")
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    if device is not None:
+        module.to(device)
+    return module.requires_grad_(False).eval()
+
+
+def use_sdpa(module) -> None:
+    """Make every diffusers attention layer in ``module`` use ``AttnProcessor2_0`` (torch SDPA)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if hasattr(module, "set_attn_processor"):
+        module.set_attn_processor(AttnProcessor2_0())
+
+
+def build_unet(config: dict, sd: dict, device=None):
+    """``UNet2DConditionModel`` from an inferred config and LDM UNet tensors."""
+    from diffusers import UNet2DConditionModel
+
+    m = instantiate(lambda: UNet2DConditionModel(**config), convert_unet(sd, config), device)
+    use_sdpa(m)
+    return m
+
+
+def build_vae(config: dict, sd: dict, device=None):
+    """``AutoencoderKL`` from an inferred config and LDM (or diffusers-layout, see ``convert_vae_any``) tensors."""
+    from diffusers import AutoencoderKL
+
+    m = instantiate(lambda: AutoencoderKL(**config), convert_vae_any(sd, config), device)
+    use_sdpa(m)
+    return m
+
+
+def build_text_encoder(plan: TextEncoderPlan, sd: dict, device=None):
+    """``CLIPTextModel`` (or ``...WithProjection``) from a plan and its checkpoint tensors."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(**plan.config)
+    cls = CLIPTextModelWithProjection if plan.projection else CLIPTextModel
+    if plan.layout == "openclip":
+        conv = convert_openclip(sd, plan.prefix, plan.config["num_hidden_layers"], plan.projection)
+    else:
+        conv = convert_clip(sd, plan.prefix)
+    return instantiate(lambda: cls(cfg), conv, device)
+
+
+# ----------------------------------------------------------------------------- standalone VAE files
+def vae_file_plan(header: Header) -> tuple[str, dict]:
+    """('ldm'|'diffusers', AutoencoderKL config) for a standalone VAE file (scaling factor 0.18215: shapes
+    can't tell an SDXL VAE apart; latents are scaled by the MODEL's factor, see models.py)."""
+    shapes = header.shapes
+    if any(k.startswith("encoder.down_blocks.") for k in shapes):
+        levels = _indices(shapes, "encoder.down_blocks.")
+        mid_attn = any(k.startswith("encoder.mid_block.attentions.0.") for k in shapes)
+        return "diffusers", {
+            "in_channels": shapes["encoder.conv_in.weight"][1],
+            "out_channels": shapes["decoder.conv_out.weight"][0],
+            "down_block_types": ["DownEncoderBlock2D"] * len(levels),
+            "up_block_types": ["UpDecoderBlock2D"] * len(levels),
+            "block_out_channels": [shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in levels],
+            "layers_per_block": len(_indices(shapes, "encoder.down_blocks.0.resnets.")),
+            "latent_channels": shapes["decoder.conv_in.weight"][1], "sample_size": 512,
+            "scaling_factor": 0.18215, "mid_block_add_attention": mid_attn,
+            "use_quant_conv": "quant_conv.weight" in shapes, "use_post_quant_conv": "post_quant_conv.weight" in shapes}
+    return "ldm", infer_vae_config(shapes, vae_prefix(shapes), 0.18215)
+
+
+_OLD_VAE_ATTN = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
+def convert_vae_any(sd: dict, config: dict) -> dict:
+    """VAE tensors in LDM or diffusers layout (old ``query/key/value/proj_attn`` names too) -> diffusers."""
+    if not any(".down_blocks." in k for k in sd):
+        return convert_vae(sd, config)
+    out = {}
+    for k, v in sd.items():
+        for old, new in _OLD_VAE_ATTN.items():
+            k = k.replace(old, new)
+        if ".attentions." in k and k.endswith(".weight") and v.ndim == 4:
+            v = v[:, :, 0, 0]
+        out[k] = v
+    return out
