@@ -99,11 +99,14 @@ class ModelFolders:
             if not base.is_dir():
                 continue
             rbase = base.resolve()
+            seen: set[Path] = set()
             for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
                 d = Path(dirpath)
-                if rbase != d.resolve() and rbase not in d.resolve().parents:
+                rd = d.resolve()
+                if (rbase != rd and rbase not in rd.parents) or rd in seen:  # escaped, or a symlink loop
                     dirnames[:] = []
                     continue
+                seen.add(rd)
                 if kind in DIFFUSERS_DIR_KINDS and "model_index.json" in filenames and d != base:
                     names.add(d.relative_to(base).as_posix())
                     dirnames[:] = []
