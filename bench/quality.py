@@ -1,0 +1,168 @@
+"""Prompt-adherence benchmark for Loom's bundled model (loom-shapes-64).
+
+Generates images for a fixed, balanced set of prompts x seeds, reads them back with the pixel scorer
+(training/scorer.py) and prints per-attribute accuracy (background colour, shape colour, position, shape type, size)
+per sampler and per cfg (cfg 1 vs the default), plus the generation time per image.
+
+    python bench/quality.py                                   # diffusers backend, euler+ddim, cfg 1 and 8
+    python bench/quality.py --backend engine                  # through Loom's engine (ComfyUI API workflow)
+    python bench/quality.py --samplers euler --cfgs 1,3,5,8 --prompts 120 --seeds 2 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+
+from training import world  # noqa: E402
+from training.scorer import accuracy, score  # noqa: E402
+
+DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "loom-shapes-64.safetensors"
+DEFAULT_CFG = 8.0  # ComfyUI KSampler default
+# sampler names as the engine (ComfyUI) spells them -> the diffusers scheduler used by the direct loop
+SAMPLERS = {"euler": "euler", "ddim": "ddim", "euler_ancestral": "euler_a", "dpmpp_2m": "dpmpp_2m"}
+
+
+def prompt_set(n_prompts: int):
+    scenes = world.eval_scenes(n_prompts, seed=2024)
+    prompts = [world.eval_caption(s, i % 2) for i, s in enumerate(scenes)]
+    return scenes, prompts
+
+
+# ---------------------------------------------------------------- backends
+class DiffusersBackend:
+    """Loads the single-file checkpoint with training/export.py's shape-inferring loader (diffusers' LDM->diffusers
+    conversion) and samples with a direct scheduler loop (training/sample.py)."""
+
+    def __init__(self, ckpt: Path):
+        import torch
+        from training.export import load_checkpoint
+        t = time.time()
+        self.unet, self.vae, self.te = load_checkpoint(ckpt, dtype=torch.float32)
+        self.load_s = time.time() - t
+
+    def generate(self, prompts, seeds, steps, cfg, sampler):
+        from training.sample import generate
+        return generate(self.unet, self.te, self.vae, prompts, seeds, steps=steps, cfg=cfg,
+                        sampler=SAMPLERS[sampler], batch=1)
+
+
+class EngineBackend:
+    """=== ENGINE BACKEND PLUG-IN POINT ===
+    Runs a ComfyUI API-format workflow (CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage ->
+    KSampler -> VAEDecode) through Loom's engine for every prompt/seed, and returns the decoded images."""
+
+    def __init__(self, ckpt: Path):
+        self.ckpt = Path(ckpt)
+        self.load_s = 0.0
+        self._run = _engine_runner(self.ckpt)
+
+    def generate(self, prompts, seeds, steps, cfg, sampler):
+        out = []
+        for p, s in zip(prompts, seeds):
+            wf = engine_workflow(self.ckpt.name, p, s, steps, cfg, sampler)
+            out.append(self._run(wf))
+        return np.stack(out)
+
+
+def engine_workflow(ckpt_name: str, prompt: str, seed: int, steps: int, cfg: float, sampler: str,
+                    negative: str = "") -> dict:
+    """The ComfyUI API-format workflow the engine backend runs (node "9" is the decoded image)."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": "normal",
+            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+
+
+def _engine_runner(ckpt: Path):
+    """Return fn(workflow) -> HxWx3 uint8 image of node "8", running the workflow through Loom's engine.
+
+    >>> PLUG THE ENGINE IN HERE <<<  (engine.executor + nodes catalogue; models folder = ckpt.parent)."""
+    try:
+        from engine import executor as ex  # noqa: F401
+        import nodes  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the engine being present
+        raise SystemExit(f"--backend engine: Loom's engine is not importable yet ({e})")
+    if not hasattr(ex, "run_workflow_for_outputs"):
+        raise SystemExit("--backend engine: the engine has no workflow runner this bench knows how to call yet; "
+                         "wire it in bench/quality.py:_engine_runner")
+    run = ex.run_workflow_for_outputs
+
+    def _run(wf):
+        outs = run(wf, models_dir=ckpt.parent.parent)
+        img = outs["8"][0]  # IMAGE: B x H x W x C float 0..1
+        return (np.asarray(img[0]) * 255.0).round().clip(0, 255).astype(np.uint8)
+    return _run
+
+
+# ---------------------------------------------------------------- main
+def evaluate(backend, samplers, cfgs, n_prompts, n_seeds, steps, threads, save_dir=None):
+    scenes, prompts = prompt_set(n_prompts)
+    all_prompts = [p for p in prompts for _ in range(n_seeds)]
+    all_scenes = [s for s in scenes for _ in range(n_seeds)]
+    seeds = [1000 + i for i in range(len(all_prompts))]
+    rows = []
+    for sampler in samplers:
+        for cfg in cfgs:
+            t = time.time()
+            imgs = backend.generate(all_prompts, seeds, steps, cfg, sampler)
+            dt = (time.time() - t) / len(imgs)
+            acc = accuracy([score(im, sc) for im, sc in zip(imgs, all_scenes)])
+            rows.append({"sampler": sampler, "cfg": cfg, "steps": steps, "n": len(imgs), "s_per_image": dt, **acc})
+            print(f"{sampler:>10} cfg {cfg:>4}: " + "  ".join(f"{k} {acc[k]:.3f}" for k in
+                  ("bg", "color", "pos", "shape", "size", "all")) + f"   {dt * 1000:.0f} ms/image", flush=True)
+            if save_dir:
+                from PIL import Image
+                d = Path(save_dir); d.mkdir(parents=True, exist_ok=True)
+                grid = np.concatenate([np.concatenate(list(imgs[i:i + 16]), 1)
+                                       for i in range(0, min(len(imgs), 64) // 16 * 16, 16)], 0)
+                Image.fromarray(grid).save(d / f"{sampler}_cfg{cfg}.png")
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default=str(DEFAULT_CKPT))
+    ap.add_argument("--backend", choices=["diffusers", "engine"], default="diffusers")
+    ap.add_argument("--samplers", default="euler,ddim")
+    ap.add_argument("--cfgs", default=f"1,{DEFAULT_CFG:g}")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--prompts", type=int, default=120)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    ap.add_argument("--save-grids")
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(a.threads)
+    backend = (DiffusersBackend if a.backend == "diffusers" else EngineBackend)(Path(a.ckpt))
+    print(f"backend {a.backend}, checkpoint {a.ckpt} ({os.path.getsize(a.ckpt) / 1e6:.1f} MB), "
+          f"load {backend.load_s:.2f}s, {a.prompts} prompts x {a.seeds} seeds, {a.steps} steps, {a.threads} threads")
+    rows = evaluate(backend, a.samplers.split(","), [float(c) for c in a.cfgs.split(",")], a.prompts, a.seeds,
+                    a.steps, a.threads, a.save_grids)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

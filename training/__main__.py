@@ -1,0 +1,64 @@
+"""Train Loom's bundled model end to end and export it as one SD1 (LDM layout) safetensors file.
+
+    python -m training --out models/checkpoints/loom-shapes-64.safetensors
+
+Stages (each resumable; finished stages are skipped, interrupted ones resume from their last checkpoint):
+  1. VAE (training/train_vae.py)          -> training/work/vae_final.pt
+  2. fold the latent scale into the VAE so latents*0.18215 have unit std, encode the dataset
+                                          -> training/work/vae_folded.pt, latents.pt
+  3. UNet + CLIP text encoder (train_unet) -> training/work/unet_ckpt.pt
+  4. export EMA weights, fp16            -> --out
+Everything is seeded; with the same thread count a rerun gives the same weights.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="models/checkpoints/loom-shapes-64.safetensors")
+    ap.add_argument("--work", default="training/work")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-bs", type=int, default=12)
+    ap.add_argument("--vae-lr", type=float, default=6e-4)
+    ap.add_argument("--n-latents", type=int, default=24000)
+    ap.add_argument("--variant", default="s64x2")
+    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-bs", type=int, default=96)
+    ap.add_argument("--unet-lr", type=float, default=8e-4)
+    ap.add_argument("--fp32", action="store_true", help="store fp32 instead of fp16")
+    a = ap.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    torch.set_num_threads(a.threads)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    logf = open(work / "train.log", "a")
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n"); logf.flush()
+
+    from . import export, train_unet, train_vae
+    t0 = time.time()
+    train_vae.train(work, a.vae_steps, a.vae_bs, a.vae_lr, a.seed, log=log)
+    train_unet.encode_dataset(work, a.n_latents, log=log)
+    train_unet.Trainer(work, a.variant, a.unet_steps, a.unet_bs, a.unet_lr, a.seed, log=log).run()
+    st, n = export.export_from_work(work, Path(a.out), torch.float32 if a.fp32 else torch.float16)
+    log(f"exported {a.out}: {n} tensors, {os.path.getsize(a.out) / 1e6:.1f} MB; this invocation {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
