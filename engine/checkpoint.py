@@ -536,3 +536,36 @@ def convert_vae_any(sd: dict, config: dict) -> dict:
             v = v[:, :, 0, 0]
         out[k] = v
     return out
+
+
+# ------------------------------------------------------------------------------------- diffusers folders
+def plan_diffusers_folder(path: str | Path) -> CheckpointPlan:
+    """A CheckpointPlan for a diffusers folder (model_index.json); configs come from its json files.
+    Text encoder plans use layout 'diffusers' with ``prefix`` = subfolder name."""
+    path = Path(path)
+    index = json.loads((path / "model_index.json").read_text())
+    ucfg = json.loads((path / "unet" / "config.json").read_text())
+    if ucfg.get("addition_embed_type") == "text_time":
+        arch = "sdxl"
+    elif ucfg.get("use_linear_projection") or ucfg.get("cross_attention_dim") == 1024:
+        arch = "sd2"
+    else:
+        arch = "sd1"
+    sched = path / "scheduler" / "scheduler_config.json"
+    pred = json.loads(sched.read_text()).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
+    vae_json = path / "vae" / "config.json"
+    vae = json.loads(vae_json.read_text()) if vae_json.is_file() else None
+    tes = [TextEncoderPlan("diffusers", sub, {}, projection=index[sub][1] == "CLIPTextModelWithProjection")
+           for sub in ("text_encoder", "text_encoder_2") if (index.get(sub) or [None])[0]]
+    sf = (vae or {}).get("scaling_factor", SCALING_FACTOR[arch])
+    return CheckpointPlan(arch, pred, ucfg, vae, "vae", tes, sf)
+
+
+def ldm_unet_module_map(keys, config: dict) -> dict[str, str]:
+    """{LDM module name with '_' for '.' (no 'model.diffusion_model.'): diffusers module name}, for kohya
+    LoRAs named after LDM modules. Computed by running the key converter on the key names themselves."""
+    conv = convert_unet({k: k for k in keys if k.startswith(UNET_PREFIX)}, config)
+    out = {}
+    for dk, lk in conv.items():
+        out[lk[len(UNET_PREFIX):].rpartition(".")[0].replace(".", "_")] = dk.rpartition(".")[0]
+    return out
