@@ -69,3 +69,12 @@ def test_symlink_loop_terminates(root):
     ck = root / "models" / "checkpoints"
     os.symlink(ck, ck / "sub" / "loop")
     assert ModelFolders(root / "models").list("checkpoints") == ["a.safetensors", "pipe", "sub/b.ckpt"]
+
+
+def test_folders_and_checkpoint_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, engine.folders, engine.checkpoint; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
