@@ -91,6 +91,7 @@ class Executor:
         self.cache = cache if cache is not None else OutputCache()
         self._last: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # for "why did it run"
         self._last_limit = history_limit
+        self._stored: OrderedDict[bytes, None] = OrderedDict()  # keys computed before (evicted or not)
         self._lock = threading.Lock()
 
     # -- validation ---------------------------------------------------------------------------
@@ -147,6 +148,9 @@ class Executor:
         order = execution_order(wf, v.outputs)
         keys: dict[str, bytes] = {}
         parts: dict[str, tuple] = {}
+        volatile: set[str] = set()  # NaN fingerprint: never stored, never served
+        overriding: set[type] = set()
+        plain: set[type] = set()
         for nid in order:
             spec, cls = nodes[nid], classes[nid]
             consts, links = {}, {}
@@ -158,13 +162,18 @@ class Executor:
             fp = None
             if cls.not_idempotent:
                 fp = NAN
-            elif _overrides(cls, "fingerprint"):
+            elif cls in overriding or (cls not in plain and _overrides(cls, "fingerprint")):
+                overriding.add(cls)
                 try:
                     fp = cls.fingerprint(self.env, **consts)
                 except Exception:
                     fp = NAN
-            if "UNIQUE_ID" in cls.hidden:
-                fp = [nid, fp]
+            else:
+                plain.add(cls)
+            if isinstance(fp, float) and fp != fp:
+                volatile.add(nid)
+            elif "UNIQUE_ID" in cls.hidden:
+                fp = [nid, fp]  # like ComfyUI: a node that sees its own id is keyed by it
             keys[nid] = node_key(cls.class_type, cls.version, consts, links, fp)
             parts[nid] = (cls.version, consts, links, fp)
 
@@ -215,9 +224,9 @@ class Executor:
                 if nid not in execute:
                     result.nodes[nid] = NodeRecord(cls.class_type, "skipped", "not needed: downstream cached")
                     continue
+                current = nid
                 if cancel.cancelled:
                     raise Interrupted("interrupted before node " + nid)
-                current = nid
                 emit(Event("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}))
                 kwargs: dict[str, Any] = {}
                 linked: dict[str, Any] = {}
@@ -233,22 +242,26 @@ class Executor:
                         kwargs["extra_pnginfo"] = extra_data.get("extra_pnginfo")
                     elif h == "UNIQUE_ID":
                         kwargs["unique_id"] = nid
-                versions = Versions(linked)
+                versions = Versions(linked) if linked else None
                 ctx = NodeContext(self.env, prompt_id, nid, cls.class_type, cancel, emit)
                 t0 = time.perf_counter()
-                outputs, ui = _normalize(cls, cls().run(ctx, **kwargs))
-                dt = (time.perf_counter() - t0) * 1000.0
-                bad = versions.mutated()
-                if bad:
+                try:
+                    outputs, ui = _normalize(cls, cls().run(ctx, **kwargs))
+                finally:  # also when the node raised after writing into an input
+                    bad = versions.mutated() if versions is not None else ()
                     for name in bad:  # the shared upstream value is corrupt: never serve it again
-                        cache.discard(keys[spec.inputs[name].node])
+                        src = spec.inputs[name].node
+                        cache.discard(keys[src])
+                        values.pop(src, None)
+                dt = (time.perf_counter() - t0) * 1000.0
+                if bad:
                     raise InputMutated(f"{cls.class_type} modified its input(s) {', '.join(bad)} in place; "
                                        "nodes must copy a value before changing it")
-                entry_size = nbytes(outputs)
-                if not (isinstance(parts[nid][3], float) and parts[nid][3] != parts[nid][3]):
+                entry_size = nbytes(outputs) + (nbytes(ui) if ui else 0)
+                if nid not in volatile:
                     cache.put(keys[nid], outputs, ui, entry_size)
                 values[nid] = Entry(outputs, ui, entry_size)
-                reason = self._reason(nid, cls, parts[nid])
+                reason = self._reason(nid, cls, parts[nid], keys[nid])
                 result.nodes[nid] = NodeRecord(cls.class_type, "executed", reason, dt)
                 done.append(nid)
                 if ui is not None or nid in output_set:
@@ -269,10 +282,13 @@ class Executor:
             cls_name = classes[current].class_type if current else None
             if current:
                 result.nodes[current] = NodeRecord(cls_name, "failed", "interrupted")
+            self._not_reached(result, order, classes, f"run interrupted at node {current}")
             emit(Event("execution_interrupted", {"prompt_id": prompt_id, "node_id": current, "node_type": cls_name,
                                                  "executed": list(done), "timestamp": now_ms()}))
             return result
         except Exception as e:  # a failing node fails its prompt, never the process
+            if current is None:  # not a node's fault (an event sink raised): the caller's problem
+                raise
             result.status = "error"
             spec, cls = nodes[current], classes[current]
             result.nodes[current] = NodeRecord(cls.class_type, "failed", f"{type(e).__name__}: {e}")
@@ -284,12 +300,19 @@ class Executor:
                                        for k, x in spec.inputs.items()},
                     "current_outputs": list(order), "timestamp": now_ms()}
             result.error = data
+            self._not_reached(result, order, classes, f"run failed at node {current}")
             emit(Event("execution_error", data))
             return result
         emit(Event("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()}))
         return result
 
-    def _reason(self, nid: str, cls: type[Node], part: tuple) -> str:
+    @staticmethod
+    def _not_reached(result: RunResult, order: list[str], classes: dict, why: str) -> None:
+        for n in order:
+            if n not in result.nodes:
+                result.nodes[n] = NodeRecord(classes[n].class_type, "skipped", "not run: " + why)
+
+    def _reason(self, nid: str, cls: type[Node], part: tuple, key: bytes) -> str:
         version, consts, links, fp = part
         k = (nid, cls.class_type)
         prev = self._last.get(k)
@@ -299,6 +322,13 @@ class Executor:
             self._last.popitem(last=False)
         if cls.not_idempotent:
             return "not idempotent: always runs"
+        stored = self._stored
+        if key in stored:
+            stored.move_to_end(key)
+            return "evicted from cache"
+        stored[key] = None
+        if len(stored) > self._last_limit:
+            stored.popitem(last=False)
         if prev is None:
             return "new"
         pv, pc, pl, pfp = prev

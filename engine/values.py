@@ -58,6 +58,8 @@ def isolate(value: Any) -> Any:
         return [isolate(v) for v in value]
     if isinstance(value, set):
         return set(value)
+    if isinstance(value, tuple) and any(isinstance(v, (dict, list, set, tuple)) for v in value):
+        return tuple(isolate(v) for v in value)
     return value
 
 

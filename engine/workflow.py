@@ -44,8 +44,12 @@ class Workflow:
 
 
 def is_link(v: Any) -> bool:
-    return (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
-            and isinstance(v[1], (int, str)) and not isinstance(v[1], bool))
+    if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)):
+        return False
+    i = v[1]
+    if isinstance(i, bool):
+        return False
+    return isinstance(i, (int, str)) or (isinstance(i, float) and i.is_integer())
 
 
 def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
@@ -87,7 +91,7 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
         parsed = {}
         for name, v in inputs.items():
             if is_link(v):
-                parsed[str(name)] = Link(v[0], v[1])
+                parsed[str(name)] = Link(v[0], int(v[1]) if isinstance(v[1], float) else v[1])
             elif isinstance(v, dict) and set(v) == {"__value__"}:
                 parsed[str(name)] = v["__value__"]
             else:

@@ -127,6 +127,17 @@ class ShowAny(Node):
         return Result(ui={"text": [repr(data)]})
 
 
+class Size(Node):
+    """Output node: reports the length of a FakeTensor (a small ui)."""
+    category = "test"
+    output_node = True
+    inputs = (Socket("t", "TENSOR"),)
+
+    def run(self, ctx, t):
+        CALLS.append("Size")
+        return Result(ui={"text": [str(len(t.data))]})
+
+
 class Boom(Node):
     """Always raises."""
     category = "test"
@@ -176,7 +187,7 @@ class FileValue(Node):
         return (int(open(path).read()),)
 
 
-STUBS = [Number, Add, Scale, Show, MakeTensor, MakeDict, MutateDict, MutateTensor, ShowAny, Boom, Steps, Dice,
+STUBS = [Number, Add, Scale, Show, MakeTensor, MakeDict, MutateDict, MutateTensor, ShowAny, Size, Boom, Steps, Dice,
          FileValue]
 
 
