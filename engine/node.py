@@ -57,7 +57,8 @@ class Input:
 
     @property
     def is_widget(self) -> bool:
-        return self.type in WIDGET_TYPES
+        """Shown as a widget in the editor (and so present in a UI node's widgets_values)."""
+        return self.type in WIDGET_TYPES and not self.extra.get("forceInput")
 
     def choices(self, env: Any) -> list:
         opts = self.options
@@ -90,6 +91,9 @@ def Combo(name, options, default=MISSING, *, check_options=True, tooltip="", opt
 
 
 def Socket(name, type, *, tooltip="", optional=False, **extra) -> Input:
+    """A link-only input. For a widget type (INT, STRING, ...) this is ComfyUI's ``forceInput``."""
+    if type in WIDGET_TYPES:
+        extra = {"forceInput": True, **extra}
     return Input(name, type, tooltip=tooltip, optional=optional, extra=extra)
 
 
