@@ -20,8 +20,8 @@ def input_spec(inp: Input, env: Any = None) -> list:
     if inp.tooltip:
         opts["tooltip"] = inp.tooltip
     if inp.type == "COMBO":
-        return [inp.choices(env), opts]
-    return [inp.type, opts] if opts else [inp.type]
+        return [inp.choices(env), opts] if opts else [inp.choices(env)]
+    return [inp.type, opts] if opts or inp.is_widget else [inp.type]
 
 
 def node_info(cls: type[Node], env: Any = None) -> dict:

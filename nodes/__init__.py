@@ -12,6 +12,7 @@ from engine.node import Node, Registry
 MODULES = [
     "nodes.primitives",
     "nodes.image",
+    "nodes.testing",
 ]
 
 
