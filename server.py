@@ -1,0 +1,210 @@
+"""Loom's HTTP + websocket server, wire-compatible with ComfyUI's API.
+
+``loom serve [--host 127.0.0.1] [--port 8188] [--base DIR] [--models DIR] [--output DIR] [--input DIR]
+[--token TOKEN|generate]`` serves the API (every route bare and under /api), the websocket at /ws,
+and — with ``pip install loom[ui]`` — ComfyUI's official frontend at /. Tests call
+``create_app(Config(...))``. The pieces live in ``service/`` (config, store, worker, hub, routes_*,
+security, client).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from service import routes_files, routes_prompt, routes_system, routes_user
+from service.config import Config
+from service.http import JSON, Service
+from service.hub import Hub
+from service.security import Guard
+from service.store import Store
+from service.worker import Worker
+
+log = logging.getLogger("loom.server")
+
+NO_FRONTEND = """<!doctype html><meta charset=utf-8><title>Loom</title>
+<h1>Loom server</h1><p>The API is running. Install the editor with <code>pip install loom[ui]</code>
+(ComfyUI's frontend package) and restart to use it here.</p>"""
+
+
+def _build_env(config: Config):
+    from engine.context import Env
+
+    def store_factory(env):
+        from engine.folders import ModelFolders
+        from engine.models import ModelStore
+
+        return ModelStore(ModelFolders(env.models_dir))
+
+    return Env(input_dir=Path(config.input_dir), output_dir=Path(config.output_dir), temp_dir=Path(config.temp_dir),
+               models_dir=Path(config.models_dir), model_store_factory=store_factory)
+
+
+def _prune_outputs_fn(config: Config):
+    from engine.folders import UnsafePathError, confine
+
+    def prune(outputs: dict) -> None:
+        for ui in outputs.values():
+            for key in ("images", "video", "audio"):
+                for f in (ui or {}).get(key) or ():
+                    if not isinstance(f, dict) or f.get("type") != "output":
+                        continue
+                    try:
+                        p = confine(config.output_dir, "/".join(x for x in (f.get("subfolder"), f.get("filename")) if x))
+                        p.unlink(missing_ok=True)
+                    except (UnsafePathError, OSError):
+                        pass
+
+    return prune
+
+
+def create_app(config: Config | None = None, *, registry=None) -> Starlette:
+    """The ASGI app. ``registry`` (or ``config.registry``) replaces the default node catalogue."""
+    config = config or Config()
+    config.ensure_dirs()
+    if registry is not None:
+        config.registry = registry
+    if config.registry is None:
+        from nodes import default_registry
+
+        config.registry = default_registry()
+    if config.env is None:
+        config.env = _build_env(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        from engine.executor import Executor
+
+        store = Store(config.db_path, max_items=config.history_max_items, max_age_s=config.history_max_age_s,
+                      on_prune_outputs=_prune_outputs_fn(config) if config.prune_outputs else None)
+        recovered = store.recover(requeue=config.requeue_interrupted)
+        if recovered:
+            log.warning("%d prompt(s) were running when the server stopped: %s", len(recovered),
+                        "re-queued" if config.requeue_interrupted else "marked failed")
+        store.prune()
+        hub = Hub(queue_limit=config.ws_queue_limit, replay_prompts=config.replay_prompts,
+                  replay_events=config.replay_events, max_upload=config.max_upload_bytes)
+        hub.remaining = store.remaining()
+        executor = Executor(config.registry, config.env)
+        s = Service(config, config.registry, config.env, executor, store, hub)
+        s.worker = Worker(executor, store, hub, asyncio.get_running_loop(),
+                          preview_interval_s=config.preview_interval_s, preview_size=config.preview_size)
+        app.state.svc = s
+        s.worker.start()
+        try:
+            yield
+        finally:
+            await hub.close_all()
+            await asyncio.get_running_loop().run_in_executor(None, s.worker.stop)
+            store.close()
+
+    routes: list = []
+    for mod in (routes_prompt, routes_files, routes_user, routes_system):
+        for path, endpoint, methods in mod.ROUTES:
+            routes.append(Route(path, endpoint, methods=methods))
+            routes.append(Route("/api" + path, endpoint, methods=methods))
+        for path, endpoint, methods in getattr(mod, "INTERNAL", ()):
+            routes.append(Route("/internal" + path, endpoint, methods=methods))
+    for path, endpoint in routes_system.STATIC_JSON:
+        routes.append(Route(path, endpoint, methods=["GET"]))
+
+    async def ws_endpoint(websocket):
+        await websocket.accept()
+        q = websocket.query_params
+        await websocket.app.state.svc.hub.serve(websocket, q.get("clientId"), q.get("format") == "msgpack",
+                                                q.get("events") == "loom")
+
+    routes += [WebSocketRoute("/ws", ws_endpoint), WebSocketRoute("/api/ws", ws_endpoint)]
+
+    frontend = config.default_frontend_root()
+    if frontend is not None:
+        index = frontend / "index.html"
+
+        async def root(request: Request) -> Response:
+            return FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+        routes.append(Route("/", root, methods=["GET"]))
+        routes.append(Mount("/", StaticFiles(directory=str(frontend), follow_symlink=False), name="frontend"))
+    else:
+        async def root(request: Request) -> Response:
+            return HTMLResponse(NO_FRONTEND)
+
+        routes.append(Route("/", root, methods=["GET"]))
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSON({"error": "internal server error"}, status_code=500)
+
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Guard, config=config)],
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.config = config
+    return app
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="loom serve", description="Run Loom's ComfyUI-compatible server.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--base", default=".", help="base folder for models/, input/, output/, temp/, user/ and the queue")
+    p.add_argument("--models", help="models folder (default BASE/models)")
+    p.add_argument("--output", help="output folder (default BASE/output)")
+    p.add_argument("--input", help="input folder (default BASE/input)")
+    p.add_argument("--temp", help="temp folder (default BASE/temp)")
+    p.add_argument("--user", help="user folder (default BASE/user)")
+    p.add_argument("--db", help="queue/history database (default BASE/loom.sqlite3)")
+    p.add_argument("--token", default=os.environ.get("LOOM_TOKEN"),
+                   help="access token (required off loopback); 'generate' makes one and prints it")
+    p.add_argument("--allow-origin", action="append", default=[], help="extra allowed Origin (repeatable)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0)
+    p.add_argument("--history-max-items", type=int, default=10_000)
+    p.add_argument("--history-max-age-days", type=float, default=30.0)
+    p.add_argument("--prune-outputs", action="store_true", help="delete output files of pruned history entries")
+    p.add_argument("--requeue-interrupted", action="store_true",
+                   help="on restart, re-queue a prompt that was running (default: mark it failed)")
+    p.add_argument("--frontend-root", help="serve this folder as the editor instead of comfyui-frontend-package")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    return Config(host=a.host, port=a.port, base_dir=Path(a.base), models_dir=a.models, output_dir=a.output,
+                  input_dir=a.input, temp_dir=a.temp, user_dir=a.user, db_path=a.db, token=a.token,
+                  allowed_origins=tuple(a.allow_origin), max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
+                  history_max_items=a.history_max_items, history_max_age_s=a.history_max_age_days * 86400,
+                  prune_outputs=a.prune_outputs, requeue_interrupted=a.requeue_interrupted,
+                  frontend_root=Path(a.frontend_root) if a.frontend_root else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    a = parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(a)
+    config.check()
+    app = create_app(config)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    url = f"http://{host}:{config.port}/"
+    print(f"Loom server on {url}" + (f"?token={config.token}" if config.token else ""), file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, ws="websockets-sansio", log_level=a.log_level.lower(),
+                ws_max_size=1 << 20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

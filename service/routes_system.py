@@ -1,0 +1,195 @@
+"""Node catalogue, system facts, models, and the small lookups the frontend makes at boot."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine.schema import node_info, object_info
+
+from .http import JSON, svc
+
+LOGS: list[dict] = []  # the server's own log lines for /internal/logs (bounded by the log handler)
+
+
+def _torch_version() -> str:
+    t = sys.modules.get("torch")
+    if t is not None:
+        return str(t.__version__)
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def _ram() -> tuple[int, int]:
+    try:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                info[k] = int(v.split()[0]) * 1024
+        return info.get("MemTotal", 0), info.get("MemAvailable", 0)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def _devices() -> list[dict]:
+    t = sys.modules.get("torch")  # never import torch just to answer this
+    if t is not None and t.cuda.is_available():
+        out = []
+        for i in range(t.cuda.device_count()):
+            free, total = t.cuda.mem_get_info(i)
+            out.append({"name": t.cuda.get_device_name(i), "type": "cuda", "index": i, "vram_total": total,
+                        "vram_free": free, "torch_vram_total": t.cuda.memory_reserved(i),
+                        "torch_vram_free": t.cuda.memory_reserved(i) - t.cuda.memory_allocated(i)})
+        return out
+    total, free = _ram()
+    return [{"name": "cpu", "type": "cpu", "index": 0, "vram_total": total, "vram_free": free,
+             "torch_vram_total": 0, "torch_vram_free": 0}]
+
+
+async def system_stats(request: Request) -> Response:
+    s = svc(request)
+    total, free = _ram()
+    try:
+        fe = metadata.version("comfyui-frontend-package")
+    except metadata.PackageNotFoundError:
+        fe = ""
+    return JSON({"system": {"os": os.name, "ram_total": total, "ram_free": free,
+                            "comfyui_version": s.config.version, "loom_version": s.config.version,
+                            "required_frontend_version": fe, "installed_templates_version": "",
+                            "required_templates_version": "", "python_version": sys.version,
+                            "pytorch_version": _torch_version(), "embedded_python": False,
+                            "argv": ["loom", "serve"], "platform": platform.platform()},
+                 "devices": _devices()})
+
+
+async def get_object_info(request: Request) -> Response:
+    s = svc(request)
+    return JSON(object_info(s.registry, s.env))
+
+
+async def get_object_info_one(request: Request) -> Response:
+    s = svc(request)
+    cls = s.registry.get(request.path_params["node_class"])
+    return JSON({cls.class_type: node_info(cls, s.env)} if cls is not None else {})
+
+
+def _kinds() -> list[str]:
+    from engine.folders import FOLDER_KINDS
+
+    return list(FOLDER_KINDS)
+
+
+def _folders(s):
+    from engine.folders import ModelFolders
+
+    return ModelFolders(s.config.models_dir)
+
+
+async def get_models(request: Request) -> Response:
+    return JSON(_kinds())
+
+
+async def get_models_folder(request: Request) -> Response:
+    folder = request.path_params["folder"]
+    if folder not in _kinds():
+        raise HTTPException(404, "unknown model folder")
+    return JSON(_folders(svc(request)).list(folder))
+
+
+async def get_embeddings(request: Request) -> Response:
+    names = _folders(svc(request)).list("embeddings")
+    return JSON([os.path.splitext(n)[0] for n in names])
+
+
+async def experiment_models(request: Request) -> Response:
+    f = _folders(svc(request))
+    return JSON([{"name": k, "folders": [str(p) for p in f.paths(k)]} for k in _kinds()])
+
+
+async def experiment_models_folder(request: Request) -> Response:
+    folder = request.path_params["folder"]
+    if folder not in _kinds():
+        raise HTTPException(404, "unknown model folder")
+    f = _folders(svc(request))
+    out = []
+    for name in f.list(folder):
+        for i, base in enumerate(f.paths(folder)):
+            p = base / name
+            if p.exists():
+                st = p.stat()
+                out.append({"name": name, "pathIndex": i, "modified": st.st_mtime, "created": st.st_ctime,
+                            "size": st.st_size})
+                break
+    return JSON(out)
+
+
+async def features(request: Request) -> Response:
+    return JSON(svc(request).hub.flags)
+
+
+async def empty_list(request: Request) -> Response:
+    return JSON([])
+
+
+async def empty_dict(request: Request) -> Response:
+    return JSON({})
+
+
+async def not_found(request: Request) -> Response:
+    raise HTTPException(404, "not found")
+
+
+async def logs(request: Request) -> Response:
+    return JSON("\n".join(e["m"] for e in LOGS))
+
+
+async def logs_raw(request: Request) -> Response:
+    return JSON({"entries": LOGS, "size": {"cols": 120, "rows": 40}})
+
+
+async def logs_subscribe(request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def folder_paths(request: Request) -> Response:
+    s = svc(request)
+    f = _folders(s)
+    return JSON({k: [str(p) for p in f.paths(k)] for k in _kinds()})
+
+
+async def templates_index(request: Request) -> Response:
+    return JSON([])
+
+
+ROUTES = [
+    ("/object_info", get_object_info, ["GET"]),
+    ("/object_info/{node_class}", get_object_info_one, ["GET"]),
+    ("/system_stats", system_stats, ["GET"]),
+    ("/embeddings", get_embeddings, ["GET"]),
+    ("/extensions", empty_list, ["GET"]),
+    ("/features", features, ["GET"]),
+    ("/models", get_models, ["GET"]),
+    ("/models/{folder}", get_models_folder, ["GET"]),
+    ("/experiment/models", experiment_models, ["GET"]),
+    ("/experiment/models/{folder}", experiment_models_folder, ["GET"]),
+    ("/experiment/models/preview/{folder}/{index}/{filename:path}", not_found, ["GET"]),
+    ("/i18n", empty_dict, ["GET"]),
+    ("/workflow_templates", empty_dict, ["GET"]),
+    ("/global_subgraphs", empty_dict, ["GET"]),
+    ("/node_replacements", empty_dict, ["GET"]),
+]
+INTERNAL = [
+    ("/logs", logs, ["GET"]),
+    ("/logs/raw", logs_raw, ["GET"]),
+    ("/logs/subscribe", logs_subscribe, ["PATCH"]),
+    ("/folder_paths", folder_paths, ["GET"]),
+]
+STATIC_JSON = [("/templates/index.json", templates_index), ("/templates/index_logo.json", empty_dict)]

@@ -1,0 +1,73 @@
+"""Test-only nodes for the server tests: slow steps with previews, a failing node, a counter."""
+from __future__ import annotations
+
+import threading
+import time
+
+from engine.node import Float, Int, Node, Output, Result, Socket, String
+
+STARTED = threading.Event()
+
+
+class ServerSteps(Node):
+    """Runs ``steps`` steps of ``delay`` seconds, reporting progress (and a preview image) per step."""
+    category = "testing"
+    inputs = (Int("steps", 5, min=1, max=100000), Float("delay", 0.01, min=0.0, max=60.0, step=0.001),
+              Int("preview", 0, min=0, max=1), Int("seed", 0, min=0, max=10**9))
+    outputs = (Output("INT", "steps"),)
+    output_node = True
+
+    def run(self, ctx, steps, delay, preview, seed):
+        STARTED.set()
+        for i in range(steps):
+            ctx.check_cancelled()
+            time.sleep(delay)
+            pv = None
+            if preview:
+                def pv(i=i):
+                    from PIL import Image
+                    return Image.new("RGB", (64, 64), (i * 20 % 256, 80, 160))
+            ctx.progress(i + 1, steps, pv)
+        return Result((steps,), {"text": [f"ran {steps} steps"], "done_at": [time.time()]})
+
+
+class ServerFail(Node):
+    """Always raises."""
+    category = "testing"
+    inputs = (String("message", "boom"),)
+    outputs = ()
+    output_node = True
+
+    def run(self, ctx, message):
+        raise RuntimeError(message)
+
+
+class ServerChain(Node):
+    """value + 1 (for long chains in benchmarks)."""
+    category = "testing"
+    inputs = (Socket("value", "INT", optional=True), Int("k", 0, min=0, max=10**9))
+    outputs = (Output("INT"),)
+
+    def run(self, ctx, k, value=None):
+        return ((value or 0) + 1,)
+
+
+class ServerShow(Node):
+    """Output node reporting an INT."""
+    category = "testing"
+    inputs = (Socket("value", "INT"),)
+    outputs = ()
+    output_node = True
+
+    def run(self, ctx, value):
+        return Result((), {"text": [str(value)], "done_at": [time.time()]})
+
+
+STUBS = [ServerSteps, ServerFail, ServerChain, ServerShow]
+
+
+def registry():
+    from engine.node import Registry
+    from nodes import all_nodes
+
+    return Registry([*all_nodes(), *STUBS])
