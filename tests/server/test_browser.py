@@ -1,0 +1,105 @@
+"""ComfyUI's official frontend (comfyui-frontend-package) as Loom's editor, in headless Debian Chromium.
+
+Boots the real frontend against a live Loom server, checks Loom's nodes are registered from
+/object_info, saves and reloads a workflow through the frontend's own userdata client, loads a
+graph, clicks Run, sees total and per-node progress (window title "[total%][node%]", which is fed
+by progress_state/progress events — Loom sends only the changed node's state), the live preview,
+the finished image loaded from /view, and the job in the Job Queue panel (fed by /api/jobs).
+
+Needs: apt-get install -y chromium; pip install playwright comfyui-frontend-package.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from .conftest import LiveServer
+
+CHROMIUM = os.environ.get("LOOM_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _requirements() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    try:
+        import comfyui_frontend_package  # noqa: F401
+    except ImportError:
+        return "comfyui-frontend-package is not installed (pip install loom[ui])"
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        return f"chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"
+    return None
+
+
+WF = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0x336699}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "browser"}},
+    "4": {"class_type": "ServerSteps", "inputs": {"steps": 25, "delay": 0.12, "preview": 1, "seed": 1}},
+}
+
+
+def test_official_frontend_end_to_end(tmp_path):
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    ud = tmp_path / "user" / "default"
+    ud.mkdir(parents=True)
+    (ud / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    with LiveServer(tmp_path) as srv, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                    args=ARGS)
+        try:
+            page = browser.new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.goto(srv.url + "/")
+            # boots, and registers Loom's nodes from /object_info
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                                   "Object.keys(window.LiteGraph.registered_node_types || {}).length > 0",
+                                   timeout=90_000)
+            types = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
+            for t in ("EmptyImage", "ImageInvert", "SaveImage", "ServerSteps"):
+                assert t in types
+            # saves and reloads a workflow through the frontend's own userdata client
+            saved = page.evaluate("""async () => {
+                const api = window.app.api;
+                const data = JSON.stringify(window.app.graph.serialize());
+                const r = await api.storeUserData('workflows/loom-saved.json', data,
+                                                  {overwrite: true, stringify: false, throwOnError: true});
+                const files = await api.listUserDataFullInfo('workflows');
+                const back = await (await api.getUserData('workflows/loom-saved.json')).json();
+                return {status: r.status, files: files.map(f => f.path), nodes: back.nodes.length};
+            }""")
+            assert saved["status"] == 200 and "loom-saved.json" in saved["files"]
+            assert (ud / "workflows" / "loom-saved.json").is_file()
+            # load a graph and press Run
+            page.evaluate("(wf) => window.app.loadApiJson(wf, 'loom-test.json')", WF)
+            page.wait_for_function("() => window.app.graph._nodes.length === 4")
+            page.get_by_role("button", name="Run").first.click()
+            # progress: total and current-node percentages in the title, driven by the websocket
+            page.wait_for_function(r"() => /\[\d+%\]\[\d+%\]/.test(document.title)", timeout=30_000)
+            assert "ServerSteps" in page.title()
+            # a live preview reaches the sampling node
+            page.wait_for_function("() => (window.app.graph.getNodeById(4).imgs || []).some(i => i.naturalWidth > 0)",
+                                   timeout=30_000)
+            # the finished image is fetched from /view and shown on the SaveImage node
+            page.wait_for_function("""() => (window.app.graph.getNodeById(3).imgs || []).some(
+                i => i.src.includes('/api/view?filename=browser_00001_.png') && i.naturalWidth === 64)""",
+                                   timeout=60_000)
+            page.wait_for_function("() => !/\\[\\d+%\\]/.test(document.title)", timeout=30_000)
+            # the Job Queue panel lists the finished job
+            page.get_by_text("0 active").first.click()
+            page.get_by_text("Job Queue").first.wait_for(timeout=15_000)
+            page.get_by_text("browser_00001_.png").first.wait_for(timeout=15_000)
+            assert not page_errors, page_errors
+        finally:
+            browser.close()
