@@ -1,0 +1,226 @@
+"""Server benchmarks (not tests): run ``python bench/server.py [--quick]``.
+
+Starts a real Loom server in a subprocess (uvicorn, loopback) with two model-free bench nodes and
+measures, from real HTTP/websocket clients:
+
+1. requests/s of POST /prompt for a trivial (cached) workflow, 8 concurrent clients;
+2. end-to-end latency of a fully cached prompt (POST → ``executing {node: null}`` on the socket);
+3. ms from a node finishing (timestamp taken inside the node) to its ``executed`` message arriving;
+4. websocket bytes and wall time for 100-, 1,000- and 10,000-node chain prompts, as a ComfyUI
+   frontend client (feature flags sent) — traffic must grow linearly with the graph.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# -- server side -----------------------------------------------------------------------------------
+def _bench_registry():
+    from engine.node import Int, Node, Output, Registry, Result, Socket
+    from nodes import all_nodes
+
+    class BenchChain(Node):
+        """value + 1."""
+        category = "bench"
+        inputs = (Socket("value", "INT", optional=True), Int("k", 0, min=0, max=10**12))
+        outputs = (Output("INT"),)
+
+        def run(self, ctx, k, value=None):
+            return ((value or 0) + 1,)
+
+    class BenchShow(Node):
+        """Output node; its ui carries the wall-clock time it finished."""
+        category = "bench"
+        output_node = True
+        inputs = (Socket("value", "INT"),)
+        outputs = ()
+
+        def run(self, ctx, value):
+            return Result((), {"text": [str(value)], "done_at": [time.time()]})
+
+    return Registry([*all_nodes(), BenchChain, BenchShow])
+
+
+def serve(base: str, port: int) -> None:
+    import uvicorn
+
+    from server import create_app
+    from service.config import Config
+
+    app = create_app(Config(base_dir=Path(base), port=port, history_max_items=2000), registry=_bench_registry())
+    uvicorn.run(app, host="127.0.0.1", port=port, ws="websockets-sansio", log_level="warning",
+                ws_max_size=1 << 20)
+
+
+# -- client side -----------------------------------------------------------------------------------
+def chain(n: int, k: int) -> dict:
+    wf = {"1": {"class_type": "BenchChain", "inputs": {"k": k}}}
+    for i in range(2, n):
+        wf[str(i)] = {"class_type": "BenchChain", "inputs": {"value": [str(i - 1), 0], "k": 0}}
+    wf[str(n)] = {"class_type": "BenchShow", "inputs": {"value": [str(n - 1), 0]}}
+    return wf
+
+
+async def _ws(url: str, cid: str):
+    import websockets
+
+    ws = await websockets.connect(f"{url.replace('http', 'ws')}/ws?clientId={cid}", max_size=None)
+    await ws.recv()
+    await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+    await ws.recv()
+    return ws
+
+
+async def _until_done(ws, pid: str, on_msg=None) -> int:
+    nbytes = 0
+    while True:
+        raw = await ws.recv()
+        nbytes += len(raw)
+        if isinstance(raw, bytes):
+            continue
+        m = json.loads(raw)
+        if on_msg:
+            on_msg(m)
+        d = m["data"]
+        if m["type"] == "executing" and d.get("node") is None and d.get("prompt_id") == pid:
+            return nbytes
+
+
+async def bench_post_rate(url: str, total: int, conc: int = 8) -> float:
+    import httpx
+
+    wf = chain(2, 0)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        await c.post("/prompt", json={"prompt": wf})
+        left = [total]
+
+        async def worker():
+            while left[0] > 0:
+                left[0] -= 1
+                r = await c.post("/prompt", json={"prompt": wf})
+                assert r.status_code == 200, r.text
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(conc)])
+        dt = time.perf_counter() - t0
+        while (await c.get("/prompt")).json()["exec_info"]["queue_remaining"]:
+            await asyncio.sleep(0.05)
+    return total / dt
+
+
+async def bench_cached_latency(url: str, n: int) -> list[float]:
+    import httpx
+
+    ws = await _ws(url, "lat")
+    wf = chain(3, 1)
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            pid = (await c.post("/prompt", json={"prompt": wf, "client_id": "lat"})).json()["prompt_id"]
+            await _until_done(ws, pid)
+            if i:  # the first run fills the cache
+                out.append((time.perf_counter() - t0) * 1000)
+    await ws.close()
+    return out
+
+
+async def bench_node_to_client(url: str, n: int) -> list[float]:
+    import httpx
+
+    ws = await _ws(url, "n2c")
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        for i in range(n):
+            got = {}
+
+            def on(m):
+                if m["type"] == "executed" and "done_at" in (m["data"].get("output") or {}):
+                    got["ms"] = (time.time() - m["data"]["output"]["done_at"][0]) * 1000
+            pid = (await c.post("/prompt", json={"prompt": chain(3, 10_000 + i), "client_id": "n2c"})).json()["prompt_id"]
+            await _until_done(ws, pid, on)
+            out.append(got["ms"])
+    await ws.close()
+    return out
+
+
+async def bench_graph(url: str, n: int, k: int) -> tuple[int, float, dict]:
+    import httpx
+
+    ws = await _ws(url, f"g{n}")
+    counts: dict[str, int] = {}
+
+    def on(m):
+        counts[m["type"]] = counts.get(m["type"], 0) + 1
+    body = json.dumps({"prompt": chain(n, k), "client_id": f"g{n}"})
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        t0 = time.perf_counter()
+        r = await c.post("/prompt", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text[:500]
+        nbytes = await _until_done(ws, r.json()["prompt_id"], on)
+        dt = time.perf_counter() - t0
+    await ws.close()
+    return nbytes, dt, counts
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--base")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="smaller counts")
+    a = ap.parse_args(argv)
+    if a.serve:
+        serve(a.base, a.port)
+        return 0
+    base = tempfile.mkdtemp(prefix="loom-bench-")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOOM_NO_FRONTEND": "1"}
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", "--base", base, "--port", str(port)], env=env,
+                            cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/prompt", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        q = a.quick
+        rate = asyncio.run(bench_post_rate(url, 300 if q else 2000))
+        print(f"POST /prompt (trivial, cached, 8 concurrent clients): {rate:.0f} req/s")
+        lat = asyncio.run(bench_cached_latency(url, 20 if q else 100))
+        print(f"cached prompt end-to-end: median {statistics.median(lat):.2f} ms, "
+              f"p95 {sorted(lat)[int(len(lat) * 0.95) - 1]:.2f} ms")
+        n2c = asyncio.run(bench_node_to_client(url, 20 if q else 100))
+        print(f"node finished -> 'executed' at client: median {statistics.median(n2c):.2f} ms, "
+              f"p95 {sorted(n2c)[int(len(n2c) * 0.95) - 1]:.2f} ms")
+        for i, n in enumerate((100, 1000) if q else (100, 1000, 10000)):
+            nbytes, dt, counts = asyncio.run(bench_graph(url, n, 1_000_000 + i))
+            print(f"{n:>6}-node prompt: {nbytes / 1e6:.3f} MB websocket ({nbytes / n:.0f} B/node), "
+                  f"{dt:.2f} s end to end; messages {dict(sorted(counts.items()))}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
