@@ -24,8 +24,14 @@ class Entry:
     nbytes: int
 
 
+_SCALARS = (str, float, bool, bytes, type(None))
+
+
 def _canon(v: Any) -> Any:
     """Make a constant msgpack-encodable with a canonical form (sorted dict items)."""
+    t = type(v)
+    if t in _SCALARS or (t is int and -(2**63) <= v < 2**64):
+        return v
     if isinstance(v, dict):
         return ["\x00dict", sorted(([str(k), _canon(x)] for k, x in v.items()), key=lambda kv: kv[0])]
     if isinstance(v, (list, tuple)):
@@ -41,9 +47,10 @@ def node_key(class_type: str, version: str, constants: dict, links: dict, finger
     """16-byte structural key. ``links`` maps input name → (upstream key, output index)."""
     if isinstance(fingerprint, float) and math.isnan(fingerprint):
         fingerprint = ["\x00nonce", os.urandom(16)]  # NaN = never equal: always re-run
+    # Input names are unique strings, so sorting the (name, ...) tuples compares names only.
     payload = [class_type, version,
-               sorted(([k, _canon(v)] for k, v in constants.items()), key=lambda kv: kv[0]),
-               sorted(([k, key, idx] for k, (key, idx) in links.items()), key=lambda kv: kv[0]),
+               sorted([(k, _canon(v)) for k, v in constants.items()]),
+               sorted([(k, key, idx) for k, (key, idx) in links.items()]),
                _canon(fingerprint)]
     return hashlib.blake2b(msgpack.packb(payload, use_bin_type=True), digest_size=16).digest()
 

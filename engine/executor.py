@@ -58,22 +58,24 @@ def _overrides(cls: type[Node], name: str) -> bool:
     return getattr(cls, name).__func__ is not getattr(Node, name).__func__
 
 
-def execution_order(wf: Workflow, outputs: list[str]) -> list[str]:
-    """Depth-first post-order over inputs, output by output (no recursion)."""
-    nodes = wf.nodes
+def execution_order(wf: Workflow, outputs: list[str], deps: dict[str, list[str]] | None = None) -> list[str]:
+    """Depth-first post-order over inputs, output by output (no recursion). ``deps`` maps each node
+    to the source node ids of its links (computed here if not given)."""
+    if deps is None:
+        deps = {nid: [v.node for v in spec.inputs.values() if type(v) is Link] for nid, spec in wf.nodes.items()}
     order: list[str] = []
-    state: dict[str, int] = {}
+    state: set[str] = set()
     for o in outputs:
         if o in state:
             continue
-        state[o] = 1
-        stack = [(o, iter([v.node for v in nodes[o].inputs.values() if isinstance(v, Link)]))]
+        state.add(o)
+        stack = [(o, iter(deps[o]))]
         while stack:
             nid, it = stack[-1]
             for dep in it:
                 if dep not in state:
-                    state[dep] = 1
-                    stack.append((dep, iter([v.node for v in nodes[dep].inputs.values() if isinstance(v, Link)])))
+                    state.add(dep)
+                    stack.append((dep, iter(deps[dep])))
                     break
             else:
                 stack.pop()
@@ -145,7 +147,8 @@ class Executor:
                 result.messages.append([ev.type, ev.data])
             sink(ev)
 
-        order = execution_order(wf, v.outputs)
+        deps = {nid: [x.node for x in spec.inputs.values() if type(x) is Link] for nid, spec in nodes.items()}
+        order = execution_order(wf, v.outputs, deps)
         keys: dict[str, bytes] = {}
         parts: dict[str, tuple] = {}
         volatile: set[str] = set()  # NaN fingerprint: never stored, never served
@@ -155,7 +158,7 @@ class Executor:
             spec, cls = nodes[nid], classes[nid]
             consts, links = {}, {}
             for name, val in spec.inputs.items():
-                if isinstance(val, Link):
+                if type(val) is Link:
                     links[name] = (keys[val.node], val.output)
                 else:
                     consts[name] = val
@@ -190,16 +193,15 @@ class Executor:
             if keys[nid] in cache:
                 continue
             execute.add(nid)
-            stack.extend(val.node for val in nodes[nid].inputs.values() if isinstance(val, Link))
+            stack.extend(deps[nid])
         # Every needed node whose output is in the cache counts as cached (ComfyUI lists them all),
         # but only values actually read are fetched (which also refreshes their LRU position).
         cached_set = {n for n in order if n not in execute and keys[n] in cache}
         output_set = set(v.outputs)
         consumers_left: dict[str, int] = {}
         for nid in execute:
-            for val in nodes[nid].inputs.values():
-                if isinstance(val, Link):
-                    consumers_left[val.node] = consumers_left.get(val.node, 0) + 1
+            for src in deps[nid]:
+                consumers_left[src] = consumers_left.get(src, 0) + 1
         values: dict[str, Any] = {}
         for nid in order:
             if nid in cached_set and (nid in output_set or nid in consumers_left):

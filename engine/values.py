@@ -11,9 +11,14 @@ from typing import Any
 SMALL_OBJECT = 64  # bytes charged for a value whose size is unknown
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def nbytes(value: Any) -> int:
     """Approximate memory held by a value: tensors and arrays by ``nbytes``, containers summed.
     Objects may define ``__loom_nbytes__()`` (model references report a few bytes)."""
+    if type(value) is tuple and all(type(v) in _PLAIN for v in value):  # the common small case
+        return SMALL_OBJECT * (1 + len(value))
     total = 0
     stack = [value]
     seen: set[int] = set()
@@ -52,6 +57,9 @@ def isolate(value: Any) -> Any:
     cached value by adding or replacing keys. In-place writes into shared tensors are caught by
     ``Versions`` instead.
     """
+    t = type(value)
+    if t in _PLAIN or t is str:
+        return value
     if isinstance(value, dict):
         return {k: isolate(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -71,6 +79,8 @@ class Versions:
     def __init__(self, values: dict[str, Any]):
         items = []
         for name, v in values.items():
+            if type(v) in _PLAIN or type(v) is str:
+                continue
             stack = [v]
             while stack:
                 x = stack.pop()
