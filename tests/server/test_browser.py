@@ -103,3 +103,32 @@ def test_official_frontend_end_to_end(tmp_path):
             assert not page_errors, page_errors
         finally:
             browser.close()
+
+
+def test_frontend_works_with_a_token(tmp_path):
+    """With a token (required off loopback), opening /?token=... sets an HttpOnly cookie and the frontend's
+    fetches and websocket carry it; without it the page is refused."""
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    ud = tmp_path / "user" / "default"
+    ud.mkdir(parents=True)
+    (ud / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    with LiveServer(tmp_path, token="tok-123") as srv, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                    args=ARGS)
+        try:
+            page = browser.new_page()
+            assert page.goto(srv.url + "/").status == 401
+            page.goto(srv.url + "/?token=tok-123")
+            assert "token" not in page.url
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                                   "Object.keys(window.LiteGraph.registered_node_types || {}).length > 0",
+                                   timeout=90_000)
+            # the websocket connected (the server's first status message carries the sid)
+            page.wait_for_function("() => !!window.app.api.clientId", timeout=30_000)
+            assert page.evaluate("() => window.app.api.clientId") in srv.svc.hub.clients
+        finally:
+            browser.close()
