@@ -12,6 +12,13 @@ from engine.node import Node, Registry
 MODULES = [
     "nodes.primitives",
     "nodes.image",
+    "nodes.loaders",
+    "nodes.conditioning",
+    "nodes.latents",
+    "nodes.sampling",
+    "nodes.vae",
+    "nodes.masks",
+    "nodes.upscale",
     "nodes.testing",
 ]
 

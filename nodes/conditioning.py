@@ -1,0 +1,261 @@
+"""Text conditioning: CLIPTextEncode with (word:1.2) weighting and prompts longer than 77 tokens, clip skip,
+and the conditioning list operations.
+
+CONDITIONING is ComfyUI's list of ``[cond (B, 77*k, D), {"pooled_output": (B, P), ...}]`` entries.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.node import Boolean, Float, Int, Node, Output, Socket, String
+
+CHUNK = 75  # content tokens per 77-token window (BOS + 75 + EOS)
+MAX_WORD = 8  # words longer than this (in tokens) may be split across windows
+
+
+# ------------------------------------------------------------------------------------------ weighting
+def _split_top(text: str) -> list[str]:
+    """Top-level pieces: '(...)' groups (balanced, unescaped) and the plain text between them."""
+    out, buf, depth, start = [], [], 0, 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            (buf if depth == 0 else buf).append(text[i:i + 2])
+            i += 2
+            continue
+        if ch == "(":
+            if depth == 0:
+                if buf:
+                    out.append("".join(buf))
+                    buf = []
+            depth += 1
+            buf.append(ch)
+        elif ch == ")" and depth > 0:
+            depth -= 1
+            buf.append(ch)
+            if depth == 0:
+                out.append("".join(buf))
+                buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    if buf:
+        out.append("".join(buf))
+    return out
+
+
+def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
+    """ComfyUI prompt weighting: ``(x)`` multiplies x's weight by 1.1 (nesting compounds), ``(x:1.5)`` sets it,
+    ``\\(`` and ``\\)`` are literal parentheses. Returns (text, weight) segments in order."""
+    out: list[tuple[str, float]] = []
+    for piece in _split_top(text):
+        if len(piece) >= 2 and piece[0] == "(" and piece[-1] == ")":
+            inner = piece[1:-1]
+            w = weight * 1.1
+            colon = inner.rfind(":")
+            if colon > 0:
+                try:
+                    w = float(inner[colon + 1:])
+                    inner = inner[:colon]
+                except ValueError:
+                    pass
+            out += parse_weights(inner, w)
+        else:
+            out.append((piece, weight))
+    return out
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\(", "(").replace("\\)", ")")
+
+
+def tokenize_weighted(tok, text: str) -> list[list[tuple[int, float]]]:
+    """Windows of 77 (token id, weight) pairs: BOS, up to 75 tokens, EOS, padding. Words are not split across
+    windows unless longer than 8 tokens; an empty prompt gives one window."""
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    words: list[tuple[str, float]] = []
+    for seg, w in parse_weights(text):
+        for word in _unescape(seg).replace("\n", " ").split(" "):
+            if word:
+                words.append((word, w))
+    ids_per_word = tok([w for w, _ in words], add_special_tokens=False)["input_ids"] if words else []
+    windows: list[list[tuple[int, float]]] = []
+    cur: list[tuple[int, float]] = []
+    for (word, w), ids in zip(words, ids_per_word):
+        toks = [(i, w) for i in ids]
+        if len(cur) + len(toks) > CHUNK:
+            if len(toks) > MAX_WORD:  # a long word fills this window and continues in the next
+                while len(cur) + len(toks) > CHUNK:
+                    room = CHUNK - len(cur)
+                    cur += toks[:room]
+                    toks = toks[room:]
+                    windows.append(cur)
+                    cur = []
+            else:
+                windows.append(cur)
+                cur = []
+        cur += toks
+    if cur or not windows:
+        windows.append(cur)
+    out = []
+    for win in windows:
+        seq = [(bos, 1.0)] + win + [(eos, 1.0)]
+        seq += [(pad, 1.0)] * (CHUNK + 2 - len(seq))
+        out.append(seq)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ encoding
+def _hidden(te, ids, layer: int, arch: str, index: int):
+    """Token features of ``te`` for ``ids`` (n, 77): layer -1 = last_hidden_state; -k = final_layer_norm of the
+    k-th hidden state from the end (clip skip). SDXL: penultimate layer, no final norm (index -2 or lower)."""
+    if arch == "sdxl":
+        o = te(ids, output_hidden_states=True)
+        h = o.hidden_states[min(layer, -2)]
+        pooled = o.text_embeds if hasattr(o, "text_embeds") else None
+        return h, pooled
+    if layer == -1:
+        o = te(ids, attention_mask=None)
+        return o[0], getattr(o, "pooler_output", None)
+    o = te(ids, output_hidden_states=True)
+    hs = o.hidden_states
+    k = max(-len(hs) + 1, layer)
+    h = getattr(te, "text_model", te).final_layer_norm(hs[k])
+    return h, getattr(o, "pooler_output", None)
+
+
+def encode_text(clip_ref, text: str) -> list:
+    """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``)."""
+    layer = int(clip_ref.option("clip_skip", -1))
+    with clip_ref.store.using(clip_ref) as (tenc,):
+        feats, pooled_out = [], None
+        for i, (te, tok) in enumerate(zip(tenc.encoders, tenc.tokenizers)):
+            windows = tokenize_weighted(tok, text)
+            dev = next(te.parameters()).device
+            ids = torch.tensor([[t for t, _ in w] for w in windows], device=dev)
+            weights = torch.tensor([[w for _, w in win] for win in windows], dtype=torch.float32)
+            with torch.no_grad():
+                z, pooled = _hidden(te, ids, layer, tenc.arch, i)
+                z = z.float().cpu()
+                if (weights != 1.0).any():
+                    empty = torch.tensor([[t for t, _ in tokenize_weighted(tok, "")[0]]], device=dev)
+                    ze = _hidden(te, empty, layer, tenc.arch, i)[0].float().cpu()
+                    z = (z - ze) * weights.unsqueeze(-1) + ze
+            feats.append(z.reshape(1, -1, z.shape[-1]))
+            if pooled is not None and (tenc.arch != "sdxl" or i == len(tenc.encoders) - 1):
+                pooled_out = pooled[:1].float().cpu()
+        cond = torch.cat(feats, -1) if len(feats) > 1 else feats[0]
+    return [[cond.contiguous(), {"pooled_output": pooled_out}]]
+
+
+# ------------------------------------------------------------------------------------------ nodes
+class CLIPTextEncode(Node):
+    """Encodes a text prompt with a CLIP model into conditioning for the diffusion model.
+    (word:1.2) sets a word's weight, (word) multiplies it by 1.1; prompts longer than 75 tokens are encoded
+    in 77-token windows and concatenated."""
+    display_name = "CLIP Text Encode (Prompt)"
+    category = "conditioning"
+    inputs = (String("text", multiline=True, dynamicPrompts=True, tooltip="The text to be encoded."),
+              Socket("clip", "CLIP", tooltip="The CLIP model used for encoding the text."))
+    outputs = (Output("CONDITIONING", tooltip="A conditioning containing the embedded text used to guide the "
+                                              "diffusion model."),)
+
+    def run(self, ctx, text, clip):
+        if clip is None:
+            raise RuntimeError("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpoint loader node "
+                               "your checkpoint does not contain a valid clip or text encoder model.")
+        return (encode_text(clip, text),)
+
+
+class CLIPSetLastLayer(Node):
+    """Clip skip: use the output of an earlier CLIP layer (-1 = last, -2 = penultimate, ...)."""
+    display_name = "CLIP Set Last Layer"
+    category = "conditioning"
+    inputs = (Socket("clip", "CLIP"), Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1))
+    outputs = (Output("CLIP"),)
+
+    def run(self, ctx, clip, stop_at_clip_layer):
+        return (clip.with_options(clip_skip=int(stop_at_clip_layer)),)
+
+
+def _with(cond: list, **values) -> list:
+    return [[c, {**o, **values}] for c, o in cond]
+
+
+class ConditioningCombine(Node):
+    """Combines two conditionings: both are evaluated and their predictions averaged."""
+    display_name = "Conditioning (Combine)"
+    category = "conditioning"
+    inputs = (Socket("conditioning_1", "CONDITIONING"), Socket("conditioning_2", "CONDITIONING"))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, conditioning_1, conditioning_2):
+        return (list(conditioning_1) + list(conditioning_2),)
+
+
+class ConditioningSetArea(Node):
+    """Restricts a conditioning to a rectangle (pixels; multiples of 8) with a strength."""
+    display_name = "Conditioning (Set Area)"
+    category = "conditioning"
+    inputs = (Socket("conditioning", "CONDITIONING"),
+              Int("width", 64, min=64, max=16384, step=8), Int("height", 64, min=64, max=16384, step=8),
+              Int("x", 0, min=0, max=16384, step=8), Int("y", 0, min=0, max=16384, step=8),
+              Float("strength", 1.0, min=0.0, max=10.0, step=0.01))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, conditioning, width, height, x, y, strength):
+        return (_with(conditioning, area=(height // 8, width // 8, y // 8, x // 8), strength=float(strength),
+                      set_area_to_bounds=False),)
+
+
+class ConditioningZeroOut(Node):
+    """Replaces the conditioning tensors (and pooled output) with zeros."""
+    category = "advanced/conditioning"
+    inputs = (Socket("conditioning", "CONDITIONING"),)
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, conditioning):
+        out = []
+        for c, o in conditioning:
+            o = dict(o)
+            if o.get("pooled_output") is not None:
+                o["pooled_output"] = torch.zeros_like(o["pooled_output"])
+            out.append([torch.zeros_like(c), o])
+        return (out,)
+
+
+class InpaintModelConditioning(Node):
+    """Conditioning for inpainting checkpoints (9-channel UNets): attaches the masked image's latent and the mask
+    to both conditionings, and returns the original image's latent (with the mask as noise mask if asked)."""
+    category = "conditioning/inpaint"
+    inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"), Socket("vae", "VAE"),
+              Socket("pixels", "IMAGE"), Socket("mask", "MASK"), Boolean("noise_mask", True,
+              tooltip="Add a noise mask to the latent so sampling will only happen within the mask. Might improve "
+                      "results or completely break things depending on the model."))
+    outputs = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"), Output("LATENT", "latent"))
+
+    def run(self, ctx, positive, negative, vae, pixels, mask, noise_mask):
+        import torch.nn.functional as F
+
+        from .vae import crop_to_multiple, encode
+
+        H, W = pixels.shape[1], pixels.shape[2]
+        m = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(), size=(H, W), mode="bilinear")
+        orig = crop_to_multiple(pixels)
+        m = crop_to_multiple(m.movedim(1, -1)).movedim(-1, 1)
+        keep = (1.0 - m.round()).squeeze(1).unsqueeze(-1)
+        masked = (orig[..., :3] - 0.5) * keep + 0.5
+        concat_latent = encode(vae, masked)
+        orig_latent = encode(vae, orig)
+        out_latent = {"samples": orig_latent}
+        if noise_mask:
+            out_latent["noise_mask"] = m
+        pos = _with(positive, concat_latent_image=concat_latent, concat_mask=m)
+        neg = _with(negative, concat_latent_image=concat_latent, concat_mask=m)
+        return (pos, neg, out_latent)
+
+
+NODES = [CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
+         InpaintModelConditioning]

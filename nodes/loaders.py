@@ -1,0 +1,109 @@
+"""Model loaders. They return references from the model store (engine/models.py); weights load on first use and
+are shared by every node and prompt that references the same file."""
+from __future__ import annotations
+
+from engine.node import Combo, Float, Node, Output, Socket
+
+
+def store_of(env):
+    return env.model_store()
+
+
+def model_list(kind: str):
+    """Combo options: the files of a model folder kind (``checkpoints``, ``vae``, ...), via the env's store."""
+    def options(env):
+        if env is None:
+            return []
+        try:
+            folders = store_of(env).folders
+        except RuntimeError:
+            from engine.folders import ModelFolders
+
+            folders = ModelFolders(env.models_dir)
+        try:
+            return folders.list(kind)
+        except KeyError:
+            return []
+    return options
+
+
+class CheckpointLoaderSimple(Node):
+    """Loads a diffusion model checkpoint (single-file .safetensors in the original layout, or a diffusers
+    folder); diffusion models are used to denoise latents."""
+    display_name = "Load Checkpoint"
+    category = "loaders"
+    inputs = (Combo("ckpt_name", model_list("checkpoints"), tooltip="The name of the checkpoint (model) to load."),)
+    outputs = (Output("MODEL", tooltip="The model used for denoising latents."),
+               Output("CLIP", tooltip="The CLIP model used for encoding text prompts."),
+               Output("VAE", tooltip="The VAE model used for encoding and decoding images to and from latent "
+                                     "space."))
+
+    def run(self, ctx, ckpt_name):
+        return tuple(store_of(ctx.env).load_checkpoint(ckpt_name))
+
+
+class VAELoader(Node):
+    """Loads a standalone VAE (.safetensors, original or diffusers key layout)."""
+    display_name = "Load VAE"
+    category = "loaders"
+    inputs = (Combo("vae_name", model_list("vae")),)
+    outputs = (Output("VAE"),)
+
+    def run(self, ctx, vae_name):
+        return (store_of(ctx.env).load_vae(vae_name),)
+
+
+class LoraLoader(Node):
+    """LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are denoised such as
+    applying styles. Multiple LoRA nodes can be linked together."""
+    display_name = "Load LoRA"
+    category = "loaders"
+    inputs = (Socket("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+              Socket("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+              Combo("lora_name", model_list("loras"), tooltip="The name of the LoRA."),
+              Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly to modify the diffusion model. This value can be negative."),
+              Float("strength_clip", 1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly to modify the CLIP model. This value can be negative."))
+    outputs = (Output("MODEL", tooltip="The modified diffusion model."),
+               Output("CLIP", tooltip="The modified CLIP model."))
+
+    def run(self, ctx, model, clip, lora_name, strength_model, strength_clip):
+        m, c = store_of(ctx.env).load_lora(model, clip, lora_name, strength_model, strength_clip)
+        return (m, c)
+
+
+class LoraLoaderModelOnly(Node):
+    """LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are denoised such as
+    applying styles. Multiple LoRA nodes can be linked together."""
+    category = "loaders"
+    inputs = (Socket("model", "MODEL"), Combo("lora_name", model_list("loras")),
+              Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01))
+    outputs = (Output("MODEL", tooltip="The modified diffusion model."),)
+
+    def run(self, ctx, model, lora_name, strength_model):
+        m, _ = store_of(ctx.env).load_lora(model, None, lora_name, strength_model, 0.0)
+        return (m,)
+
+
+class UpscaleModelLoader(Node):
+    """Loads a super-resolution model (ESRGAN, SwinIR, ... via spandrel) from upscale_models/ (.safetensors only)."""
+    display_name = "Load Upscale Model"
+    category = "loaders"
+    inputs = (Combo("model_name", model_list("upscale_models")),)
+    outputs = (Output("UPSCALE_MODEL"),)
+
+    @classmethod
+    def check(cls, env, model_name=None, **_):
+        if isinstance(model_name, str) and not model_name.lower().endswith((".safetensors", ".sft")):
+            return {"model_name": "only .safetensors upscale models are loaded (pickle files can run code)"}
+        return None
+
+    def run(self, ctx, model_name):
+        from .upscale import load_upscale_model
+
+        path = store_of(ctx.env).folders.resolve("upscale_models", model_name)
+        return (load_upscale_model(path),)
+
+
+NODES = [CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly, UpscaleModelLoader]
