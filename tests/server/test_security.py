@@ -251,3 +251,22 @@ def test_token_required_off_loopback(make_server, tmp_path):
         assert json.loads(await w.recv())["type"] == "status"
         await w.close()
     run(ws())
+
+
+def test_image_inputs_are_confined(live, secret):
+    """LoadImage names from a prompt cannot reach outside input/ (rejected at validation or at run)."""
+    with live.client() as c:
+        for name in ("../" + secret.name, "/etc/passwd", "link.txt", f"linkdir/{secret.name}", "..\\x.png",
+                     secret.name + " [output]"):
+            wf = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                  "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+            r = c.post("/prompt", json={"prompt": wf})
+            assert r.status_code in (200, 400), (name, r.status_code)
+            if r.status_code == 200:
+                pid = r.json()["prompt_id"]
+                import time
+                t0 = time.time()
+                while (h := c.get(f"/history/{pid}").json()) == {} and time.time() - t0 < 20:
+                    time.sleep(0.05)
+                assert h[pid]["status"]["status_str"] == "error", name
+            assert b"TOP SECRET" not in r.content
