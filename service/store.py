@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 CREATE INDEX IF NOT EXISTS prompts_queue ON prompts(state, number, seq);
 CREATE INDEX IF NOT EXISTS prompts_done ON prompts(done_seq);
+CREATE INDEX IF NOT EXISTS prompts_end ON prompts(end_time);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -105,7 +106,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
-        self._finished = 0
+        self._done_count = self._db.execute("SELECT COUNT(*) FROM prompts WHERE state='done'").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
@@ -210,35 +211,45 @@ class Store:
     def finish(self, prompt_id: str, outcome: str, result: dict) -> None:
         with self._lock:
             self._finish_locked(prompt_id, outcome, result, now_ms())
-            self._finished += 1
             self.prune()
 
     def _finish_locked(self, prompt_id: str, outcome: str, result: dict, ts: int) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             done = self._counter("done")
-            self._db.execute("UPDATE prompts SET state='done', outcome=?, end_time=?, done_seq=?, result=? WHERE id=?",
-                             (outcome, ts, done, dumps(result), prompt_id))
+            n = self._db.execute("UPDATE prompts SET state='done', outcome=?, end_time=?, done_seq=?, result=? "
+                                 "WHERE id=? AND state!='done'", (outcome, ts, done, dumps(result), prompt_id)).rowcount
             self._db.execute("COMMIT")
+            self._done_count += n
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
 
     def prune(self) -> int:
-        """Apply the count and age bounds to history; returns the number of rows removed."""
+        """Apply the count and age bounds to history; returns the number of rows removed. Cheap enough
+        to run after every prompt: both checks use indexes and a maintained row count."""
         with self._lock:
+            removed = 0
             cutoff = now_ms() - int(self.max_age_s * 1000)
-            row = self._db.execute("SELECT done_seq FROM prompts WHERE state='done' ORDER BY done_seq DESC "
-                                   "LIMIT 1 OFFSET ?", (self.max_items,)).fetchone()
-            limit_seq = row[0] if row else -1
-            where = "state='done' AND (done_seq <= ? OR end_time < ?)"
-            if self.on_prune_outputs is not None:
-                for (res,) in self._db.execute(f"SELECT result FROM prompts WHERE {where}", (limit_seq, cutoff)):
-                    try:
-                        self.on_prune_outputs((json.loads(res) or {}).get("outputs") or {})
-                    except Exception:
-                        pass
-            return self._db.execute(f"DELETE FROM prompts WHERE {where}", (limit_seq, cutoff)).rowcount
+            if self._db.execute("SELECT 1 FROM prompts WHERE end_time < ? AND state='done' LIMIT 1",
+                                (cutoff,)).fetchone():
+                removed += self._delete("state='done' AND end_time < ?", (cutoff,))
+            excess = self._done_count - self.max_items
+            if excess > 0:
+                removed += self._delete("seq IN (SELECT seq FROM prompts WHERE state='done' ORDER BY done_seq "
+                                        "LIMIT ?)", (excess,))
+            return removed
+
+    def _delete(self, where: str, args: tuple) -> int:
+        if self.on_prune_outputs is not None:
+            for (res,) in self._db.execute(f"SELECT result FROM prompts WHERE {where}", args):
+                try:
+                    self.on_prune_outputs((json.loads(res) or {}).get("outputs") or {})
+                except Exception:
+                    pass
+        n = self._db.execute(f"DELETE FROM prompts WHERE {where}", args).rowcount
+        self._done_count -= n
+        return n
 
     def history(self, max_items: int | None = None, offset: int = 0) -> list[Item]:
         """Finished prompts, oldest first; ``max_items`` selects the newest N (after skipping ``offset``
@@ -255,10 +266,12 @@ class Store:
     def delete_history(self, ids: list[str] | None = None) -> int:
         with self._lock:
             if ids is None:
-                return self._db.execute("DELETE FROM prompts WHERE state='done'").rowcount
-            n = 0
-            for pid in ids:
-                n += self._db.execute("DELETE FROM prompts WHERE state='done' AND id=?", (str(pid),)).rowcount
+                n = self._db.execute("DELETE FROM prompts WHERE state='done'").rowcount
+            else:
+                n = 0
+                for pid in ids:
+                    n += self._db.execute("DELETE FROM prompts WHERE state='done' AND id=?", (str(pid),)).rowcount
+            self._done_count -= n
             return n
 
     # -- jobs ------------------------------------------------------------------------------------
