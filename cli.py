@@ -1,7 +1,7 @@
 """``loom``: run, validate and inspect workflows headlessly; start the server.
 
     loom run WORKFLOW... [--set ID.INPUT=VALUE]... [--models DIR] [--input DIR] [--output DIR]
-                         [--temp DIR] [--cache-mb N] [--json] [--server URL]
+                         [--temp DIR] [--cache-mb N] [--json] [--server URL [--token T]]
     loom validate WORKFLOW... [--models DIR] [--input DIR] [--json]
     loom nodes [--json]
     loom serve [server options]     (see ``loom serve --help``)
@@ -184,7 +184,8 @@ def cmd_run(args) -> int:
             print("loom run --server: not available yet (the remote client, service/client.py, has not landed)",
                   file=sys.stderr)
             return EXIT_INVALID
-        return int(run_remote(args.server, args.workflows, sets=args.set, as_json=args.json) or 0)
+        kw = {"token": args.token} if args.token else {}
+        return int(run_remote(args.server, args.workflows, sets=args.set, as_json=args.json, **kw) or 0)
 
     from engine import CancelToken, Executor, OutputCache, WorkflowError
 
@@ -390,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="one JSON event per line, and a summary per workflow")
     r.add_argument("--cache-mb", type=float, default=2048, help="output cache budget in MiB (default 2048)")
     r.add_argument("--server", metavar="URL", help="run on a Loom/ComfyUI server instead of in this process")
+    r.add_argument("--token", help="access token for --server")
     _folders(r, run=True)
     v = sub.add_parser("validate", help="check workflow files without running them")
     v.add_argument("workflows", nargs="+", metavar="WORKFLOW")
