@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -146,12 +147,17 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    async def os_error(request: Request, exc: OSError) -> Response:
+        if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ):
+            return JSON({"error": f"bad path: {exc.strerror}"}, status_code=400)
+        return await server_error(request, exc)
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSON({"error": "internal server error"}, status_code=500)
 
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Guard, config=config)],
-                    exception_handlers={HTTPException: http_error, Exception: server_error})
+                    exception_handlers={HTTPException: http_error, OSError: os_error, Exception: server_error})
     app.state.config = config
     return app
 

@@ -270,3 +270,23 @@ def test_image_inputs_are_confined(live, secret):
                     time.sleep(0.05)
                 assert h[pid]["status"]["status_str"] == "error", name
             assert b"TOP SECRET" not in r.content
+
+
+def test_overlong_and_odd_paths_are_4xx(live):
+    long = "a" * 300
+    deep = "/".join(["b" * 200] * 30)
+    cases = [("GET", f"/view?filename={long}.png"), ("GET", f"/view?filename=x.png&subfolder={deep}"),
+             ("GET", f"/api/userdata/{long}"), ("POST", f"/api/userdata/{long}"), ("DELETE", f"/api/userdata/{long}"),
+             ("GET", f"/api/userdata?dir={long}"), ("POST", f"/api/userdata/a.json/move/{long}"),
+             ("GET", f"/view_metadata/checkpoints?filename={long}.safetensors"), ("GET", "/view?filename=%ff%fe"),
+             ("GET", "/api/userdata/%ff%fe"), ("POST", "/api/userdata/%2e"), ("POST", "/api/userdata/"),
+             ("GET", "/api/prompt/x/events?after=abc"), ("GET", "/internal/files/" + long),
+             ("GET", "/api/experiment/models/" + long), ("POST", f"/api/userdata/{deep.replace('/', '%2F')}")]
+    with live.client() as c:
+        for m, p in cases:
+            r = c.request(m, p, content=b'{"a": 1}')
+            assert 400 <= r.status_code < 500, (m, p[:80], r.status_code)
+        png = b"\x89PNG\r\n\x1a\n" + b"0" * 100
+        for data in ({"subfolder": deep}, {"subfolder": long}, {"type": long}):
+            assert 400 <= c.post("/upload/image", files={"image": ("x.png", png)}, data=data).status_code < 500
+        assert 400 <= c.post("/upload/image", files={"image": (long + ".png", png)}).status_code < 500
