@@ -3,7 +3,8 @@
 Targeting follows ComfyUI: ``status`` goes to everyone; execution events go to the socket whose
 sid is the prompt's ``client_id`` (and are not sent when there is none); ``progress``,
 ``progress_state``, previews and ``execution_interrupted`` are broadcast when there is no
-client_id. Loom additions: every prompt message carries a per-prompt ``seq`` (top level, beside
+client_id (the end marker ``executing {node: null}`` is then broadcast too, as ComfyUI's worker
+does). Loom additions: every prompt message carries a per-prompt ``seq`` (top level, beside
 ``type`` and ``data``) and is kept in a bounded replay buffer (GET /prompt/{id}/events?after=N);
 ``progress_state`` carries only the node that changed (the frontend replaces its map with what it
 receives, so the running node still shows its progress while traffic stays linear in the graph);
@@ -240,7 +241,7 @@ class Hub:
             c = self.clients.get(cid)
             if c is not None:
                 self._put(c, m)
-        elif type in BROADCAST_IF_NO_CLIENT:
+        elif type in BROADCAST_IF_NO_CLIENT or (type == "executing" and data.get("node") is None):
             for c in list(self.clients.values()):
                 self._put(c, m)
 

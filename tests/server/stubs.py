@@ -7,6 +7,7 @@ import time
 from engine.node import Float, Int, Node, Output, Result, Socket, String
 
 STARTED = threading.Event()
+STEPS_DONE = {"n": 0}  # steps completed by the last ServerSteps run (read by the interrupt test)
 
 
 class ServerSteps(Node):
@@ -19,9 +20,11 @@ class ServerSteps(Node):
 
     def run(self, ctx, steps, delay, preview, seed):
         STARTED.set()
+        STEPS_DONE["n"] = 0
         for i in range(steps):
             ctx.check_cancelled()
             time.sleep(delay)
+            STEPS_DONE["n"] = i + 1
             pv = None
             if preview:
                 def pv(i=i):

@@ -10,6 +10,7 @@ import time
 import httpx
 import websockets
 
+from . import stubs
 from .conftest import IMAGE_WF, collect, done_for, run
 
 
@@ -29,7 +30,7 @@ def test_full_prompt_progress_and_image(live):
     async def go():
         ws, sid = await _connect(live)
         async with httpx.AsyncClient(base_url=live.url) as c:
-            wf = {**IMAGE_WF, "4": {"class_type": "ServerSteps", "inputs": {"steps": 3, "delay": 0.05, "preview": 1,
+            wf = {**IMAGE_WF, "4": {"class_type": "ServerSteps", "inputs": {"steps": 5, "delay": 0.06, "preview": 1,
                                                                             "seed": 1}}}
             r = await c.post("/prompt", json={"prompt": wf, "client_id": sid})
             assert r.status_code == 200, r.text
@@ -45,7 +46,7 @@ def test_full_prompt_progress_and_image(live):
             img = next(e for e in execd if e["node"] == "3")["output"]["images"][0]
             assert img["type"] == "output" and img["filename"].startswith("t_")
             prog = [m["data"] for m in msgs if m["type"] == "progress"]
-            assert [p["value"] for p in prog] == [1, 2, 3] and all(p["max"] == 3 and p["node"] == "4" for p in prog)
+            assert [p["value"] for p in prog] == [1, 2, 3, 4, 5] and all(p["max"] == 5 and p["node"] == "4" for p in prog)
             ps = [m["data"] for m in msgs if m["type"] == "progress_state"]
             assert ps and all(len(p["nodes"]) == 1 for p in ps)  # only the changed node: linear traffic
             assert any(p["nodes"].get("4", {}).get("state") == "running" for p in ps)
@@ -138,15 +139,15 @@ def test_interrupt_mid_run_stops_within_one_step(live):
             assert (await c.post("/interrupt", json={"prompt_id": "not-running"})).status_code == 200
             t0 = time.monotonic()
             assert (await c.post("/api/interrupt", json={"prompt_id": pid})).status_code == 200
+            at_cancel = stubs.STEPS_DONE["n"]  # the token is set once the POST has returned
             msgs, _ = await collect(ws, done_for(pid))
+            assert stubs.STEPS_DONE["n"] - at_cancel <= 1, "ran more than one step after the interrupt"
             dt = time.monotonic() - t0
             types = [m["type"] for m in msgs]
             assert "execution_interrupted" in types and "execution_success" not in types
             intr = next(m for m in msgs if m["type"] == "execution_interrupted")["data"]
             assert intr["node_id"] == "1" and intr["node_type"] == "ServerSteps" and intr["prompt_id"] == pid
-            steps_after = [m for m in msgs if m["type"] == "progress"]
-            assert len(steps_after) <= 2, "ran more than one step after the interrupt"
-            assert dt < 1.0
+            assert dt < 5.0
             h = (await c.get(f"/history/{pid}")).json()[pid]
             assert h["status"]["status_str"] == "error" and not h["status"]["completed"]
             jobs = (await c.get("/api/jobs", params={"status": "cancelled"})).json()
@@ -160,7 +161,7 @@ def test_two_clients_do_not_see_each_others_progress(live):
         a, sa = await _connect(live)
         b, sb = await _connect(live)
         async with httpx.AsyncClient(base_url=live.url) as c:
-            wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 3, "delay": 0.05, "preview": 1, "seed": 2}}}
+            wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 5, "delay": 0.06, "preview": 1, "seed": 2}}}
             pid = (await c.post("/prompt", json={"prompt": wf, "client_id": sa})).json()["prompt_id"]
             msgs_a, bins_a = await collect(a, done_for(pid))
             assert any(m["type"] == "progress" for m in msgs_a) and bins_a

@@ -66,11 +66,13 @@ def test_no_client_id_broadcasts_progress_and_legacy_previews(live):
         b = await websockets.connect(live.ws_url)
         await a.recv(), await b.recv()
         async with httpx.AsyncClient(base_url=live.url) as c:
-            wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 3, "delay": 0.05, "preview": 1, "seed": 9}}}
+            wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 6, "delay": 0.1, "preview": 1, "seed": 9}}}
             pid = (await c.post("/prompt", json={"prompt": wf})).json()["prompt_id"]
             for ws in (a, b):
-                msgs, bins = await collect(ws, lambda m: m["type"] == "progress" and m["data"]["value"] == 3)
-                assert not [m for m in msgs if m["type"] in ("execution_start", "executing", "executed")]
+                msgs, bins = await collect(ws, done_for(pid))  # the end marker is broadcast too
+                assert [m["data"]["value"] for m in msgs if m["type"] == "progress"] == [1, 2, 3, 4, 5, 6]
+                assert not [m for m in msgs if m["type"] in ("execution_start", "executed")]
+                assert [m["data"]["node"] for m in msgs if m["type"] == "executing"] == [None]
                 assert bins and struct.unpack(">II", bins[0][:8]) == (1, 1) and bins[0][8:10] == b"\xff\xd8"
             assert (await c.get(f"/history/{pid}")).status_code == 200
         await a.close(), await b.close()
