@@ -209,16 +209,19 @@ class Store:
 
     # -- completion and history ------------------------------------------------------------------
     def finish(self, prompt_id: str, outcome: str, result: dict) -> None:
+        text = dumps(result)  # a 10k-node entry is megabytes: encode it outside the lock
         with self._lock:
-            self._finish_locked(prompt_id, outcome, result, now_ms())
+            self._finish_locked(prompt_id, outcome, text, now_ms())
             self.prune()
 
-    def _finish_locked(self, prompt_id: str, outcome: str, result: dict, ts: int) -> None:
+    def _finish_locked(self, prompt_id: str, outcome: str, result: dict | str, ts: int) -> None:
+        if not isinstance(result, str):
+            result = dumps(result)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             done = self._counter("done")
             n = self._db.execute("UPDATE prompts SET state='done', outcome=?, end_time=?, done_seq=?, result=? "
-                                 "WHERE id=? AND state!='done'", (outcome, ts, done, dumps(result), prompt_id)).rowcount
+                                 "WHERE id=? AND state!='done'", (outcome, ts, done, result, prompt_id)).rowcount
             self._db.execute("COMMIT")
             self._done_count += n
         except BaseException:

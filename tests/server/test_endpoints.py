@@ -88,3 +88,24 @@ def test_free_and_partial_targets(live):
             time.sleep(0.05)
         out = c.get(f"/history/{pid}").json()[pid]["outputs"]
         assert list(out) == ["4"] and out["4"]["images"][0]["type"] == "temp"
+
+
+def test_view_preview_and_channels(live):
+    from io import BytesIO
+
+    from PIL import Image
+    Image.new("RGBA", (20, 10), (10, 20, 30, 99)).save(live.config.output_dir / "rgba.png")
+    with live.client() as c:
+        r = c.get("/view", params={"filename": "rgba.png"})
+        assert r.headers["content-type"] == "image/png" and 'filename="rgba.png"' in r.headers["content-disposition"]
+        r = c.get("/view", params={"filename": "rgba.png", "preview": "webp;80"})
+        assert r.headers["content-type"] == "image/webp" and Image.open(BytesIO(r.content)).size == (20, 10)
+        r = c.get("/view", params={"filename": "rgba.png", "preview": "jpeg"})
+        assert r.headers["content-type"] == "image/jpeg"
+        r = c.get("/view", params={"filename": "rgba.png", "channel": "rgb"})
+        assert Image.open(BytesIO(r.content)).mode == "RGB"
+        r = c.get("/view", params={"filename": "rgba.png", "channel": "a"})
+        assert Image.open(BytesIO(r.content)).getpixel((1, 1))[3] == 99
+        r = c.get("/view", params={"filename": "rgba.png [output]", "type": "input"})
+        assert r.status_code == 200
+        assert c.get("/view", params={"filename": "rgba.png", "type": "input"}).status_code == 404
