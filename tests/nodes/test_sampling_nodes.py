@@ -1,0 +1,413 @@
+"""Semantics of the diffusion nodes on the tiny SD1 checkpoint: schema parity with ComfyUI, sampler/scheduler
+validation, per-item noise, step ranges, cfg=1, text encoding, areas, latent/VAE/mask/upscale nodes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.errors import WorkflowError
+from engine.schema import object_info
+from nodes import conditioning as C
+from nodes import latents as L
+from nodes import default_registry
+from nodes.sampler_core import Noise, make_noise, sample
+from nodes.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, Plan, supported_pairs, unsupported_reason
+
+SPEC = Path("/work/shared/spec/object_info-comfyui-0.3.75.json")
+MINE = ["CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "UpscaleModelLoader",
+        "CLIPTextEncode", "CLIPSetLastLayer", "ConditioningCombine", "ConditioningSetArea", "ConditioningZeroOut",
+        "InpaintModelConditioning", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "LatentBlend",
+        "LatentComposite", "LatentFromBatch", "RepeatLatentBatch", "SetLatentNoiseMask", "KSampler",
+        "KSamplerAdvanced", "RandomNoise", "DisableNoise", "KSamplerSelect", "BasicScheduler", "KarrasScheduler",
+        "CFGGuider", "BasicGuider", "SamplerCustom", "SamplerCustomAdvanced", "SplitSigmas", "VAEDecode",
+        "VAEEncode", "VAEDecodeTiled", "VAEEncodeTiled", "VAEEncodeForInpaint", "ImageCompositeMasked",
+        "ImagePadForOutpaint", "ImageScaleToTotalPixels", "ImageUpscaleWithModel"]
+
+
+class _Ctx:
+    def __init__(self, env=None):
+        self.env, self.events = env, []
+
+    def progress(self, value, total, preview=None):
+        self.events.append((value, total, preview))
+
+    def check_cancelled(self):
+        pass
+
+
+def close(a, b, tol=1e-4):
+    """Equal up to float noise relative to the values' scale (random tiny models make large latents)."""
+    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+def _norm_spec(v):
+    """[type or options, opts] from either V1 or V3 (COMBO + options) spec forms."""
+    t, opts = v[0], dict(v[1]) if len(v) > 1 else {}
+    if t == "COMBO":
+        t = opts.pop("options", [])
+    opts.pop("tooltip", None)
+    opts.pop("multiselect", None)
+    return t, opts
+
+
+# ------------------------------------------------------------------------------------------ schema
+@pytest.mark.skipif(not SPEC.exists(), reason="ComfyUI object_info snapshot not available")
+@pytest.mark.parametrize("name", MINE)
+def test_schema_matches_comfyui(name, session_env):
+    spec = json.loads(SPEC.read_text())[name]
+    ours = object_info(default_registry(), session_env)[name]
+    assert ours["input_order"] == spec["input_order"]
+    assert ours["output"] == spec["output"]
+    assert ours["output_name"] == spec["output_name"]
+    assert ours["category"] == spec["category"]
+    if spec.get("display_name"):
+        assert ours["display_name"] == spec["display_name"]
+    for sec in ("required", "optional"):
+        for k, v in spec["input"].get(sec, {}).items():
+            st, so = _norm_spec(v)
+            ot, oo = _norm_spec(ours["input"][sec][k])
+            if isinstance(st, list):
+                if not callable(default_registry().get(name).input(k).options):  # file lists depend on folders
+                    assert ot == st, k
+            else:
+                assert ot == st, k
+            for key in ("default", "min", "max", "step", "round", "multiline"):
+                if key in so:
+                    assert oo.get(key) == so[key], (k, key)
+
+
+def test_name_tables_in_comfyui_order():
+    spec = json.loads(SPEC.read_text())["KSampler"]["input"]["required"]
+    assert SAMPLER_NAMES == spec["sampler_name"][0]
+    assert SCHEDULER_NAMES == spec["scheduler"][0]
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _wf(sampler="euler", scheduler="normal", steps=4, cfg=7.0, batch=1, denoise=1.0):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 5, "steps": steps, "cfg": cfg,
+                                                  "sampler_name": sampler, "scheduler": scheduler,
+                                                  "positive": ["2", 0], "negative": ["3", 0],
+                                                  "latent_image": ["4", 0], "denoise": denoise}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+    }
+
+
+@pytest.mark.parametrize("sampler,scheduler,needle", [
+    ("res_multistep", "normal", "no diffusers equivalent"),
+    ("euler", "beta", "not supported"),
+    ("ddim", "karras", "supports only"),
+    ("dpmpp_sde", "normal", "torchsde"),
+])
+def test_unsupported_pairs_fail_validation(executor, sampler, scheduler, needle):
+    if needle == "torchsde" and unsupported_reason(sampler, scheduler) is None:
+        pytest.skip("torchsde is installed")
+    with pytest.raises(WorkflowError) as e:
+        executor.prepare(_wf(sampler, scheduler))
+    errs = e.value.node_errors["5"]["errors"]
+    assert errs[0]["type"] == "custom_validation_failed"
+    assert needle in errs[0]["details"]
+
+
+def test_every_name_is_supported_or_rejected():
+    pairs = supported_pairs()
+    for s in SAMPLER_NAMES:
+        for sch in SCHEDULER_NAMES:
+            why = unsupported_reason(s, sch)
+            assert (why is None) == (s in pairs and sch in pairs[s]), (s, sch, why)
+            assert why is None or len(why) > 20
+
+
+def test_runs_and_reports_progress(executor):
+    events = []
+    r = executor.run(_wf(steps=3), sink=events.append)
+    assert r.status == "success", r.error
+    prog = [e for e in events if e.type == "progress" and e.data["node"] == "5"]
+    assert [e.data["value"] for e in prog] == [1, 2, 3] and all(e.data["max"] == 3 for e in prog)
+    img = prog[-1].preview()
+    assert img.size == (8, 8) and img.mode == "RGB"
+
+
+# ------------------------------------------------------------------------------------------ noise and ranges
+def test_noise_per_item_and_batch_index():
+    n, _ = make_noise(7, (3, 4, 8, 8))
+    assert torch.equal(n, torch.randn((3, 4, 8, 8), generator=torch.manual_seed(7)))  # ComfyUI's whole-shape draw
+    one, _ = make_noise(7, (1, 4, 8, 8), batch_index=[2])
+    assert torch.equal(one[0], n[2])
+
+
+def _conds(refs, text="a cat"):
+    return C.encode_text(refs[1], text), C.encode_text(refs[1], "")
+
+
+def test_batch_item_can_be_remade_alone(refs):
+    pos, neg = _conds(refs)
+    plan = Plan("euler", "normal", 4)
+    full = sample(None, refs[0], pos, neg, {"samples": torch.zeros(3, 4, 8, 8)}, plan, 0, 4, cfg=6.0, noise=Noise(11))
+    lat = L.LatentFromBatch().run(None, {"samples": torch.zeros(3, 4, 8, 8)}, 2, 1)[0]
+    assert lat["batch_index"] == [2]
+    alone = sample(None, refs[0], pos, neg, lat, plan, 0, 4, cfg=6.0, noise=Noise(11))
+    assert close(alone.samples[0], full.samples[2])
+
+
+@pytest.mark.parametrize("sampler,scheduler", [("euler", "normal"), ("ddim", "simple"), ("euler", "karras")])
+def test_advanced_split_equals_full_run(refs, sampler, scheduler):
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    plan = Plan(sampler, scheduler, 10)
+    full = sample(None, refs[0], pos, neg, lat, plan, 0, 10, cfg=5.0, noise=Noise(3)).samples
+    a = sample(None, refs[0], pos, neg, lat, plan, 0, 6, cfg=5.0, noise=Noise(3), force_full_denoise=False)
+    b = sample(None, refs[0], pos, neg, {"samples": a.samples}, plan, 6, 10, cfg=5.0, noise=None)
+    assert close(b.samples, full)
+    assert not close(a.samples, full)  # the first range returned a latent that still holds noise
+
+
+def test_force_full_denoise_returns_clean_latent(refs):
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    plan = Plan("euler", "normal", 10)
+    noisy = sample(None, refs[0], pos, neg, lat, plan, 0, 5, cfg=5.0, noise=Noise(3), force_full_denoise=False)
+    clean = sample(None, refs[0], pos, neg, lat, plan, 0, 5, cfg=5.0, noise=Noise(3), force_full_denoise=True)
+    assert torch.allclose(clean.samples, noisy.denoised)
+    assert not close(clean.samples, noisy.samples, 1e-2)
+
+
+def test_cfg_one_skips_uncond(refs):
+    pos, neg = _conds(refs)
+    unet = refs[0].get()
+    batches = []
+    h = unet.register_forward_pre_hook(lambda m, a, kw: batches.append(a[0].shape[0]), with_kwargs=True)
+    try:
+        sample(None, refs[0], pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, Plan("euler", "normal", 2), 0, 2,
+               cfg=1.0, noise=Noise(1))
+        sample(None, refs[0], pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, Plan("euler", "normal", 2), 0, 2,
+               cfg=2.0, noise=Noise(1))
+    finally:
+        h.remove()
+    assert batches == [1, 1, 2, 2]
+
+
+def test_denoise_zero_returns_input(executor):
+    wf = _wf(denoise=0.0)
+    assert executor.run(wf).status == "success"
+
+
+def test_noise_mask_keeps_outside(refs):
+    pos, neg = _conds(refs)
+    z = torch.randn(1, 4, 8, 8, generator=torch.manual_seed(0))
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 2:6, 2:6] = 1
+    lat = L.SetLatentNoiseMask().run(None, {"samples": z}, mask)[0]
+    out = sample(None, refs[0], pos, neg, lat, Plan("euler", "normal", 6), 2, 6, cfg=5.0, noise=Noise(2)).samples
+    outside = mask[:, None].expand_as(z) == 0
+    assert (out[outside] - z[outside]).abs().max() < 1e-5
+    assert (out[~outside] - z[~outside]).abs().max() > 1e-2
+
+
+def test_sampler_custom_advanced_matches_ksampler(executor, refs):
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    from nodes import sampling as S
+
+    sig = S.BasicScheduler().run(None, refs[0], "karras", 6, 1.0)[0]
+    hi, lo = S.SplitSigmas().run(None, sig, 3)
+    g = S.CFGGuider().run(None, refs[0], pos, neg, 5.0)[0]
+    smp = S.KSamplerSelect().run(None, "euler")[0]
+    full = S.KSampler().run(None, refs[0], 9, 6, 5.0, "euler", "karras", pos, neg, lat, 1.0)[0]["samples"]
+    a = S.SamplerCustomAdvanced().run(None, S.RandomNoise().run(None, 9)[0], g, smp, hi, lat)[0]
+    b = S.SamplerCustomAdvanced().run(None, S.DisableNoise().run(None)[0], g, smp, lo, a)[0]
+    assert len(sig) == 7 and len(hi) == 4 and len(lo) == 4
+    assert close(b["samples"], full)
+    k = S.KarrasScheduler().run(None, 6, 14.614642, 0.0291675, 7.0)[0]
+    out = S.SamplerCustom().run(None, refs[0], True, 9, 5.0, pos, neg, smp, k, lat)
+    assert torch.isfinite(out[0]["samples"]).all() and torch.isfinite(out[1]["samples"]).all()
+    with pytest.raises(ValueError, match="custom sigma"):
+        S.SamplerCustom().run(None, refs[0], True, 9, 5.0, pos, neg, S.KSamplerSelect().run(None, "dpmpp_2m")[0], k,
+                              lat)
+
+
+def test_step_range_chain_equals_full(refs):
+    from nodes import sampling as S
+
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    node = S.SchedulerStepRange()
+    full = S.KSampler().run(None, refs[0], 4, 8, 5.0, "euler_ancestral", "normal", pos, neg, lat, 1.0)[0]["samples"]
+    a = node.run(None, refs[0], pos, neg, lat, 4, True, 8, 5.0, "euler", "normal", 0, 3)[0]
+    b = node.run(None, refs[0], pos, neg, a, 4, True, 8, 5.0, "euler", "normal", 3, 10000)[0]
+    f2 = S.KSampler().run(None, refs[0], 4, 8, 5.0, "euler", "normal", pos, neg, lat, 1.0)[0]["samples"]
+    assert close(b["samples"], f2)
+    assert not torch.allclose(full, f2)
+
+
+# ------------------------------------------------------------------------------------------ text
+def test_weight_parsing():
+    assert C.parse_weights("a (b:1.5) c") == [("a ", 1.0), ("b", 1.5), (" c", 1.0)]
+    w = C.parse_weights("((x))")
+    assert w[0][0] == "x" and abs(w[0][1] - 1.21) < 1e-9
+    assert C.parse_weights(r"a \(b\)") == [(r"a \(b\)", 1.0)]
+    assert C.parse_weights("(x:oops)")[0] == ("x:oops", pytest.approx(1.1))
+
+
+def test_encode_plain_matches_pipeline_encoding(refs):
+    te = refs[1].get()
+    tok, enc = te.tokenizers[0], te.encoders[0]
+    ids = tok("a photo of a cat", padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = enc(ids, attention_mask=None)[0]
+    cond = C.encode_text(refs[1], "a photo of a cat")[0][0]
+    assert cond.shape == (1, 77, 64) and torch.equal(cond, ref)
+    weighted = C.encode_text(refs[1], "a photo of a (cat:1.6)")[0][0]
+    assert not torch.allclose(weighted, ref) and torch.allclose(weighted[:, :4], ref[:, :4], atol=1e-5)
+
+
+def test_long_prompt_is_chunked(refs):
+    text = " ".join(["red circle blue square"] * 30)  # 120 tokens
+    cond, opts = C.encode_text(refs[1], text)[0]
+    assert cond.shape == (1, 154, 64)
+    assert opts["pooled_output"].shape == (1, 64)
+    # prompts of different lengths still sample (conds repeated to a common length is not needed: batched apart)
+    out = sample(None, refs[0], [[cond, opts]], C.encode_text(refs[1], ""), {"samples": torch.zeros(1, 4, 8, 8)},
+                 Plan("euler", "normal", 2), 0, 2, cfg=5.0, noise=Noise(0))
+    assert torch.isfinite(out.samples).all()
+
+
+def test_clip_skip(refs):
+    te = refs[1].get()
+    tok, enc = te.tokenizers[0], te.encoders[0]
+    ids = tok("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hs = enc(ids, output_hidden_states=True).hidden_states
+        ref = enc.final_layer_norm(hs[-2]) if hasattr(enc, "final_layer_norm") else enc.text_model.final_layer_norm(hs[-2])
+    from nodes.conditioning import CLIPSetLastLayer
+
+    clip2 = CLIPSetLastLayer().run(None, refs[1], -2)[0]
+    assert torch.allclose(C.encode_text(clip2, "a cat")[0][0], ref)
+    assert refs[1].option("clip_skip") is None  # the input ref is untouched
+
+
+def test_area_and_zero_out(refs):
+    from nodes import conditioning as N
+
+    pos, neg = _conds(refs)
+    area = N.ConditioningSetArea().run(None, C.encode_text(refs[1], "a dog"), 32, 32, 32, 0, 1.0)[0]
+    assert area[0][1]["area"] == (4, 4, 0, 4)
+    comb = N.ConditioningCombine().run(None, pos, area)[0]
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    a = sample(None, refs[0], comb, neg, lat, Plan("euler", "normal", 3), 0, 3, cfg=5.0, noise=Noise(1)).samples
+    b = sample(None, refs[0], pos, neg, lat, Plan("euler", "normal", 3), 0, 3, cfg=5.0, noise=Noise(1)).samples
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    z = N.ConditioningZeroOut().run(None, pos)[0]
+    assert z[0][0].abs().sum() == 0 and pos[0][0].abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------ latents
+def test_latent_nodes():
+    e = L.EmptyLatentImage().run(None, 72, 64, 2)[0]["samples"]
+    assert e.shape == (2, 4, 8, 9)
+    s = {"samples": torch.randn(2, 4, 8, 8)}
+    assert L.LatentUpscale().run(None, s, "bislerp", 128, 0, "disabled")[0]["samples"].shape == (2, 4, 16, 16)
+    assert L.LatentUpscaleBy().run(None, s, "bilinear", 1.5)[0]["samples"].shape == (2, 4, 12, 12)
+    assert L.LatentUpscale().run(None, s, "nearest-exact", 128, 64, "center")[0]["samples"].shape == (2, 4, 8, 16)
+    r = L.RepeatLatentBatch().run(None, L.LatentFromBatch().run(None, s, 1, 1)[0], 3)[0]
+    assert r["samples"].shape[0] == 3 and r["batch_index"] == [1, 2, 3]
+    c = L.LatentComposite().run(None, s, {"samples": torch.zeros(1, 4, 4, 4)}, 16, 16, 0)[0]["samples"]
+    assert c[:, :, 2:6, 2:6].abs().sum() == 0 and torch.equal(c[:, :, :2], s["samples"][:, :, :2])
+    f = L.LatentComposite().run(None, s, {"samples": torch.zeros(1, 4, 4, 4)}, 16, 16, 16)[0]["samples"]
+    assert torch.isfinite(f).all()
+    b = L.LatentBlend().run(None, s, {"samples": torch.zeros(2, 4, 8, 8)}, 0.25)[0]["samples"]
+    assert torch.allclose(b, s["samples"] * 0.25)
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = {"samples": torch.randn(1, 4, 8, 8)}, {"samples": torch.randn(1, 4, 8, 8)}
+    node = L.LatentSlerp()
+    assert torch.allclose(node.run(None, a, b, 0.0, "slerp")[0]["samples"], a["samples"], atol=1e-5)
+    assert torch.allclose(node.run(None, a, b, 1.0, "slerp")[0]["samples"], b["samples"], atol=1e-5)
+    mid = node.run(None, a, b, 0.5, "slerp")[0]["samples"]
+    lerp = node.run(None, a, b, 0.5, "lerp")[0]["samples"]
+    assert mid.norm() > lerp.norm()  # slerp keeps noise on its shell
+    n = Noise(1, 2, 0.5).make((1, 4, 8, 8))[0]
+    assert abs(n.norm() / make_noise(1, (1, 4, 8, 8))[0].norm() - 1) < 0.1
+
+
+# ------------------------------------------------------------------------------------------ vae, masks, upscale
+def test_vae_nodes(refs):
+    from nodes import vae as V
+
+    img = torch.rand(1, 64, 72, 3, generator=torch.manual_seed(0))
+    lat = V.VAEEncode().run(None, img, refs[2])[0]
+    assert lat["samples"].shape == (1, 4, 8, 9)
+    out = V.VAEDecode().run(None, lat, refs[2])[0]
+    assert out.shape == (1, 64, 72, 3) and 0 <= out.min() and out.max() <= 1
+    big = {"samples": torch.randn(1, 4, 16, 16, generator=torch.manual_seed(1))}
+    t = V.VAEDecodeTiled().run(None, big, refs[2], 64, 32, 64, 8)[0]
+    full = V.VAEDecode().run(None, big, refs[2])[0]
+    assert t.shape == full.shape and (t - full).abs().mean() < 0.1
+    te = V.VAEEncodeTiled().run(None, full, refs[2], 64, 32, 64, 8)[0]["samples"]
+    assert te.shape == (1, 4, 16, 16)
+    mask = torch.zeros(1, 64, 72)
+    mask[:, 8:24, 8:24] = 1
+    inp = V.VAEEncodeForInpaint().run(None, img, refs[2], mask, 6)[0]
+    assert inp["noise_mask"].shape == (1, 1, 64, 72) and inp["noise_mask"].sum() > mask.sum()
+
+
+def test_inpaint_model_conditioning_runs_9ch(session_env):
+    from nodes import sampling as S
+    from nodes.conditioning import InpaintModelConditioning
+
+    m, c, v = session_env.model_store().load_checkpoint("tiny-sd1-inpaint.safetensors")
+    assert m.meta["inpaint"]
+    img = torch.rand(1, 64, 64, 3, generator=torch.manual_seed(0))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    pos, neg, lat = InpaintModelConditioning().run(None, C.encode_text(c, "x"), C.encode_text(c, ""), v, img, mask,
+                                                   True)
+    assert pos[0][1]["concat_latent_image"].shape == (1, 4, 8, 8) and "noise_mask" in lat
+    out = S.KSampler().run(None, m, 1, 3, 5.0, "euler", "normal", pos, neg, lat, 1.0)[0]["samples"]
+    assert torch.isfinite(out).all()
+
+
+def test_mask_nodes():
+    from nodes import masks as M
+
+    img = torch.rand(2, 16, 16, 3)
+    padded, mask = M.ImagePadForOutpaint().run(None, img, 8, 0, 8, 0, 4)
+    assert padded.shape == (2, 16, 32, 3) and mask.shape == (1, 16, 32)
+    assert mask[0, 8, 0] == 1 and mask[0, 8, 12] == 0 and 0 < mask[0, 8, 9] < 1
+    dst = torch.zeros(1, 16, 16, 3)
+    out = M.ImageCompositeMasked().run(None, dst, torch.ones(1, 4, 4, 3), 2, 3, False)[0]
+    assert out[0, 3:7, 2:6].min() == 1 and out.sum() == 48
+    s = M.ImageScaleToTotalPixels().run(None, torch.rand(1, 100, 200, 3), "bilinear", 0.01)[0]
+    assert abs(s.shape[1] * s.shape[2] - 0.01 * 1024 * 1024) < 300
+    m = torch.zeros(1, 32, 32)
+    m[:, :, 16:] = 1
+    blended, bm = M.ImageMaskBlend().run(None, torch.zeros(1, 32, 32, 3), torch.ones(1, 32, 32, 3), m, 4, False)
+    assert blended[0, 0, 0].max() == 0 and blended[0, 0, 31].min() > 0.99 and 0.2 < blended[0, 0, 16, 0] < 0.8
+
+
+def test_upscale_with_model(tmp_path):
+    from safetensors.torch import save_file
+
+    from nodes.upscale import ImageUpscaleWithModel, RRDBNet, load_upscale_model
+
+    torch.manual_seed(0)
+    net = RRDBNet(nf=8, nb=1, gc=4, scale=4)
+    save_file(net.state_dict(), str(tmp_path / "tiny-x4.safetensors"))
+    um = load_upscale_model(tmp_path / "tiny-x4.safetensors")
+    assert um.scale == 4
+    out = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 12, 10, 3))[0]
+    assert out.shape == (1, 48, 40, 3)
+    with torch.no_grad():
+        ref = net(torch.rand(1, 3, 12, 10, generator=torch.manual_seed(3))).clamp(0, 1)
+        got = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 3, 12, 10, generator=torch.manual_seed(3))
+                                          .movedim(1, -1))[0]
+    assert torch.allclose(got.movedim(-1, 1), ref, atol=1e-5)
