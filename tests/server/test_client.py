@@ -42,3 +42,12 @@ def test_run_remote_exit_codes(live, tmp_path, capsys):
     assert run_remote(live.url, [str(fail)]) == 1
     assert run_remote(live.url, [str(tmp_path / "missing.json")]) == 2
     assert run_remote("http://127.0.0.1:1", [str(good)]) == 2
+
+
+def test_cli_run_server_flag(live, tmp_path, capsys):
+    import cli
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(IMAGE_WF))
+    assert cli.main(["run", "--server", live.url, str(wf)]) == 0
+    assert "output: t_" in capsys.readouterr().err
