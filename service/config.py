@@ -50,7 +50,7 @@ class Config:
     preview_size: int = 512
     frontend_root: Path | None = None  # default: comfyui_frontend_package's static dir, if installed
     replay_prompts: int = 32  # per-prompt event buffers kept in memory for /prompt/{id}/events
-    replay_events: int = 200_000  # per prompt
+    replay_events: int = 200_000  # total events kept over all replay buffers (and per prompt)
     ws_queue_limit: int = 200_000  # messages buffered for one slow websocket before it is dropped
     registry: Any = None  # engine.node.Registry; default nodes.default_registry()
     env: Any = None  # engine.context.Env; default built from the folders above

@@ -92,6 +92,7 @@ class Hub:
         self.replay_prompts = replay_prompts
         self.replay_events = replay_events
         self.replay: OrderedDict[str, list] = OrderedDict()  # prompt_id -> [[seq, type, data], ...]
+        self.replay_total = 0  # events held over all prompts; bounded by replay_events
         self.finished: set[str] = set()
         self.runs: dict[str, RunState] = {}
         self.current: RunState | None = None
@@ -179,8 +180,15 @@ class Hub:
         self.current = run
         self.finished.discard(prompt_id)
         self.replay[prompt_id] = []
-        while len(self.replay) > self.replay_prompts:
-            old, _ = self.replay.popitem(last=False)
+        self._evict(keep=prompt_id)
+
+    def _evict(self, keep: str) -> None:
+        """Drop the oldest replay buffers beyond the prompt count or the total event budget."""
+        while len(self.replay) > 1 and (len(self.replay) > self.replay_prompts or self.replay_total > self.replay_events):
+            old = next(iter(self.replay))
+            if old == keep:
+                break
+            self.replay_total -= len(self.replay.pop(old))
             self.finished.discard(old)
 
     def end(self, prompt_id: str) -> None:
@@ -230,6 +238,9 @@ class Hub:
         buf = self.replay.get(run.prompt_id)
         if buf is not None and len(buf) < self.replay_events:
             buf.append([seq, type, data])
+            self.replay_total += 1
+            if self.replay_total > self.replay_events and len(self.replay) > 1:
+                self._evict(keep=run.prompt_id)
         m = Message({"type": type, "data": data, "seq": seq})
         cid = run.client_id
         if type in LOOM_ONLY:
