@@ -162,11 +162,11 @@ class Worker:
             except Exception:
                 log.exception("delivering %s failed", kind)
 
-    def _sink_for(self, prompt_id: str):
+    def _sink_for(self, prompt_id: str, previews: bool = True):
         post = self._post
 
         def sink(ev: Event) -> None:
-            if ev.preview is not None:
+            if previews and ev.preview is not None:
                 t = time.monotonic()
                 if t - self._last_preview >= self.preview_interval:
                     self._last_preview = t
@@ -219,7 +219,8 @@ class Worker:
             v = self.prepared.pop(pid, None)
             if v is None:  # queued before a restart: validate again
                 v = self.executor.prepare(item.prompt, item.outputs_to_execute or None)
-            result = self.executor.run(v, prompt_id=pid, sink=self._sink_for(pid), cancel=cancel,
+            previews = item.extra_data.get("preview_method") != "none"  # the editor's per-prompt setting
+            result = self.executor.run(v, prompt_id=pid, sink=self._sink_for(pid, previews), cancel=cancel,
                                        extra_data=item.extra_data)
             outcome = {"success": "success", "error": "error", "interrupted": "interrupted"}[result.status]
             entry = history_entry(result)

@@ -99,3 +99,17 @@ def test_msgpack_stream_with_loom_events(live):
             assert all(m["data"].get("prompt_id") == pid for m in got if m["type"] != "status")
         await ws.close()
     run(go())
+
+
+def test_preview_method_none_sends_no_previews(live):
+    async def go():
+        ws = await websockets.connect(live.ws_url + "?clientId=np")
+        await ws.recv()
+        async with httpx.AsyncClient(base_url=live.url) as c:
+            wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 4, "delay": 0.06, "preview": 1, "seed": 4}}}
+            pid = (await c.post("/prompt", json={"prompt": wf, "client_id": "np",
+                                                 "extra_data": {"preview_method": "none"}})).json()["prompt_id"]
+            msgs, bins = await collect(ws, done_for(pid))
+            assert not bins and [m["data"]["value"] for m in msgs if m["type"] == "progress"] == [1, 2, 3, 4]
+        await ws.close()
+    run(go())
