@@ -51,7 +51,25 @@ def _bench_registry():
         def run(self, ctx, value):
             return Result((), {"text": [str(value)], "done_at": [time.time()]})
 
-    return Registry([*all_nodes(), BenchChain, BenchShow])
+    class BenchSteps(Node):
+        """``steps`` busy steps of ``ms`` milliseconds each, optionally with a 64x64 latent-sized preview."""
+        category = "bench"
+        output_node = True
+        inputs = (Int("steps", 100, min=1, max=100000), Int("ms", 5, min=0, max=1000), Int("preview", 0, min=0, max=1),
+                  Int("k", 0, min=0, max=10**12))
+        outputs = ()
+
+        def run(self, ctx, steps, ms, preview, k):
+            from PIL import Image
+            for i in range(steps):
+                end = time.perf_counter() + ms / 1000
+                while time.perf_counter() < end:  # busy, like a sampler step
+                    pass
+                pv = (lambda i=i: Image.new("RGB", (64, 64), (i % 256, 90, 30))) if preview else None
+                ctx.progress(i + 1, steps, pv)
+            return Result((), {"text": ["ok"]})
+
+    return Registry([*all_nodes(), BenchChain, BenchShow, BenchSteps])
 
 
 def serve(base: str, port: int) -> None:
@@ -156,6 +174,28 @@ async def bench_node_to_client(url: str, n: int) -> list[float]:
     return out
 
 
+async def bench_previews(url: str, steps: int, preview: int, k: int) -> tuple[float, int]:
+    import httpx
+
+    ws = await _ws(url, f"pv{k}")
+    frames = [0]
+    wf = {"1": {"class_type": "BenchSteps", "inputs": {"steps": steps, "ms": 5, "preview": preview, "k": k}}}
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        t0 = time.perf_counter()
+        pid = (await c.post("/prompt", json={"prompt": wf, "client_id": f"pv{k}"})).json()["prompt_id"]
+        while True:
+            raw = await ws.recv()
+            if isinstance(raw, bytes):
+                frames[0] += 1
+                continue
+            m = json.loads(raw)
+            if m["type"] == "executing" and m["data"].get("node") is None and m["data"].get("prompt_id") == pid:
+                break
+        dt = time.perf_counter() - t0
+    await ws.close()
+    return dt, frames[0]
+
+
 async def bench_graph(url: str, n: int, k: int) -> tuple[int, float, dict]:
     import httpx
 
@@ -212,6 +252,11 @@ def main(argv=None) -> int:
         n2c = asyncio.run(bench_node_to_client(url, 20 if q else 100))
         print(f"node finished -> 'executed' at client: median {statistics.median(n2c):.2f} ms, "
               f"p95 {sorted(n2c)[int(len(n2c) * 0.95) - 1]:.2f} ms")
+        steps = 100 if q else 400
+        off, _ = asyncio.run(bench_previews(url, steps, 0, 1))
+        on, nframes = asyncio.run(bench_previews(url, steps, 1, 2))
+        print(f"{steps} sampler-like steps of 5 ms: {off:.2f} s without previews, {on:.2f} s with previews "
+              f"({nframes} preview frames sent, throttled to 10/s)")
         for i, n in enumerate((100, 1000) if q else (100, 1000, 10000)):
             nbytes, dt, counts = asyncio.run(bench_graph(url, n, 1_000_000 + i))
             print(f"{n:>6}-node prompt: {nbytes / 1e6:.3f} MB websocket ({nbytes / n:.0f} B/node), "
