@@ -24,6 +24,35 @@ def _classify_shape(fill: float) -> str:
     return min(_FILL, key=lambda k: abs(_FILL[k] - fill))
 
 
+def shape_features(comp: np.ndarray) -> tuple[float, float]:
+    """(top/bottom width ratio, corner fill) of a component mask. An upright triangle is narrow at the top
+    (ratio ~0.25), a circle or square is not (~1); a square fills the corners of its bounding box (~1), a circle
+    leaves them mostly empty. Both features survive soft / rounded edges better than the plain fill ratio."""
+    ys, xs = np.nonzero(comp)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = comp[y0:y1, x0:x1].astype(np.float32)
+    h, w = box.shape
+    widths = box.sum(1)
+    top = widths[int(0.1 * h):max(int(0.1 * h) + 1, int(0.35 * h))].mean()
+    bot = widths[int(0.65 * h):max(int(0.65 * h) + 1, int(0.9 * h))].mean()
+    ratio = float(top / max(bot, 1e-6))
+    ch, cw = max(1, round(0.2 * h)), max(1, round(0.2 * w))
+    corners = [box[:ch, :cw], box[:ch, -cw:], box[-ch:, :cw], box[-ch:, -cw:]]
+    corner_fill = float(np.mean([c.mean() for c in corners]))
+    return ratio, corner_fill
+
+
+TRI_RATIO = 0.7
+SQUARE_CORNER = 0.4
+
+
+def classify_shape(comp: np.ndarray) -> str:
+    ratio, corner = shape_features(comp)
+    if ratio < TRI_RATIO:
+        return "triangle"
+    return "square" if corner > SQUARE_CORNER else "circle"
+
+
 def analyse(img: np.ndarray, n_shapes: int = 1) -> dict:
     """img: HxWx3 uint8. Returns {"bg": name, "shapes": [{"color","pos","shape","size","area"}...]} with up to
     n_shapes shapes, largest first (fewer if nothing stands out from the background)."""
@@ -58,7 +87,7 @@ def analyse(img: np.ndarray, n_shapes: int = 1) -> dict:
             bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
             fill = float(comp.sum()) / float(bw * bh)
             shapes.append({
-                "color": color, "pos": pos, "shape": _classify_shape(fill),
+                "color": color, "pos": pos, "shape": classify_shape(comp),
                 "size": "large" if max(bw, bh) > SIZE_SPLIT else "small",
                 "area": int(comp.sum()), "fill": fill, "centroid": (float(cx), float(cy)),
             })

@@ -169,7 +169,7 @@ class Trainer:
                 for ps, pd in zip(src.parameters(), dst.parameters()):
                     pd.lerp_(ps, 1 - d)
         self.step += 1
-        return float(loss), float(raw), float(gn)
+        return float(loss.detach()), float(raw), float(gn)
 
     def save(self):
         ck = self.work / "unet_ckpt.pt"
@@ -259,16 +259,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="training/work")
     ap.add_argument("--variant", default="s64x2")
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--bs", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=2600)
+    ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--n-latents", type=int, default=24000)
-    ap.add_argument("--measure", nargs="*")
+    ap.add_argument("--measure", nargs="*", help="step-time sizing of these variants (20 s each)")
+    ap.add_argument("--measure-bs", default="96")
     a = ap.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("LOOM_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("LOOM_THREADS", "1")))
     work = Path(a.work)
     if a.measure is not None:
-        measure(work, a.measure or list(UNET_VARIANTS), [64, 128], 20.0)
+        measure(work, a.measure or list(UNET_VARIANTS), [int(b) for b in a.measure_bs.split(",")], 10.0)
         return
     encode_dataset(work, a.n_latents)
     Trainer(work, a.variant, a.steps, a.bs, a.lr).run()

@@ -160,7 +160,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("LOOM_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("LOOM_THREADS", "1")))
     train(Path(a.work), a.steps, a.bs, a.lr, a.seed)
 
 
