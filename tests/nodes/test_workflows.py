@@ -94,3 +94,19 @@ def test_lora_changes_the_image(wf_env):
     run = lambda mm, cc: sample(None, mm, C.encode_text(cc, "x"), C.encode_text(cc, ""), lat,
                                 Plan("euler", "normal", 3), 0, 3, cfg=5.0, noise=Noise(0)).samples
     assert not torch.allclose(run(m, c), run(m2, c2))
+
+
+def test_manifest_of_a_workflow(wf_env):
+    from nodes.manifest import build_manifest, file_sha256
+
+    wf = json.loads((ROOT / "workflows" / "lora.json").read_text())
+    m = build_manifest(wf, wf_env)
+    kinds = {e["kind"]: e for e in m["models"]}
+    ck = wf_env.model_store().folders.resolve("checkpoints", BUNDLED.name)
+    assert kinds["checkpoints"]["sha256"] == file_sha256(ck) and len(kinds["checkpoints"]["sha256"]) == 64
+    assert "loras" in kinds and kinds["loras"]["size"] > 0
+    assert m["seeds"] == [{"node": "5", "input": "seed", "seed": 1}]
+    ks = m["sampling"]["5"]
+    assert ks["steps"] == 10 and ks["sampler_name"] == "euler" and "model" not in ks
+    assert m["nodes"]["5"]["version"] and m["environment"]["torch"] and m["environment"]["device"] == "cpu"
+    json.dumps(m)
