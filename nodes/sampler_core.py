@@ -272,7 +272,8 @@ _TAESD: dict = {}
 
 
 def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
-    """PIL image of the first item: TAESD decoder from models/vae_approx if present, else latent2rgb."""
+    """PIL image of the first item of ``x0`` (model space: VAE latent x scaling factor, like ComfyUI's x0):
+    TAESD decoder from models/vae_approx if present (full resolution), else latent2rgb (latent resolution)."""
     from PIL import Image
 
     dec = _taesd(env, arch)
@@ -415,7 +416,7 @@ def sample(ctx, model_ref, positive, negative, latent: dict, plan: Plan, start: 
                         ref = z0
                     x = (1 - m) * ref + m * x
                 if ctx is not None:
-                    ctx.progress(k + 1, total, preview=lambda x0=x0: latent_preview(x0 / sf, arch, env))
+                    ctx.progress(k + 1, total, preview=lambda x0=x0: latent_preview(x0, arch, env))
             if end < n_full:
                 if force_full_denoise:
                     x = x0 if m is None else (1 - m) * z0 + m * x0

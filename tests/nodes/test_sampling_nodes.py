@@ -411,3 +411,20 @@ def test_upscale_with_model(tmp_path):
         got = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 3, 12, 10, generator=torch.manual_seed(3))
                                           .movedim(1, -1))[0]
     assert torch.allclose(got.movedim(-1, 1), ref, atol=1e-5)
+
+
+def test_preview_latent2rgb_and_taesd(tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from nodes.sampler_core import latent_preview
+    from nodes.taesd import decoder
+
+    x0 = torch.randn(2, 4, 8, 8)
+    env = SimpleNamespace(models_dir=tmp_path)
+    assert latent_preview(x0, "sd1", env).size == (8, 8)  # no decoder file: latent2rgb at latent resolution
+    (tmp_path / "vae_approx").mkdir()
+    save_file(decoder().state_dict(), str(tmp_path / "vae_approx" / "taesd_decoder.safetensors"))
+    img = latent_preview(x0, "sd1", env)
+    assert img.size == (64, 64) and img.mode == "RGB"
