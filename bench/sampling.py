@@ -11,10 +11,17 @@
 3. --sd15: bench/load_sd15.py's random-weight SD1.5 single-file checkpoint (generated once, reused), loaded through
    the store in fp32 and bf16; per-step time of KSampler at 64x64 px (latent 8x8, batch 1, CFG: UNet batch 2).
 
-Measured (Nov 2026, 2 shared cores busy with another job, so +-25%):
-- tiny, 1 thread: bare diffusers 9.5-10.0 ms/step, KSampler 9.6-10.0 ms/step: overhead within +-2% (noise level).
-- tiny, 2 threads: 20-step 64x64 txt2img workflow 0.27-0.33 s end to end (sampling ~0.2 s).
-- SD1.5-size fp32: ~0.45-0.6 s/step at 64x64 px (ComfyUI 0.3.75: 0.89 s); bf16: ~0.2-0.3 s/step.
+Measured (Nov 2026) on the 2-core machine while two training jobs ran on it (load average 3-4), so absolute times
+are 3-8x slower than on an idle machine and totals are noisy; the outside-UNet comparison is the stable number:
+- tiny, 1 thread, 20 steps: bare diffusers 30-64 ms/step, KSampler 29-64 ms/step (medians of interleaved runs;
+  total ratio -4%..+8% run to run = load noise). Time outside the UNet forward: Loom 0.45-0.77 ms/step vs bare
+  0.38-0.73 ms/step, i.e. engine overhead 0.06-0.23% of a step (< 3% target).
+- tiny, 20-step 64x64 txt2img workflow, 2 threads: 4-17 s under that load (2 threads on 2 busy cores spin on
+  OpenMP barriers); the sampling itself is 20 x ~10 ms on an idle machine (offline-models.md section 3).
+- SD1.5-size random checkpoint, 64x64 px, CFG (UNet batch 2), 3 steps: fp32 2 threads 7.29 s/step (bare diffusers
+  7.27), fp32 1 thread 1.75 s/step (bare 1.63); bf16 2 threads 7.26 s/step (bare 6.89) - this CPU has no AMX, so
+  bf16 is no faster than fp32. Store load of UNet+CLIP 8-17 s; peak RSS 4.6-4.7 GiB fp32, 2.6 GiB bf16.
+  (ComfyUI 0.3.75 on an idle machine: 0.89 s/step fp32.) Set LOOM_BENCH_THREADS=1 on a busy machine.
 """
 from __future__ import annotations
 
@@ -69,6 +76,7 @@ def bare_loop(unet, te, tok, sched_config, seed: int, steps: int, size: int = 64
     import torch
     from diffusers import EulerDiscreteScheduler
 
+    dt = next(unet.parameters()).dtype
     with torch.no_grad():
         ids = tok([PROMPT, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         emb = te(ids)[0]
@@ -80,7 +88,7 @@ def bare_loop(unet, te, tok, sched_config, seed: int, steps: int, size: int = 64
         x = x * sched.init_noise_sigma
         for t in sched.timesteps:
             xin = sched.scale_model_input(torch.cat([x] * 2), t)
-            eps = unet(xin, t, encoder_hidden_states=emb, return_dict=False)[0]
+            eps = unet(xin.to(dt), t, encoder_hidden_states=emb.to(dt), return_dict=False)[0].float()
             u, c = eps.chunk(2)
             x = sched.step(u + 7.5 * (c - u), t, x, return_dict=False)[0]
     return x, time.perf_counter() - t_enc
@@ -159,7 +167,7 @@ def sd15_bench(dtype: str, steps: int) -> dict:
     from engine.executor import Executor
     from nodes import default_registry
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("LOOM_BENCH_THREADS", "2")))
     models = Path(os.environ["LOOM_SD15_DIR"])
     with tempfile.TemporaryDirectory() as d:
         env = make_env(models, Path(d), dtype)
@@ -177,7 +185,11 @@ def sd15_bench(dtype: str, steps: int) -> dict:
             assert ex.run(wf, sink=ev.append).status == "success"
             ks = next(e for e in ev if e.type == "node_done" and e.data["class_type"] == "KSampler")
             per.append(ks.data["duration_ms"] / 1000 / steps)
-        return {"dtype": dtype, "load_unet_clip_s": round(load_s, 1), "sec_per_step_64px": round(min(per), 3),
+        te = c.get()
+        bare = min(bare_loop(m.get(), te.encoders[0], te.tokenizers[0], dict(m.meta["scheduler_config"]), s, steps)[1]
+                   for s in (1, 2)) / steps
+        return {"dtype": dtype, "threads": torch.get_num_threads(), "load_unet_clip_s": round(load_s, 1), "sec_per_step_64px": round(min(per), 3),
+                "bare_diffusers_sec_per_step_64px": round(bare, 3),
                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 

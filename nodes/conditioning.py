@@ -21,7 +21,7 @@ def _split_top(text: str) -> list[str]:
     while i < len(text):
         ch = text[i]
         if ch == "\\" and i + 1 < len(text):
-            (buf if depth == 0 else buf).append(text[i:i + 2])
+            buf.append(text[i:i + 2])
             i += 2
             continue
         if ch == "(":

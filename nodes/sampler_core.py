@@ -380,12 +380,12 @@ def sample(ctx, model_ref, positive, negative, latent: dict, plan: Plan, start: 
         z0 = (lat0 * sf).to(device)
         nz = noise_t.to(device)
         with torch.no_grad():
-            if start == 0:
-                x = z0 + nz * sched.init_noise_sigma if seed is not None else z0.clone()
-            elif seed is not None:
-                x = sched.add_noise(z0, nz, ts[:1])
-            else:
+            if seed is None:  # no noise: the latent is taken as is (k-space; moved into VP space if needed)
                 x = z0 if kspace else z0 * math.sqrt(_alpha(sched, ts[0]))
+            elif start == 0 and (kspace or not bool(z0.any())):
+                x = z0 + nz * sched.init_noise_sigma  # txt2img exactly as the pipelines; ComfyUI's full denoise
+            else:
+                x = sched.add_noise(z0, nz, ts[:1])  # img2img; VP schedulers at full denoise of a non-empty latent
             mask = latent.get("noise_mask")
             m = None
             if mask is not None:
