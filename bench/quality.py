@@ -94,23 +94,37 @@ def engine_workflow(ckpt_name: str, prompt: str, seed: int, steps: int, cfg: flo
 
 
 def _engine_runner(ckpt: Path):
-    """Return fn(workflow) -> HxWx3 uint8 image of node "8", running the workflow through Loom's engine.
+    """Return fn(workflow) -> HxWx3 uint8 image, running the workflow through Loom's engine.
 
-    >>> PLUG THE ENGINE IN HERE <<<  (engine.executor + nodes catalogue; models folder = ckpt.parent)."""
+    === ENGINE BACKEND PLUG-IN POINT ===  Executor(default_registry(), Env) with a CPU fp32 ModelStore over the
+    checkpoint's models folder (ckpt must sit in <models>/checkpoints/); the PreviewImage output is read back from the
+    temp folder. The loader and both CLIPTextEncode outputs are cached by the engine between runs."""
+    import tempfile
     try:
-        from engine import executor as ex  # noqa: F401
-        import nodes  # noqa: F401
+        from engine.context import Env
+        from engine.executor import Executor
+        from engine.folders import ModelFolders
+        from engine.models import ModelStore
+        from nodes import default_registry
     except Exception as e:  # pragma: no cover - depends on the engine being present
-        raise SystemExit(f"--backend engine: Loom's engine is not importable yet ({e})")
-    if not hasattr(ex, "run_workflow_for_outputs"):
-        raise SystemExit("--backend engine: the engine has no workflow runner this bench knows how to call yet; "
-                         "wire it in bench/quality.py:_engine_runner")
-    run = ex.run_workflow_for_outputs
+        raise SystemExit(f"--backend engine: Loom's engine is not importable ({e})")
+    from PIL import Image
+    if ckpt.parent.name != "checkpoints":
+        raise SystemExit("--backend engine: the checkpoint must be in a <models>/checkpoints/ folder")
+    io = Path(tempfile.mkdtemp(prefix="loom-quality-"))
+    env = Env(input_dir=io / "in", output_dir=io / "out", temp_dir=io / "tmp", models_dir=ckpt.parent.parent,
+              model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir), device="cpu", dtype="fp32"))
+    ex = Executor(default_registry(), env)
 
     def _run(wf):
-        outs = run(wf, models_dir=ckpt.parent.parent)
-        img = outs["8"][0]  # IMAGE: B x H x W x C float 0..1
-        return (np.asarray(img[0]) * 255.0).round().clip(0, 255).astype(np.uint8)
+        res = ex.run(wf)
+        if res.status != "success":
+            raise RuntimeError(f"engine run failed: {res.error or res.node_errors}")
+        info = res.outputs["9"]["images"][0]
+        path = env.temp_dir / info.get("subfolder", "") / info["filename"]
+        img = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+        path.unlink()
+        return img
     return _run
 
 

@@ -162,6 +162,7 @@ def save_checkpoint(unet, vae, text_encoder, path, dtype=torch.float16, metadata
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(sd, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return sd
 
