@@ -303,6 +303,7 @@ class SaveImage(Node):
     hidden = ("PROMPT", "EXTRA_PNGINFO")
     folder_type = "output"
     compress_level = 4
+    write_manifest = True
 
     def _prefix(self, filename_prefix: str) -> str:
         return filename_prefix
@@ -328,16 +329,24 @@ class SaveImage(Node):
             tensor_to_pil(image).save(folder / name, pnginfo=meta, compress_level=self.compress_level)
             results.append({"filename": name, "subfolder": subfolder, "type": self.folder_type})
             counter += 1
+        if self.write_manifest and prompt is not None and results:
+            # Reproducibility record beside the images: model hashes, node versions, seeds, versions.
+            from .manifest import build_manifest
+
+            manifest = {**build_manifest(prompt, ctx.env), "files": [r["filename"] for r in results]}
+            (folder / (results[0]["filename"][:-len(".png")] + ".manifest.json")).write_text(
+                json.dumps(manifest, indent=1, default=str))
         return Result(ui={"images": results})
 
 
 class PreviewImage(SaveImage):
-    """Saves the input images to your ComfyUI output directory."""
+    """Saves the input images as temporary previews (the temp folder is for the editor, not for keeping)."""
     class_type = "PreviewImage"
     display_name = "Preview Image"
     inputs = (Socket("images", "IMAGE"),)
     folder_type = "temp"
     compress_level = 1
+    write_manifest = False
 
     def _prefix(self, filename_prefix: str) -> str:
         return "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))

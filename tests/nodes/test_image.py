@@ -194,7 +194,7 @@ def test_save_image_counter_subfolders_and_confinement(ex, env):
     r = ex.run(wf)
     assert [i["filename"] for i in r.outputs["2"]["images"]] == ["img_00008_.png", "img_00009_.png"]
     assert ex.run(wf).executed == []  # a cached output node is not re-run: no new file
-    assert len(list((env.output_dir / "x").iterdir())) == 4
+    assert len(list((env.output_dir / "x").glob("*.png"))) == 4
     wf["2"]["inputs"]["filename_prefix"] = "../escape"
     r = ex.run(wf)
     assert r.status == "error" and r.error["exception_type"] == "engine.folders.UnsafePathError"
@@ -220,3 +220,15 @@ def test_primitives_feed_widgets():
     with pytest.raises(WorkflowError) as ei:
         ex.prepare({**wf, "w": {"class_type": "PrimitiveInt", "inputs": {}}})
     assert ei.value.node_errors["w"]["errors"][0]["type"] == "required_input_missing"
+
+
+def test_save_image_writes_a_run_manifest_beside_the_images(ex, env):
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 255}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "m"}}}
+    r = ex.run(wf)
+    assert r.status == "success"
+    names = [i["filename"] for i in r.outputs["2"]["images"]]
+    manifest = json.loads((env.output_dir / "m_00001_.manifest.json").read_text())
+    assert manifest["files"] == names == ["m_00001_.png", "m_00002_.png"]
+    assert manifest["nodes"]["2"]["class_type"] == "SaveImage"
+    assert "torch" in json.dumps(manifest["environment"])
