@@ -259,7 +259,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="training/work")
     ap.add_argument("--variant", default="s64x2")
-    ap.add_argument("--steps", type=int, default=2600)
+    ap.add_argument("--steps", type=int, default=3300)
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--n-latents", type=int, default=24000)
