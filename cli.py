@@ -139,9 +139,11 @@ def output_files(env, outputs: dict) -> list[str]:
 
 # --- --set ----------------------------------------------------------------------------------------
 
-def parse_sets(items: list[str]) -> list[tuple[str, str, Any]]:
+def parse_sets(items: list[str] | None) -> list[tuple[str, str, Any]]:
+    """``--set ID.INPUT=VALUE`` items -> (node id, input name, value): VALUE as JSON, else the bare string.
+    Shared with ``loom run --server`` (``service.client.run_remote``)."""
     out = []
-    for item in items:
+    for item in items or ():
         target, eq, raw = item.partition("=")
         nid, dot, name = target.rpartition(".")
         if not eq or not dot or not nid or not name:

@@ -155,21 +155,6 @@ class LoomClient:
 
 
 # -- loom run --server ------------------------------------------------------------------------------
-def _parse_sets(items) -> list[tuple[str, str, Any]]:
-    out = []
-    for item in items or ():
-        target, eq, raw = item.partition("=")
-        nid, dot, name = target.rpartition(".")
-        if not eq or not dot or not nid or not name:
-            raise ValueError(f"--set {item!r}: expected ID.INPUT=VALUE")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.append((nid, name, value))
-    return out
-
-
 def _load_prompt(path: str) -> tuple[dict, dict]:
     from engine.workflow import load
 
@@ -220,10 +205,11 @@ def run_remote(url: str, workflow_paths: list[str], sets: list[str] | None = Non
                token: str | None = None) -> int:
     """Submit each workflow to a running server in turn and show progress; returns an exit code
     (0 ok, 1 a node failed, 2 invalid workflow or unreachable server, 130 interrupted)."""
+    from cli import parse_sets
     from engine.errors import WorkflowError
 
     try:
-        parsed_sets = _parse_sets(sets)
+        parsed_sets = parse_sets(sets)
     except ValueError as e:
         print(f"loom run: {e}", file=sys.stderr)
         return EXIT_INVALID

@@ -193,16 +193,23 @@ def _place(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
                 return target.name
             i += 1
             target = confine(folder, f"{stem} ({i}){ext}")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+    atomic_write(target, data, prefix=".upload-")
+    return target.name
+
+
+def atomic_write(path: Path, data: bytes, prefix: str = ".tmp-") -> None:
+    """Write ``data`` to ``path`` via a temp file (``prefix``) in the same folder and ``os.replace``, so readers
+    never see a partial file; the folder is created if needed, the temp file removed on any failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return target.name
 
 
 async def _upload(request: Request, mask: bool) -> Response:

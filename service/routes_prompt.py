@@ -104,17 +104,26 @@ def _ids(body: Any) -> list[str] | None:
     return [str(x) for x in d if isinstance(x, (str, int))]
 
 
-async def post_queue(request: Request) -> Response:
-    s = svc(request)
+async def _clear_and_delete(request: Request, s) -> tuple[bool, list[str] | None] | Response:
+    """What POST /queue and POST /history ask for: (``clear`` set, ``delete`` ids or None); an empty body asks
+    nothing. Returns the 400 response instead when the body is not an object."""
     body = await read_json(request, s.config.max_json_bytes, allow_empty=True)
     if body is not None and not isinstance(body, dict):
         return JSON({"error": "expected an object with clear and/or delete"}, status_code=400)
     body = body or {}
-    if body.get("clear"):
+    return bool(body.get("clear")), _ids(body)
+
+
+async def post_queue(request: Request) -> Response:
+    s = svc(request)
+    asked = await _clear_and_delete(request, s)
+    if isinstance(asked, Response):
+        return asked
+    clear, ids = asked
+    if clear:
         for i in s.store.pending():
             s.worker.prepared.pop(i.id, None)
         s.store.delete_pending(None)
-    ids = _ids(body)
     if ids:
         s.store.delete_pending(ids)
         for pid in ids:
@@ -144,13 +153,12 @@ async def get_history_one(request: Request) -> Response:
 
 async def post_history(request: Request) -> Response:
     s = svc(request)
-    body = await read_json(request, s.config.max_json_bytes, allow_empty=True)
-    if body is not None and not isinstance(body, dict):
-        return JSON({"error": "expected an object with clear and/or delete"}, status_code=400)
-    body = body or {}
-    if body.get("clear"):
+    asked = await _clear_and_delete(request, s)
+    if isinstance(asked, Response):
+        return asked
+    clear, ids = asked
+    if clear:
         s.store.delete_history(None)
-    ids = _ids(body)
     if ids:
         s.store.delete_history(ids)
     return Response(status_code=200)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import unquote
@@ -20,6 +19,7 @@ from starlette.responses import FileResponse, Response
 from engine.folders import UnsafePathError, confine
 
 from .http import JSON, read_body, read_json, svc
+from .routes_files import atomic_write
 
 USER = "default"
 SETTINGS = "comfy.settings.json"
@@ -37,19 +37,6 @@ def _confine(root: Path, rel: str) -> Path:
         return confine(root, rel)
     except UnsafePathError as e:
         raise HTTPException(403, str(e))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # -- users and settings ---------------------------------------------------------------------------
@@ -71,7 +58,7 @@ def _load_settings(s) -> dict:
 
 
 def _save_settings(s, d: dict) -> None:
-    _atomic_write(user_root(s) / SETTINGS, json.dumps(d, indent=2, ensure_ascii=False).encode("utf-8"))
+    atomic_write(user_root(s) / SETTINGS, json.dumps(d, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 async def get_settings(request: Request) -> Response:
@@ -217,7 +204,7 @@ async def userdata_file(request: Request) -> Response:
         if path.exists() and not _flag(request, "overwrite", True):
             raise HTTPException(409, "file exists")
         data = await read_body(request, s.config.max_upload_bytes)
-        _atomic_write(path, data)
+        atomic_write(path, data)
         return JSON(_info(root, path) if _flag(request, "full_info", False) else path.relative_to(root).as_posix())
     raise HTTPException(405, "method not allowed")
 

@@ -6,9 +6,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from engine import checkpoint as ck
 from engine.folders import ModelFolders
 from engine.models import ModelStore
+from engine.plan import plan_checkpoint
+from engine.tensorfile import CheckpointError, header_from_state_dict, read_header
 
 from .ldm_export import clip_to_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm
 
@@ -81,7 +82,7 @@ def test_sdxl_style(tmp_path):
 
 
 def _header(sd, metadata=None, path="/nonexistent/x.safetensors"):
-    h = ck.header_from_state_dict(path, sd)
+    h = header_from_state_dict(path, sd)
     h.metadata = metadata or {}
     return h
 
@@ -90,19 +91,19 @@ def test_inpaint_and_hints(tiny_sd1):
     unet, vae, te = tiny_sd1
     sd = {**unet_to_ldm(unet), **clip_to_ldm(te)}
     sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
-    plan = ck.plan_checkpoint(_header(sd))
+    plan = plan_checkpoint(_header(sd))
     assert plan.inpaint and plan.unet["in_channels"] == 9 and plan.vae is None
     assert plan.unet["layers_per_block"] == 2 and plan.unet["block_out_channels"] == [32, 64, 64]
     assert plan.prediction_type == "epsilon"
     for meta in ({"modelspec.prediction_type": "v"}, {"ss_v_parameterization": "True"}):
-        assert ck.plan_checkpoint(_header(sd, meta)).prediction_type == "v_prediction"
+        assert plan_checkpoint(_header(sd, meta)).prediction_type == "v_prediction"
 
 
 def test_not_a_checkpoint(tmp_path):
     p = tmp_path / "x.safetensors"
     p.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
-    with pytest.raises(ck.CheckpointError):
-        ck.plan_checkpoint(ck.read_header(p))
+    with pytest.raises(CheckpointError):
+        plan_checkpoint(read_header(p))
     p.write_bytes(b"garbage")
-    with pytest.raises(ck.CheckpointError):
-        ck.read_header(p)
+    with pytest.raises(CheckpointError):
+        read_header(p)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engine.folders import ModelFolders
-from engine.models import ModelStore, OutOfMemory, choose_device_dtype
+from engine.devices import OutOfMemory, choose_device_dtype
+from engine.models import ModelStore
 
 
 @pytest.mark.parametrize("cuda,bf16,dev,dt,want", [

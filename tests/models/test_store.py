@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from engine.checkpoint import PickleRefused
 from engine.folders import ModelFolders, ModelNotFoundError
-from engine.models import ModelStore, TextEncoders
+from engine.models import ModelStore
+from engine.refs import TextEncoders
+from engine.tensorfile import PickleRefused
 
 
 @pytest.fixture

@@ -1,0 +1,119 @@
+"""Tensor files without weights in memory: safetensors header parsing, per-tensor reads, pickle state dicts.
+
+``read_header`` parses the safetensors header alone (no weights touched); ``load_tensors`` then reads only
+the named tensors, converting each to the target dtype/device as it is read (no second full copy, no mmap).
+torch is imported lazily inside functions: this module (like all of ``engine.checkpoint``) stays torch-free.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl")
+
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+class CheckpointError(ValueError):
+    """A file could not be read, or its architecture/config could not be determined."""
+
+
+class PickleRefused(CheckpointError):
+    """A pickle checkpoint was offered to a store that does not allow pickle."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor in a safetensors file: dtype name (torch attribute name), shape, byte range in the data."""
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass
+class Header:
+    """Parsed safetensors header. ``data_offset`` is the file offset of the data block (bytes)."""
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_offset: int
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.tensors.items()}
+
+
+def read_header(path: str | Path) -> Header:
+    """Parse the header of a ``.safetensors`` file (reads ~KB, not the weights)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"{path.name}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise CheckpointError(f"{path.name}: not a safetensors file (header length {n})")
+        try:
+            hdr = json.loads(f.read(n))
+        except ValueError as e:
+            raise CheckpointError(f"{path.name}: corrupt safetensors header: {e}") from None
+    meta = {str(k): str(v) for k, v in (hdr.pop("__metadata__", None) or {}).items()}
+    tensors = {}
+    for k, v in hdr.items():
+        if v["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path.name}: unsupported dtype {v['dtype']} for {k}")
+        s, e = v["data_offsets"]
+        tensors[k] = TensorInfo(_ST_DTYPES[v["dtype"]], tuple(v["shape"]), s, e)
+    return Header(path, tensors, meta, 8 + n)
+
+
+def load_tensors(header: Header, names, dtype=None, device=None) -> dict:
+    """Read the named tensors with plain file reads into fresh buffers, each cast to ``dtype`` (floating
+    tensors only) and moved to ``device`` right after it is read, so peak memory is one copy of the selected
+    weights plus one tensor. Returns ``{name: torch.Tensor}``."""
+    import torch
+
+    out = {}
+    with open(header.path, "rb", buffering=0) as f:
+        for name in names:
+            ti = header.tensors[name]
+            buf = torch.empty(ti.end - ti.start, dtype=torch.uint8)
+            f.seek(header.data_offset + ti.start)
+            view = memoryview(buf.numpy())
+            got = 0
+            while got < len(view):
+                r = f.readinto(view[got:])
+                if not r:
+                    raise CheckpointError(f"{header.path.name}: truncated data for {name}")
+                got += r
+            t = buf.view(getattr(torch, ti.dtype)).reshape(ti.shape)
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            if device is not None and str(device) != "cpu":
+                t = t.to(device)
+            out[name] = t
+    return out
+
+
+def load_pickle_state_dict(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` of a pickle checkpoint, unwrapping a ``state_dict`` entry."""
+    import torch
+
+    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{Path(path).name}: pickle does not hold a state dict")
+    return {k: v for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def header_from_state_dict(path: str | Path, sd: dict) -> Header:
+    """A Header describing an in-memory state dict (for pickle files); ``load_tensors`` can't read it."""
+    tensors = {k: TensorInfo(str(v.dtype).replace("torch.", ""), tuple(v.shape), 0, 0) for k, v in sd.items()}
+    return Header(Path(path), tensors, {}, -1)
+
