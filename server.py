@@ -65,6 +65,7 @@ def _prune_outputs_fn(config: Config):
                     try:
                         p = confine(config.output_dir, "/".join(x for x in (f.get("subfolder"), f.get("filename")) if x))
                         p.unlink(missing_ok=True)
+                        p.with_suffix(".manifest.json").unlink(missing_ok=True)  # SaveImage's run manifest
                     except (UnsafePathError, OSError):
                         pass
 

@@ -79,7 +79,7 @@ def test_restart_with_pending_prompts(tmp_path):
         assert "stopped" in hist[running]["status"]["messages"][0][1]["exception_message"]
         for pid in pend:
             assert hist[pid]["status"]["completed"] is True
-        assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["r0_00001_.png", "r1_00001_.png"]
+        assert sorted(p.name for p in (tmp_path / "output").glob("*.png")) == ["r0_00001_.png", "r1_00001_.png"]
         job = httpx.get(url + f"/api/jobs/{running}").json()
         assert job["status"] == "failed"
     finally:
@@ -109,3 +109,4 @@ def test_history_bounds_prune_rows_not_outputs(make_server, tmp_path):
     time.sleep(0.01)
     assert st.prune() == 3
     assert len(list((tmp_path / "output").glob("h*_.png"))) == 3
+    assert len(list((tmp_path / "output").glob("h*_.manifest.json"))) == 3  # manifests go with their images
