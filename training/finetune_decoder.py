@@ -78,7 +78,7 @@ def finetune(work: Path, steps: int, bs: int = 16, lr: float = 3e-4, seed: int =
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="training/work")
-    ap.add_argument("--steps", type=int, default=1100)
+    ap.add_argument("--steps", type=int, default=450)
     ap.add_argument("--bs", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
     a = ap.parse_args(argv)
