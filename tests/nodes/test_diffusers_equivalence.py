@@ -106,6 +106,7 @@ CASES = [  # (sampler, scheduler, diffusers class, config overrides)
     ("dpmpp_2m", "karras", "DPMSolverMultistepScheduler",
      {"timestep_spacing": "linspace", "steps_offset": 0, "use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}),
     ("ddim", "ddim_uniform", "DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
+    ("lms", "normal", "LMSDiscreteScheduler", {"timestep_spacing": "linspace", "steps_offset": 0}),
 ]
 
 
@@ -123,7 +124,7 @@ def test_txt2img_matches_pipeline(ex, refs, sampler, scheduler, cls, over):
     assert diff <= 1e-4
 
 
-@pytest.mark.parametrize("sampler,scheduler,cls,over", CASES[:2] + CASES[3:], ids=["euler", "euler_a", "ddim"])
+@pytest.mark.parametrize("sampler,scheduler,cls,over", CASES[:2] + CASES[3:4], ids=["euler", "euler_a", "ddim"])
 def test_img2img_matches_pipeline(ex, refs, session_env, sampler, scheduler, cls, over):
     name, pixels = _image(session_env)
     steps, denoise = 12, 0.6
