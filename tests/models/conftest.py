@@ -45,23 +45,9 @@ def _threads():
 def tiny_sd1():
     """(unet, vae, text_encoder) of a tiny SD1-layout model: 3-level UNet (32,64,64), 2 layers per block,
     8 heads, context 64; VAE 4 levels (32,32,64,64); CLIP hidden 64 (1 head of 64), 2 layers, quick_gelu."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from tests.tiny_sd import build_tiny_sd1
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=8).eval()
-    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        scaling_factor=0.18215).eval()
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=1, max_position_embeddings=77, hidden_act="quick_gelu",
-                                      bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
-    return unet, vae, te
+    return build_tiny_sd1()
 
 
 @pytest.fixture(scope="session")

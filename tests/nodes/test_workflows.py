@@ -17,7 +17,7 @@ from engine.executor import Executor
 from engine.folders import ModelFolders
 from nodes import default_registry
 
-from .conftest import build_tiny_sd1, save_checkpoint
+from tests.tiny_sd import build_tiny_sd1, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "checkpoints" / "loom-shapes-64.safetensors"

@@ -45,18 +45,29 @@ WF = {
 }
 
 
-def test_official_frontend_end_to_end(tmp_path):
+def _prepare(tmp_path):
+    """Skip with the reason when chromium/playwright/the editor are missing; else a user folder whose settings
+    skip the editor's tutorial. Returns that folder."""
     reason = _requirements()
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
     ud = tmp_path / "user" / "default"
     ud.mkdir(parents=True)
     (ud / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    return ud
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                             args=ARGS)
+
+
+def test_official_frontend_end_to_end(tmp_path):
+    ud = _prepare(tmp_path)
+    from playwright.sync_api import sync_playwright
+
     with LiveServer(tmp_path) as srv, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                    args=ARGS)
+        browser = _launch(p)
         try:
             page = browser.new_page()
             page_errors: list[str] = []
@@ -108,17 +119,11 @@ def test_official_frontend_end_to_end(tmp_path):
 def test_frontend_works_with_a_token(tmp_path):
     """With a token (required off loopback), opening /?token=... sets an HttpOnly cookie and the frontend's
     fetches and websocket carry it; without it the page is refused."""
-    reason = _requirements()
-    if reason:
-        pytest.skip(reason)
+    _prepare(tmp_path)
     from playwright.sync_api import sync_playwright
 
-    ud = tmp_path / "user" / "default"
-    ud.mkdir(parents=True)
-    (ud / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     with LiveServer(tmp_path, token="tok-123") as srv, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                    args=ARGS)
+        browser = _launch(p)
         try:
             page = browser.new_page()
             assert page.goto(srv.url + "/").status == 401

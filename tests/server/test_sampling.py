@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 def sd_server(tmp_path_factory):
     import torch
 
-    from tests.nodes.conftest import build_tiny_sd1, save_checkpoint
+    from tests.tiny_sd import build_tiny_sd1, save_checkpoint
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("sd")
