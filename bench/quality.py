@@ -4,8 +4,8 @@ Generates images for a fixed, balanced set of prompts x seeds, reads them back w
 (training/scorer.py) and prints per-attribute accuracy (background colour, shape colour, position, shape type, size)
 per sampler and per cfg (cfg 1 vs the default), plus the generation time per image.
 
-    python bench/quality.py                                   # diffusers backend, euler+ddim, cfg 1 and 8
-    python bench/quality.py --backend engine                  # through Loom's engine (ComfyUI API workflow)
+    python bench/quality.py                                   # through Loom's engine, euler+ddim, cfg 1 and 8
+    python bench/quality.py --backend diffusers               # cross-check: a direct diffusers scheduler loop
     python bench/quality.py --samplers euler --cfgs 1,3,5,8 --prompts 120 --seeds 2 --json out.json
 """
 from __future__ import annotations
@@ -76,6 +76,12 @@ class EngineBackend:
         return np.stack(out)
 
 
+def scheduler_for(sampler: str) -> str:
+    """KSampler's scheduler for a sampler: "normal" (SD1's own spacing), except for DDIM, which Loom runs only on
+    integer timesteps (ddim_uniform = diffusers' DDIMScheduler spacing)."""
+    return "ddim_uniform" if sampler == "ddim" else "normal"
+
+
 def engine_workflow(ckpt_name: str, prompt: str, seed: int, steps: int, cfg: float, sampler: str,
                     negative: str = "") -> dict:
     """The ComfyUI API-format workflow the engine backend runs (node "9" is the decoded image)."""
@@ -85,7 +91,7 @@ def engine_workflow(ckpt_name: str, prompt: str, seed: int, steps: int, cfg: flo
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
         "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": "normal",
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler_for(sampler),
             "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
             "latent_image": ["5", 0]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
@@ -125,6 +131,8 @@ def _engine_runner(ckpt: Path):
         img = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
         path.unlink()
         return img
+    env.input_dir.mkdir(parents=True, exist_ok=True)
+    _run.input_dir = env.input_dir
     return _run
 
 
@@ -156,7 +164,7 @@ def evaluate(backend, samplers, cfgs, n_prompts, n_seeds, steps, threads, save_d
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=str(DEFAULT_CKPT))
-    ap.add_argument("--backend", choices=["diffusers", "engine"], default="diffusers")
+    ap.add_argument("--backend", choices=["engine", "diffusers"], default="engine")
     ap.add_argument("--samplers", default="euler,ddim")
     ap.add_argument("--cfgs", default=f"1,{DEFAULT_CFG:g}")
     ap.add_argument("--steps", type=int, default=20)

@@ -18,6 +18,7 @@ MODULES = [
     "nodes.sampling",
     "nodes.vae",
     "nodes.masks",
+    "nodes.mask_ops",
     "nodes.upscale",
     "nodes.testing",
 ]

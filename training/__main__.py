@@ -6,8 +6,10 @@ Stages (each resumable; finished stages are skipped, interrupted ones resume fro
   1. VAE (training/train_vae.py)          -> training/work/vae_final.pt
   2. fold the latent scale into the VAE so latents*0.18215 have unit std, encode the dataset
                                           -> training/work/vae_folded.pt, latents.pt
-  3. UNet + CLIP text encoder (train_unet) -> training/work/unet_ckpt.pt
+  3. UNet + CLIP text encoder (train_unet): phase A (--unet-steps), then the composition phase (--comp-steps)
+                                          -> training/work/unet_ckpt.pt
   4. export EMA weights, fp16            -> --out
+  5. the 9-channel inpainting variant (train_inpaint), fine-tuned from 3 -> --inpaint-out (--inpaint-steps 0 skips)
 Everything is seeded; with the same thread count a rerun gives the same weights.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="models/checkpoints/loom-shapes-64.safetensors")
@@ -38,8 +40,16 @@ def main(argv=None):
     ap.add_argument("--unet-steps", type=int, default=3300)
     ap.add_argument("--unet-bs", type=int, default=64)
     ap.add_argument("--unet-lr", type=float, default=8e-4)
+    ap.add_argument("--comp-steps", type=int, default=600, help="composition phase (teaches positions)")
+    ap.add_argument("--comp-lr", type=float, default=3e-4)
+    ap.add_argument("--inpaint-steps", type=int, default=800)
+    ap.add_argument("--inpaint-out", default="models/checkpoints/loom-shapes-64-inpainting.safetensors")
     ap.add_argument("--fp32", action="store_true", help="store fp32 instead of fp16")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -53,14 +63,20 @@ def main(argv=None):
         print(line, flush=True)
         logf.write(line + "\n"); logf.flush()
 
-    from . import export, finetune_decoder, train_unet, train_vae
+    from . import export, finetune_decoder, train_inpaint, train_unet, train_vae
     t0 = time.time()
     train_vae.train(work, a.vae_steps, a.vae_bs, a.vae_lr, a.seed, log=log)
     train_unet.encode_dataset(work, a.n_latents, log=log)
     finetune_decoder.finetune(work, a.decoder_steps, log=log)  # independent of the UNet (encoder frozen)
-    train_unet.Trainer(work, a.variant, a.unet_steps, a.unet_bs, a.unet_lr, a.seed, log=log).run()
+    train_unet.Trainer(work, a.variant, a.unet_steps, a.unet_bs, a.unet_lr, a.seed, comp_steps=a.comp_steps,
+                       comp_lr=a.comp_lr, log=log).run()
     st, n = export.export_from_work(work, Path(a.out), torch.float32 if a.fp32 else torch.float16)
-    log(f"exported {a.out}: {n} tensors, {os.path.getsize(a.out) / 1e6:.1f} MB; this invocation {time.time() - t0:.0f}s")
+    log(f"exported {a.out}: {n} tensors, {os.path.getsize(a.out) / 1e6:.1f} MB")
+    if a.inpaint_steps:
+        train_inpaint.InpaintTrainer(work, a.inpaint_steps, seed=a.seed, log=log).run()
+        sd = train_inpaint.export(work, Path(a.inpaint_out), torch.float32 if a.fp32 else torch.float16)
+        log(f"exported {a.inpaint_out}: {len(sd)} tensors, {os.path.getsize(a.inpaint_out) / 1e6:.1f} MB")
+    log(f"this invocation {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Every diffusion workflow in workflows/ runs through the engine (CI).
 
-They name the bundled checkpoint ``loom-shapes-64.safetensors``: the repository's models/checkpoints/ copy is used
-when it exists, else the tiny random SD1 checkpoint is written under that name. The LoRA and the upscale model the
+They name the bundled checkpoints ``loom-shapes-64.safetensors`` and its 9-channel ``-inpainting`` variant: the
+repository's models/checkpoints/ copies are used when they exist, else tiny random SD1 checkpoints are written under
+those names. The LoRA and the upscale model the
 workflows name are generated here (random weights, right key layouts)."""
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tests.tiny_sd import build_tiny_sd1, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "checkpoints" / "loom-shapes-64.safetensors"
-WORKFLOWS = ["txt2img", "img2img", "inpaint", "hires-fix", "lora", "area-composition", "upscale-with-model",
-             "latent-interpolation"]
+BUNDLED_INPAINT = BUNDLED.with_name("loom-shapes-64-inpainting.safetensors")
+WORKFLOWS = ["txt2img", "img2img", "inpaint", "inpaint-model", "hires-fix", "lora", "area-composition",
+             "upscale-with-model", "latent-interpolation"]
 
 
 def make_lora(unet, te, path, rank=4, seed=0):
@@ -53,10 +55,11 @@ def wf_env(tmp_path_factory):
     for d in ("checkpoints", "loras", "upscale_models", "vae"):
         (root / d).mkdir()
     extra = {}
-    if BUNDLED.exists():
+    if BUNDLED.exists() and BUNDLED_INPAINT.exists():
         extra["checkpoints"] = [BUNDLED.parent]
     else:
         save_checkpoint(root / "checkpoints" / BUNDLED.name, *build_tiny_sd1())
+        save_checkpoint(root / "checkpoints" / BUNDLED_INPAINT.name, *build_tiny_sd1(in_channels=9))
     torch.manual_seed(0)
     save_file(RRDBNet(nf=8, nb=1, gc=4, scale=4).state_dict(), str(root / "upscale_models" / "RealESRGAN_x4plus.safetensors"))
     io = tmp_path_factory.mktemp("wfio")

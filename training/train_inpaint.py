@@ -1,0 +1,173 @@
+"""Stage 5 (optional): the 9-channel inpainting variant, fine-tuned from the finished 4-channel UNet.
+
+SD-inpainting's recipe at Loom's scale: the UNet's first conv grows from 4 to 9 input channels, in the order the
+samplers feed them — noisy latent (4), mask (1, 1 = repaint), latent of the masked image (4, masked pixels grey) —
+with the 5 new input channels zero-initialised, so step 0 behaves exactly like the 4-channel model. It then trains
+on random masks: a quarter of the samples fully masked (plain text-to-image), the rest one random box of 16-48 px.
+The text encoder and VAE are frozen and shared with the base model (the exported file carries copies of them).
+Half of the captions are dropped (the base model drops 10%): in this world a full caption already says nearly
+everything about the kept area, so without an empty caption there is little reason to read the masked image —
+a first try with 10% dropout (600 steps) learned to follow the prompt and largely ignore the kept area.
+
+Masks are made at 64x64 px and reduced to the 8x8 latent grid the way the sampler does it (bilinear, rounded);
+the masked image is encoded by the (scale-folded) VAE on the fly, one batch per step.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .sample import SCALING, tokenize
+from .train_unet import (COMP_HIGH_FRAC, COMP_HIGH_T, COMP_X0_FLOOR, TEXT_CONFIG, Trainer, build_text_encoder,
+                         build_unet, ddpm_alphas, load_folded_vae, lr_at)
+from .train_vae import to_tensor
+
+FULL_MASK_FRAC = 0.25
+
+
+def expand_conv_in(unet4):
+    """A 9-input-channel copy of a 4-channel UNet whose output is unchanged while the extra channels are 0."""
+    cfg = dict(unet4.config)
+    cfg["in_channels"] = 9
+    unet9 = build_unet({k: v for k, v in cfg.items() if not k.startswith("_")})
+    sd = unet4.state_dict()
+    w = sd["conv_in.weight"]
+    sd["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], 5, *w.shape[2:], dtype=w.dtype)], 1)
+    unet9.load_state_dict(sd)
+    return unet9
+
+
+def random_masks(g: torch.Generator, n: int) -> torch.Tensor:
+    """(n,1,64,64) float masks, 1 = repaint: FULL_MASK_FRAC of them all ones, the rest one box of 16-48 px."""
+    m = torch.zeros(n, 1, world.SIZE, world.SIZE)
+    full = torch.rand(n, generator=g) < FULL_MASK_FRAC
+    wh = torch.randint(16, 49, (n, 2), generator=g)
+    for i in range(n):
+        if full[i]:
+            m[i] = 1.0
+            continue
+        w, h = int(wh[i, 0]), int(wh[i, 1])
+        x0 = int(torch.randint(0, world.SIZE - w + 1, (1,), generator=g))
+        y0 = int(torch.randint(0, world.SIZE - h + 1, (1,), generator=g))
+        m[i, :, y0:y0 + h, x0:x0 + w] = 1.0
+    return m
+
+
+def latent_mask(m: torch.Tensor) -> torch.Tensor:
+    # the sampler's rule (nodes/sampler_core.py): bilinear to the latent grid, then rounded
+    return F.interpolate(m, size=(m.shape[-2] // 8, m.shape[-1] // 8), mode="bilinear").round()
+
+
+class InpaintTrainer:
+    def __init__(self, work: Path, steps: int = 800, bs: int = 64, lr: float = 3e-4, seed: int = 0,
+                 dropout: float = 0.5, ema_decay: float = 0.995, log=print):
+        self.work, self.steps, self.bs, self.lr, self.seed = work, steps, bs, lr, seed
+        self.dropout, self.ema_decay, self.log = dropout, ema_decay, log
+        st = torch.load(work / "unet_ckpt.pt", weights_only=False)
+        base = build_unet(st["unet_config"])
+        base.load_state_dict(st["ema_unet"])
+        self.base_step = st["step"]
+        self.unet = expand_conv_in(base)
+        self.ema = copy.deepcopy(self.unet).requires_grad_(False)
+        self.te = build_text_encoder(st["text_config"])
+        self.te.load_state_dict(st["ema_te"])
+        self.te.eval().requires_grad_(False)
+        self.vae = load_folded_vae(work).requires_grad_(False)
+        decay = [p for p in self.unet.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.unet.parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+        self.alphas = ddpm_alphas()
+        self.step, self.elapsed = 0, 0.0
+        d = torch.load(work / "latents.pt")
+        self.lat, self.scenes = d["latents"], Trainer._scenes(d["n"], d["seed"])
+
+    def batch(self, step):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 70_000 + step)
+        rng = random.Random(self.seed * 1_000_003 + 70_000 + step)
+        idx = torch.randint(0, self.lat.shape[0], (self.bs,), generator=g).tolist()
+        caps = ["" if rng.random() < self.dropout else world.caption(self.scenes[i], rng) for i in idx]
+        imgs = to_tensor(np.stack([world.render(self.scenes[i]) for i in idx]))  # (B,3,64,64) in -1..1
+        m = random_masks(g, self.bs)
+        with torch.no_grad():
+            masked = self.vae.encode(imgs * (1 - m)).latent_dist.mode() * SCALING  # masked pixels -> 0 = grey
+        t = torch.randint(0, 1000, (self.bs,), generator=g)
+        n_hi = int(COMP_HIGH_FRAC * self.bs) // 2
+        t[:n_hi] = torch.randint(COMP_HIGH_T, 1000, (n_hi,), generator=g)
+        noise = torch.randn(self.lat[idx].shape, generator=g)
+        return self.lat[idx], caps, latent_mask(m), masked, t, noise
+
+    def train_step(self):
+        x0, caps, m, masked, t, noise = self.batch(self.step)
+        for grp in self.opt.param_groups:
+            grp["lr"] = lr_at(self.step, self.steps, self.lr, warmup=50)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with torch.no_grad():
+            ctx = self.te(tokenize(caps), attention_mask=None)[0]
+        pred = self.unet(torch.cat([xt, m, masked], 1), t, encoder_hidden_states=ctx).sample
+        snr = a.view(-1) / (1 - a.view(-1))
+        w = torch.maximum(torch.clamp(snr, max=5.0) / snr, COMP_X0_FLOOR / snr)
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.opt.step()
+        d = min(self.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for ps, pd in zip(self.unet.parameters(), self.ema.parameters()):
+                pd.lerp_(ps, 1 - d)
+        self.step += 1
+        return float(loss.detach())
+
+    def save(self):
+        ck = self.work / "inpaint_ckpt.pt"
+        torch.save({"unet": self.unet.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                    "step": self.step, "elapsed": self.elapsed, "base_step": self.base_step}, ck.with_suffix(".tmp"))
+        os.replace(ck.with_suffix(".tmp"), ck)
+
+    def resume(self):
+        ck = self.work / "inpaint_ckpt.pt"
+        if ck.exists():
+            st = torch.load(ck, weights_only=False)
+            self.unet.load_state_dict(st["unet"]); self.ema.load_state_dict(st["ema"])
+            self.opt.load_state_dict(st["opt"])
+            self.step, self.elapsed = st["step"], st["elapsed"]
+            self.log(f"inpaint: resumed at step {self.step} ({self.elapsed:.0f}s done)")
+
+    def run(self, ckpt_every=100):
+        self.resume()
+        t_start, losses = time.time() - self.elapsed, []
+        while self.step < self.steps:
+            losses.append(self.train_step())
+            self.elapsed = time.time() - t_start
+            if self.step % 50 == 0:
+                self.log(f"inpaint step {self.step}/{self.steps} loss {np.mean(losses):.4f} t {self.elapsed:.0f}s")
+                losses = []
+            if self.step % ckpt_every == 0 or self.step == self.steps:
+                self.save()
+        self.log(f"inpaint done: {self.steps} steps in {self.elapsed:.0f}s")
+        return self
+
+
+def export(work: Path, out: Path, dtype=torch.float16):
+    """Write the inpainting variant as one SD1 single file (same VAE and CLIP as the base model)."""
+    from .export import save_checkpoint
+    st = torch.load(work / "inpaint_ckpt.pt", weights_only=False)
+    base = torch.load(work / "unet_ckpt.pt", weights_only=False)
+    cfg = {**base["unet_config"], "in_channels": 9}
+    unet = build_unet(cfg)
+    unet.load_state_dict(st["ema"])
+    te = build_text_encoder(base.get("text_config", TEXT_CONFIG))
+    te.load_state_dict(base["ema_te"])
+    meta = {"loom.model": "loom-shapes-64-inpainting", "loom.arch": "sd1", "loom.inpaint_step": st["step"],
+            "loom.base_step": st["base_step"], "loom.ema": True, "loom.dtype": str(dtype)}
+    return save_checkpoint(unet.eval(), load_folded_vae(work), te.eval(), out, dtype=dtype, metadata=meta)
