@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--unet-lr", type=float, default=8e-4)
     ap.add_argument("--comp-steps", type=int, default=600, help="composition phase (teaches positions)")
     ap.add_argument("--comp-lr", type=float, default=3e-4)
-    ap.add_argument("--inpaint-steps", type=int, default=800)
+    ap.add_argument("--inpaint-steps", type=int, default=600)
     ap.add_argument("--inpaint-out", default="models/checkpoints/loom-shapes-64-inpainting.safetensors")
     ap.add_argument("--fp32", action="store_true", help="store fp32 instead of fp16")
     return ap
