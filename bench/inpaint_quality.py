@@ -1,11 +1,12 @@
-"""Inpainting benchmark for the bundled models: recolour one shape, keep everything else.
+"""Inpainting benchmark for the bundled models: recolour one shape and keep everything else (--task recolour), or
+fill an empty area from the source image alone (--task keep).
 
 For each of a fixed set of single-shape scenes (the shape off-centre), the source image is rendered, the mask is
 the shape's bounding box grown by 4 px, and the prompt asks for the same scene with the shape in a new colour.
 Each method runs through Loom's engine (20 steps, euler, cfg 8, denoise 1.0) and the result is read back with the
 pixel scorer:
 
-- new colour: the shape now has the requested colour;   kept shape: same type and position as before;
+- colour: the shape has the requested colour;            kept shape: same type and position as before;
 - background: the background colour is unchanged;       kept-area error: mean |result - source| outside the
   grown box, in 0..255 units (the VAE's own round trip on these images is about 5).
 
@@ -14,7 +15,11 @@ InpaintModelConditioning, noise mask on (ComfyUI's default) and off (the model a
 "4ch", plain txt2img from the same prompt and seed, the baseline that sees no source image at all (in this simple
 world the prompt alone already fixes most of the kept area, so the baseline's error is the bar to beat).
 
-    python bench/inpaint_quality.py [--scenes 120] [--threads 2]
+--task keep masks the 28 px farthest from the shape and gives an empty prompt: the only information about the
+scene is the source image, so it shows whether a method reads it ("clean fill": the repainted area's mean colour
+distance to the background is < 40).
+
+    python bench/inpaint_quality.py [--task recolour|keep] [--scenes 120] [--threads 2]
 """
 from __future__ import annotations
 
@@ -77,16 +82,25 @@ def workflow(method: str, image: str, box, prompt: str, seed: int, inpaint_name:
     return wf
 
 
-def tasks(n: int):
-    """(scene, recoloured scene) pairs for the off-centre scenes among the evaluator's first n."""
+FAR = {"left": (36, 0, 28, 64), "right": (0, 0, 28, 64), "top": (0, 36, 64, 28), "bottom": (0, 0, 64, 28)}
+
+
+def tasks(n: int, task: str):
+    """(source scene, wanted scene, mask box (x, y, w, h), prompt) for the off-centre scenes among the
+    evaluator's first n. recolour: the shape's box, a prompt with a new colour. keep: the 28 px of the image
+    farthest from the shape, an empty prompt - only the source image says what the scene is."""
     out = []
     for sc in world.eval_scenes(n, seed=2024):
         s = sc.shapes[0]
         if s.pos == "center":
             continue
+        if task == "keep":
+            out.append((sc, sc, FAR[s.pos], ""))
+            continue
         choices = [c for c in world.COLORS if c not in (sc.bg, s.color)]
         new = world.ShapeSpec(s.shape, choices[len(out) % len(choices)], s.size, s.pos, s.cx, s.cy)
-        out.append((sc, world.Scene(sc.bg, [new])))
+        want = world.Scene(sc.bg, [new])
+        out.append((sc, want, mask_box(s), world.eval_caption(want)))
     return out
 
 
@@ -95,6 +109,7 @@ def main(argv=None):
     from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=["recolour", "keep"], default="recolour")
     ap.add_argument("--scenes", type=int, default=120)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="4ch,4ch+noise_mask,9ch+noise_mask,9ch")
@@ -102,16 +117,16 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     run = _engine_runner(BASE)  # LoadImage reads the sources from run.input_dir
-    todo = tasks(a.scenes)
-    print(f"{len(todo)} scenes, mask = shape box + {GROW} px, euler 20 steps cfg 8, {a.threads} threads")
+    todo = tasks(a.scenes, a.task)
+    what = f"shape box + {GROW} px, new colour" if a.task == "recolour" else "far 28 px, empty prompt"
+    print(f"{a.task}: {len(todo)} scenes, mask = {what}, euler 20 steps cfg 8, {a.threads} threads")
     for method in a.methods.split(","):
         t0, res, errs = time.time(), [], []
-        for i, (src, want) in enumerate(todo):
+        for i, (src, want, box, prompt) in enumerate(todo):
             img = world.render(src)
             name = f"src_{i}.png"
             Image.fromarray(img).save(run.input_dir / name)
-            box = mask_box(src.shapes[0])
-            out = run(workflow(method, name, box, world.eval_caption(want), 1000 + i, a.inpaint))
+            out = run(workflow(method, name, box, prompt, 1000 + i, a.inpaint))
             x, y, w, h = box
             keep = np.ones(img.shape[:2], bool)
             keep[y:y + h, x:x + w] = False
@@ -119,9 +134,13 @@ def main(argv=None):
             an = analyse(out, 1)
             got = an["shapes"][0] if an["shapes"] else None
             ws = want.shapes[0]
-            res.append({"new colour": got is not None and got["color"] == ws.color,
-                        "kept shape": got is not None and got["shape"] == ws.shape and got["pos"] == ws.pos,
-                        "background": an["bg"] == want.bg})
+            r = {"colour": got is not None and got["color"] == ws.color,
+                 "kept shape": got is not None and got["shape"] == ws.shape and got["pos"] == ws.pos,
+                 "background": an["bg"] == want.bg}
+            if a.task == "keep":  # the repainted area should be plain background
+                fill = out[~keep].astype(float)
+                r["clean fill"] = np.linalg.norm(fill - np.array(world.PALETTE[src.bg], float), axis=-1).mean() < 40
+            res.append(r)
         dt = (time.time() - t0) / len(todo)
         acc = {k: np.mean([r[k] for r in res]) for k in res[0]}
         print(f"{method:>15}: " + "  ".join(f"{k} {v:.3f}" for k, v in acc.items()) +
