@@ -68,9 +68,11 @@ def workflow(method: str, image: str, box, prompt: str, seed: int, inpaint_name:
           "model": ["ck", 0]}
     if method.startswith("4ch"):
         wf["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ck", 2]}}
-        wf["lat"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["enc", 0], "mask": ["mask", 0]}}
-        # "4ch" alone is the no-context baseline: plain txt2img from the same prompt and seed
-        ks.update(positive=["pos", 0], negative=["neg", 0], latent_image=["lat" if "+" in method else "enc", 0])
+        latent = ["enc", 0]  # "4ch" alone is the no-context baseline: plain txt2img from the same prompt and seed
+        if method == "4ch+noise_mask":
+            wf["lat"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": latent, "mask": ["mask", 0]}}
+            latent = ["lat", 0]
+        ks.update(positive=["pos", 0], negative=["neg", 0], latent_image=latent)
     else:
         wf["ic"] = {"class_type": "InpaintModelConditioning", "inputs": {
             "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["ck", 2], "pixels": ["img", 0],

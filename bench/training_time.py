@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30, help="steps timed per stage")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    d = {x.dest: x.default for x in cli.build_parser()._actions}  # the defaults of `python -m training`
+    d = vars(cli.build_parser().parse_args([]))  # the defaults of `python -m training`
     n = a.steps
     rows = []
 

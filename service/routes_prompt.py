@@ -5,6 +5,7 @@ import uuid
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -104,22 +105,19 @@ def _ids(body: Any) -> list[str] | None:
     return [str(x) for x in d if isinstance(x, (str, int))]
 
 
-async def _clear_and_delete(request: Request, s) -> tuple[bool, list[str] | None] | Response:
+async def _clear_and_delete(request: Request, s) -> tuple[bool, list[str] | None]:
     """What POST /queue and POST /history ask for: (``clear`` set, ``delete`` ids or None); an empty body asks
-    nothing. Returns the 400 response instead when the body is not an object."""
+    nothing. A body that is not an object is a 400."""
     body = await read_json(request, s.config.max_json_bytes, allow_empty=True)
     if body is not None and not isinstance(body, dict):
-        return JSON({"error": "expected an object with clear and/or delete"}, status_code=400)
+        raise HTTPException(400, "expected an object with clear and/or delete")
     body = body or {}
     return bool(body.get("clear")), _ids(body)
 
 
 async def post_queue(request: Request) -> Response:
     s = svc(request)
-    asked = await _clear_and_delete(request, s)
-    if isinstance(asked, Response):
-        return asked
-    clear, ids = asked
+    clear, ids = await _clear_and_delete(request, s)
     if clear:
         for i in s.store.pending():
             s.worker.prepared.pop(i.id, None)
@@ -153,10 +151,7 @@ async def get_history_one(request: Request) -> Response:
 
 async def post_history(request: Request) -> Response:
     s = svc(request)
-    asked = await _clear_and_delete(request, s)
-    if isinstance(asked, Response):
-        return asked
-    clear, ids = asked
+    clear, ids = await _clear_and_delete(request, s)
     if clear:
         s.store.delete_history(None)
     if ids:

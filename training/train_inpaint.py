@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import world
 from .sample import SCALING, tokenize
 from .train_unet import (COMP_HIGH_FRAC, COMP_HIGH_T, COMP_X0_FLOOR, TEXT_CONFIG, Trainer, build_text_encoder,
-                         build_unet, ddpm_alphas, load_folded_vae, lr_at)
+                         build_unet, ddpm_alphas, ema_update, eps_loss, load_folded_vae, lr_at)
 from .train_vae import to_tensor
 
 FULL_MASK_FRAC = 0.25
@@ -124,17 +124,12 @@ class InpaintTrainer:
         with torch.no_grad():
             ctx = self.te(tokenize(caps), attention_mask=None)[0]
         pred = self.unet(torch.cat([xt, m, masked], 1), t, encoder_hidden_states=ctx).sample
-        snr = a.view(-1) / (1 - a.view(-1))
-        w = torch.maximum(torch.clamp(snr, max=5.0) / snr, COMP_X0_FLOOR / snr)
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        loss = eps_loss(pred, noise, a, COMP_X0_FLOOR)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
         self.opt.step()
-        d = min(self.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for ps, pd in zip(self.unet.parameters(), self.ema.parameters()):
-                pd.lerp_(ps, 1 - d)
+        ema_update(((self.unet, self.ema),), min(self.ema_decay, (1 + self.step) / (10 + self.step)))
         self.step += 1
         return float(loss.detach())
 

@@ -103,6 +103,24 @@ def load_folded_vae(work: Path):
 
 
 # ---------------------------------------------------------------- training
+def eps_loss(pred: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, x0_floor: float = 0.0) -> torch.Tensor:
+    """Epsilon-prediction MSE with min-SNR-5 weighting; ``x0_floor`` > 0 floors each sample's weight at an x0-space
+    weight of ``x0_floor`` (phase B, see the module docstring). ``a``: alpha_bar(t), shape (B,1,1,1)."""
+    snr = a.view(-1) / (1 - a.view(-1))
+    w = torch.clamp(snr, max=5.0) / snr
+    if x0_floor:
+        w = torch.maximum(w, x0_floor / snr)
+    return (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+
+
+@torch.no_grad()
+def ema_update(pairs, decay: float) -> None:
+    """dst <- decay * dst + (1 - decay) * src for every (src, dst) module pair."""
+    for src, dst in pairs:
+        for ps, pd in zip(src.parameters(), dst.parameters()):
+            pd.lerp_(ps, 1 - decay)
+
+
 def lr_at(step, total, peak, warmup=200, floor=0.1):
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -200,12 +218,7 @@ class Trainer:
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         ctx = self.te(tokenize(caps), attention_mask=None)[0]
         pred = self.unet(xt, t, encoder_hidden_states=ctx).sample
-        # min-SNR-5 weighting (epsilon prediction); phase B floors the x0-space weight (see the module docstring)
-        snr = a.view(-1) / (1 - a.view(-1))
-        w = torch.clamp(snr, max=5.0) / snr
-        if comp:
-            w = torch.maximum(w, COMP_X0_FLOOR / snr)
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        loss = eps_loss(pred, noise, a, COMP_X0_FLOOR if comp else 0.0)
         raw = F.mse_loss(pred.detach(), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -213,10 +226,7 @@ class Trainer:
         self.opt.step()
         k = self.step - self.steps if comp else self.step
         d = min(COMP_EMA if comp else self.ema_decay, (1 + k) / (10 + k))
-        with torch.no_grad():
-            for src, dst in ((self.unet, self.ema_unet), (self.te, self.ema_te)):
-                for ps, pd in zip(src.parameters(), dst.parameters()):
-                    pd.lerp_(ps, 1 - d)
+        ema_update(((self.unet, self.ema_unet), (self.te, self.ema_te)), d)
         self.step += 1
         return float(loss.detach()), float(raw), float(gn)
 

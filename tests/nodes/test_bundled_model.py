@@ -57,12 +57,17 @@ def ksampler(latent, denoise, seed=3, steps=20):
                                                  "negative": ["neg", 0], "latent_image": latent, "denoise": denoise}}
 
 
-def run_image(ex, wf, out_node) -> np.ndarray:
+def run_images(ex, wf, out_node) -> list[np.ndarray]:
+    """Runs ``wf`` with a PreviewImage on ``out_node``; every image of the batch as HxWx3 float 0..255."""
     wf[out_node + "_save"] = {"class_type": "PreviewImage", "inputs": {"images": [out_node, 0]}}
     r = ex.run(wf)
     assert r.status == "success", (r.error or {}).get("exception_message")
-    img = r.outputs[out_node + "_save"]["images"][0]
-    return np.asarray(Image.open(ex.env.temp_dir / img["subfolder"] / img["filename"]).convert("RGB")).astype(float)
+    return [np.asarray(Image.open(ex.env.temp_dir / img["subfolder"] / img["filename"]).convert("RGB")).astype(float)
+            for img in r.outputs[out_node + "_save"]["images"]]
+
+
+def run_image(ex, wf, out_node) -> np.ndarray:
+    return run_images(ex, wf, out_node)[0]
 
 
 def frac_near(pixels: np.ndarray, colour, tol=80.0) -> float:
@@ -83,12 +88,10 @@ def test_txt2img_puts_the_named_shape_where_the_prompt_says(ex, where):
           "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
           "ks": ksampler(["empty", 0], 1.0, seed=11),
           "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ck", 2]}}}
-    wf["dec_save"] = {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}}
-    r = ex.run(wf)
-    assert r.status == "success", (r.error or {}).get("exception_message")
+    images = run_images(ex, wf, "dec")
+    assert len(images) == 4
     hits = 0
-    for img in r.outputs["dec_save"]["images"]:
-        px = np.asarray(Image.open(ex.env.temp_dir / img["subfolder"] / img["filename"]).convert("RGB")).astype(float)
+    for px in images:
         assert frac_near(px[:, :4], BLUE) + frac_near(px[:, -4:], BLUE) > 1.2  # blue background at the edges
         c = centroid(px, RED)
         assert c is not None, "no red shape drawn"
