@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent
 def _model_store_factory(env):
     try:
         from engine.folders import ModelFolders
-        from engine.models import ModelStore
+        from modelstore.models import ModelStore
     except ImportError as e:  # pragma: no cover - the model store is optional for model-free workflows
         raise RuntimeError(f"the model store is not available: {e}") from e
     return ModelStore(ModelFolders(env.models_dir))

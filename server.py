@@ -45,7 +45,7 @@ def _build_env(config: Config):
 
     def store_factory(env):
         from engine.folders import ModelFolders
-        from engine.models import ModelStore
+        from modelstore.models import ModelStore
 
         return ModelStore(ModelFolders(env.models_dir))
 

@@ -58,7 +58,7 @@ print(f"checkpoint ready: {ckpt} ({ckpt.stat().st_size / 2**30:.2f} GiB, {time.p
 from engine.context import Env
 from engine.executor import Executor
 from engine.folders import ModelFolders
-from engine.models import ModelStore
+from modelstore.models import ModelStore
 from nodes import default_registry
 
 dev = a.device

@@ -79,8 +79,8 @@ def load(models_dir: Path, dtype: str) -> dict:
     import torch
 
     from engine.folders import ModelFolders
-    from engine.models import ModelStore
-    from engine.refs import module_nbytes
+    from modelstore.models import ModelStore
+    from modelstore.refs import module_nbytes
 
     torch.set_num_threads(2)
     import diffusers  # noqa: F401  (import cost counted separately)

@@ -110,7 +110,7 @@ def _engine_runner(ckpt: Path):
         from engine.context import Env
         from engine.executor import Executor
         from engine.folders import ModelFolders
-        from engine.models import ModelStore
+        from modelstore.models import ModelStore
         from nodes import default_registry
     except Exception as e:  # pragma: no cover - depends on the engine being present
         raise SystemExit(f"--backend engine: Loom's engine is not importable ({e})")

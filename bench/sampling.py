@@ -65,7 +65,7 @@ def workflow(ckpt: str, seed: int, steps: int, size: int = 64, save: bool = Fals
 def make_env(models_dir: Path, io: Path, dtype: str = "fp32", extra=None):
     from engine.context import Env
     from engine.folders import ModelFolders
-    from engine.models import ModelStore
+    from modelstore.models import ModelStore
 
     return Env(input_dir=io / "in", output_dir=io / "out", temp_dir=io / "tmp", models_dir=models_dir,
                model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir, extra), device="cpu", dtype=dtype))

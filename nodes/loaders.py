@@ -1,4 +1,4 @@
-"""Model loaders. They return references from the model store (engine/models.py); weights load on first use and
+"""Model loaders. They return references from the model store (modelstore/models.py); weights load on first use and
 are shared by every node and prompt that references the same file."""
 from __future__ import annotations
 

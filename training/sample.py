@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 SCALING = 0.18215
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "engine" / "model_configs" / "clip_tokenizer"
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "modelstore" / "model_configs" / "clip_tokenizer"
 SD1_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                      prediction_type="epsilon")
 

@@ -7,9 +7,9 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from engine.folders import ModelFolders
-from engine.models import ModelStore
-from engine.plan import plan_checkpoint
-from engine.tensorfile import CheckpointError, header_from_state_dict, read_header
+from modelstore.models import ModelStore
+from modelstore.plan import plan_checkpoint
+from modelstore.tensorfile import CheckpointError, header_from_state_dict, read_header
 
 from .ldm_export import clip_to_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm
 

@@ -75,6 +75,6 @@ def test_folders_and_checkpoint_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, engine.folders, engine.checkpoint; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, engine.folders, modelstore.checkpoint; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))

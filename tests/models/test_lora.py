@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine.folders import ModelFolders
-from engine.lora import apply_lora, lora_delta
-from engine.models import ModelStore
+from modelstore.lora import apply_lora, lora_delta
+from modelstore.models import ModelStore
 
 R = 4
 

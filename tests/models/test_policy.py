@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.folders import ModelFolders
-from engine.devices import OutOfMemory, choose_device_dtype
-from engine.models import ModelStore
+from modelstore.devices import OutOfMemory, choose_device_dtype
+from modelstore.models import ModelStore
 
 
 @pytest.mark.parametrize("cuda,bf16,dev,dt,want", [

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from engine.folders import ModelFolders, ModelNotFoundError
-from engine.models import ModelStore
-from engine.refs import TextEncoders
-from engine.tensorfile import PickleRefused
+from modelstore.models import ModelStore
+from modelstore.refs import TextEncoders
+from modelstore.tensorfile import PickleRefused
 
 
 @pytest.fixture

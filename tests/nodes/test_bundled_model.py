@@ -27,7 +27,7 @@ BLUE, RED, YELLOW = PALETTE["blue"], PALETTE["red"], PALETTE["yellow"]
 
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory):
-    from engine.models import ModelStore
+    from modelstore.models import ModelStore
 
     io = tmp_path_factory.mktemp("bundled")
     env = Env(input_dir=io / "input", output_dir=io / "output", temp_dir=io / "temp", models_dir=ROOT / "models",

@@ -46,7 +46,7 @@ def make_lora(unet, te, path, rank=4, seed=0):
 
 @pytest.fixture(scope="module")
 def wf_env(tmp_path_factory):
-    from engine.models import ModelStore
+    from modelstore.models import ModelStore
     from safetensors.torch import save_file
 
     from nodes.upscale import RRDBNet

@@ -2,7 +2,7 @@
 
 ``read_header`` parses the safetensors header alone (no weights touched); ``load_tensors`` then reads only
 the named tensors, converting each to the target dtype/device as it is read (no second full copy, no mmap).
-torch is imported lazily inside functions: this module (like all of ``engine.checkpoint``) stays torch-free.
+torch is imported lazily inside functions: this module (like all of ``modelstore.checkpoint``) stays torch-free.
 """
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ stay unscaled like ComfyUI; the sampler multiplies by the MODEL's factor) and ``
 kwargs for ``SomeScheduler.from_config``).
 
 The store is split by concept; every name below stays importable from here:
-``engine.refs`` (FileId, ModelKey, ModelRef, TextEncoders, module_nbytes), ``engine.devices`` (device/dtype
-policy, default budget, OutOfMemory), ``engine.residency`` (budget, offload/drop, free, OOM guard),
-``engine.loading`` (headers -> modules, LoRA-patched copies), ``engine.lora`` (LoRA files and patching).
+``modelstore.refs`` (FileId, ModelKey, ModelRef, TextEncoders, module_nbytes), ``modelstore.devices`` (device/dtype
+policy, default budget, OutOfMemory), ``modelstore.residency`` (budget, offload/drop, free, OOM guard),
+``modelstore.loading`` (headers -> modules, LoRA-patched copies), ``modelstore.lora`` (LoRA files and patching).
 These are the engine's model-store modules, the only ones that may import torch at module level (``refs``
-does not); ``engine.checkpoint`` and ``engine.folders`` stay torch-free.
+does not); ``modelstore.checkpoint`` and ``engine.folders`` stay torch-free.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch
 
 from .arch import scheduler_config
 from .devices import OutOfMemory, choose_device_dtype, default_budget
-from .folders import ModelFolders
+from engine.folders import ModelFolders
 from .loading import Loading
 from .lora import apply_lora, load_lora_file, lora_delta, parse_lora
 from .refs import FileId, ModelKey, ModelRef, TextEncoders, module_nbytes

@@ -1,10 +1,10 @@
 """Single-file checkpoints: the public face of reading, planning and building, split by concept into
 
-- ``engine.tensorfile``: safetensors headers, per-tensor reads, pickle state dicts, ``CheckpointError``;
-- ``engine.arch``: architecture detection and config inference from tensor shapes (key prefixes, rules);
-- ``engine.plan``: ``CheckpointPlan``/``TextEncoderPlan`` for checkpoints, standalone VAEs, diffusers folders;
-- ``engine.convert``: LDM/OpenCLIP -> diffusers/transformers key conversion;
-- ``engine.build``: diffusers/transformers modules from configs + tensors, without a second weight copy.
+- ``modelstore.tensorfile``: safetensors headers, per-tensor reads, pickle state dicts, ``CheckpointError``;
+- ``modelstore.arch``: architecture detection and config inference from tensor shapes (key prefixes, rules);
+- ``modelstore.plan``: ``CheckpointPlan``/``TextEncoderPlan`` for checkpoints, standalone VAEs, diffusers folders;
+- ``modelstore.convert``: LDM/OpenCLIP -> diffusers/transformers key conversion;
+- ``modelstore.build``: diffusers/transformers modules from configs + tensors, without a second weight copy.
 
 Every name stays importable from here (``from engine import checkpoint as ck``). Like its parts, this module
 does not import torch: torch/diffusers are imported lazily inside functions.
