@@ -115,27 +115,22 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             hint = registry.suggest(spec.class_type)
             det = f"Node ID '#{nid}': unknown node type '{spec.class_type}'"
             det += f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-            unknown[nid] = {"errors": [ErrorItem("unknown_class_type", "Node type not found", det,
-                                                 {"suggestions": hint}).to_dict()],
-                            "dependent_outputs": [], "class_type": spec.class_type}
+            unknown[nid] = [ErrorItem("unknown_class_type", "Node type not found", det, {"suggestions": hint})]
         else:
             classes[nid] = cls
-    if unknown:
-        nid, first = next(iter(unknown.items()))
-        raise WorkflowError("invalid_prompt", f"Cannot execute because node {first['class_type']} does not exist.",
-                            f"Node ID '#{nid}'", unknown)
-
+    # Unknown nodes do not stop validation: the editor's missing-nodes dialog needs `missing_node_type`, and the
+    # user needs every other error of the workflow at once (raised after the walk below).
     outputs = [nid for nid, c in classes.items() if c.output_node]
     if targets is not None:
         wanted = {str(t) for t in targets}
         outputs = [o for o in outputs if o in wanted]
-    if not outputs:
+    if not outputs and not unknown:
         raise WorkflowError("prompt_no_outputs", "Prompt has no outputs",
                             "the workflow needs at least one output node (SaveImage, PreviewImage, ...)")
 
-    # Walk upstream of the outputs (iteratively) to find what must be validated.
+    # Walk upstream of the outputs and of unknown nodes (iteratively) to find what must be validated.
     needed: dict[str, None] = {}
-    stack = list(reversed(outputs))
+    stack = list(reversed(outputs + list(unknown)))
     while stack:
         nid = stack.pop()
         if nid in needed or nid not in nodes:
@@ -150,6 +145,8 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
     option_cache: dict = {}
     new_nodes: dict[str, NodeSpec] = {}
     for nid in needed:
+        if nid in unknown:
+            continue
         spec, cls = nodes[nid], classes[nid]
         errs: list[ErrorItem] = []
         out: dict[str, Any] = {}
@@ -198,26 +195,23 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
 
-    for nid in _cycle_nodes(needed, new_nodes):
+    for nid in _cycle_nodes({n: None for n in needed if n in new_nodes}, new_nodes):
         errors.setdefault(nid, []).append(ErrorItem("dependency_cycle", "Workflow has a cycle",
                                                     f"Node ID '#{nid}' depends on itself through its inputs"))
 
     node_errors: dict[str, dict] = {}
     good = outputs
+    if unknown:
+        nid = next(iter(unknown))
+        ct = nodes[nid].class_type
+        title = nodes[nid].title or ct
+        raise WorkflowError("missing_node_type", f"Node '{title}' not found. The custom node may not be installed.",
+                            f"Node ID '#{nid}'", _node_errors({**unknown, **errors}, needed, nodes, outputs),
+                            {"node_id": nid, "class_type": ct, "node_title": title})
     if errors:
-        consumers: dict[str, list[str]] = {}
-        for nid in needed:
-            for v in nodes[nid].inputs.values():
-                if isinstance(v, Link) and v.node in needed:
-                    consumers.setdefault(v.node, []).append(nid)
-        output_set = set(outputs)
-        bad_all: set[str] = set()
-        for nid, errs in errors.items():
-            reach = _reach(nid, consumers)
-            bad_all |= reach
-            node_errors[nid] = {"errors": [e.to_dict() for e in errs],
-                                "dependent_outputs": [o for o in outputs if o in reach and o in output_set],
-                                "class_type": nodes[nid].class_type}
+        node_errors = _node_errors(errors, needed, nodes, outputs)
+        consumers = _consumers(needed, nodes)
+        bad_all = set().union(*(_reach(nid, consumers) for nid in errors))
         good = [o for o in outputs if o not in bad_all]
         if not good:
             lines = [f"{e['message']}: {e['details']}" for ne in node_errors.values() for e in ne["errors"]]
@@ -230,12 +224,34 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
 _BASE_CHECK = Node.check.__func__
 
 
+def _consumers(needed: dict, nodes: dict) -> dict[str, list[str]]:
+    consumers: dict[str, list[str]] = {}
+    for nid in needed:
+        for v in nodes[nid].inputs.values():
+            if isinstance(v, Link) and v.node in needed:
+                consumers.setdefault(v.node, []).append(nid)
+    return consumers
+
+
+def _node_errors(errors: dict, needed: dict, nodes: dict, outputs: list[str]) -> dict[str, dict]:
+    """ComfyUI's node_errors entries, each with the outputs its error blocks."""
+    consumers = _consumers(needed, nodes)
+    out = {}
+    for nid, errs in errors.items():
+        reach = _reach(nid, consumers)
+        out[nid] = {"errors": [e.to_dict() for e in errs], "dependent_outputs": [o for o in outputs if o in reach],
+                    "class_type": nodes[nid].class_type}
+    return out
+
+
 def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tuple[Link | None, ErrorItem | None]:
     src = v.node
     if src not in nodes:
         return None, input_error("bad_linked_input", "Linked node does not exist", inp.name,
                                  f"{inp.name} links to node '{src}', which is not in the workflow")
-    src_cls = classes[src]
+    src_cls = classes.get(src)
+    if src_cls is None:  # an unknown node, reported on its own: its outputs cannot be checked
+        return v, None
     outs = src_cls.outputs
     idx = v.output
     if isinstance(idx, str):
