@@ -20,6 +20,7 @@ MODULES = [
     "nodes.masks",
     "nodes.mask_ops",
     "nodes.upscale",
+    "nodes.clip_vision",
     "nodes.testing",
 ]
 
