@@ -11,13 +11,12 @@ import io
 import logging
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any
 
 from engine.context import CancelToken
-from engine.errors import WorkflowError
-from engine.events import Event, now_ms
+from engine.errors import execution_error
+from engine.events import Event
 
 from .store import Item, Store
 
@@ -224,12 +223,8 @@ class Worker:
                                        extra_data=item.extra_data)
             outcome = {"success": "success", "error": "error", "interrupted": "interrupted"}[result.status]
             entry = history_entry(result)
-        except WorkflowError as e:  # it no longer validates (nodes changed across a restart)
-            outcome, entry = "error", failure_entry(pid, "WorkflowError", str(e), [])
-            self._post(("event", pid, "execution_error", entry["loom"]["error"]))
-        except Exception as e:
-            outcome, entry = "error", failure_entry(pid, type(e).__name__, str(e),
-                                                    traceback.format_tb(e.__traceback__))
+        except Exception as e:  # e.g. a WorkflowError: it no longer validates (nodes changed across a restart)
+            outcome, entry = "error", failure_entry(execution_error(pid, e))
             self._post(("event", pid, "execution_error", entry["loom"]["error"]))
         finally:
             self._current = None
@@ -252,10 +247,8 @@ def history_entry(result) -> dict:
     }
 
 
-def failure_entry(pid: str, etype: str, message: str, tb: list) -> dict:
-    err = {"prompt_id": pid, "node_id": None, "node_type": None, "executed": [], "exception_message": message + "\n",
-           "exception_type": etype, "traceback": tb, "current_inputs": {}, "current_outputs": [],
-           "timestamp": now_ms()}
+def failure_entry(err: dict) -> dict:
+    """The history entry of a prompt that failed outside any node (``err``: ``errors.execution_error``)."""
     return {"outputs": {}, "meta": {}, "status": {"status_str": "error", "completed": False,
                                                    "messages": [["execution_error", err]]},
             "loom": {"nodes": {}, "error": err, "node_errors": {}, "warnings": []}}
