@@ -191,11 +191,8 @@ class Executor:
         plan = self.plan(v)
         order, cached_set, execute, reads = plan.order, plan.cached, plan.execute, plan.reads
         result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=v.warnings + plan.warnings)
-        seq = [0]
 
         def emit(ev: Event) -> None:
-            ev.seq = seq[0]
-            seq[0] += 1
             if ev.type in HISTORY_TYPES:
                 result.messages.append([ev.type, ev.data])
             sink(ev)
