@@ -147,6 +147,7 @@ class Executor:
                 result.messages.append([ev.type, ev.data])
             sink(ev)
 
+        emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))  # first, as ComfyUI
         deps = {nid: [x.node for x in spec.inputs.values() if type(x) is Link] for nid, spec in nodes.items()}
         order = execution_order(wf, v.outputs, deps)
         keys: dict[str, bytes] = {}
@@ -207,7 +208,6 @@ class Executor:
             if nid in cached_set and (nid in output_set or nid in consumers_left):
                 values[nid] = cache.get(keys[nid])
 
-        emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))
         emit(Event("execution_cached", {"nodes": [n for n in order if n in cached_set], "prompt_id": prompt_id,
                                         "timestamp": now_ms()}))
         done: list[str] = []

@@ -76,13 +76,14 @@ def encode_preview(image: Any, size: int) -> bytes:
 
 class Worker:
     def __init__(self, executor, store: Store, hub, loop, *, preview_interval_s: float = 0.1,
-                 preview_size: int = 512):
+                 preview_size: int = 512, preview_method: str = "none"):
         self.executor = executor
         self.store = store
         self.hub = hub
         self.loop = loop
         self.prepared: dict[str, Any] = {}  # prompt_id -> Validated, filled by POST /prompt
         self.preview_interval = preview_interval_s
+        self.preview_method = preview_method  # the server's default when a prompt does not ask
         self._pending: deque = deque()
         self._plock = threading.Lock()
         self._scheduled = False
@@ -219,7 +220,7 @@ class Worker:
             v = self.prepared.pop(pid, None)
             if v is None:  # queued before a restart: validate again
                 v = self.executor.prepare(item.prompt, item.outputs_to_execute or None)
-            previews = item.extra_data.get("preview_method") != "none"  # the editor's per-prompt setting
+            previews = wants_previews(item.extra_data, self.preview_method)
             result = self.executor.run(v, prompt_id=pid, sink=self._sink_for(pid, previews), cancel=cancel,
                                        extra_data=item.extra_data)
             outcome = {"success": "success", "error": "error", "interrupted": "interrupted"}[result.status]
@@ -236,6 +237,19 @@ class Worker:
         self.store.finish(pid, outcome, entry)
         self._post(("status", self.store.remaining()))
         self._post(("end", pid))
+
+
+PREVIEW_METHODS = ("auto", "latent2rgb", "taesd")
+
+
+def wants_previews(extra_data: dict, server_default: str = "none") -> bool:
+    """ComfyUI's rule: live previews only when asked. A prompt asks with ``extra_data.preview_method``
+    (the editor sends it when its setting is not "default"); otherwise the server's ``--preview-method``
+    decides, and its default is none — so API clients get the saved images, not JPEG frames."""
+    m = extra_data.get("preview_method")
+    if m is None or m == "default":
+        m = server_default
+    return m in PREVIEW_METHODS
 
 
 def history_entry(result) -> dict:
