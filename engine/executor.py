@@ -138,11 +138,7 @@ class Executor:
         wf, classes = v.workflow, v.classes
         nodes = wf.nodes
         result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=v.warnings)
-        seq = [0]
-
         def emit(ev: Event) -> None:
-            ev.seq = seq[0]
-            seq[0] += 1
             if ev.type in HISTORY_TYPES:
                 result.messages.append([ev.type, ev.data])
             sink(ev)

@@ -109,8 +109,9 @@ class Hub:
         c.task = asyncio.create_task(self._writer(c))
         self._put(c, Message({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": self.remaining}},
                                                          "sid": sid}}))
-        run = self.current
-        if run is not None and run.client_id == sid and run.last_node is not None:
+        for run in list(self.runs.values()):  # several run at once on a worker pool
+            if run.client_id != sid or run.last_node is None:
+                continue
             self._put(c, Message({"type": "executing", "data": {"node": run.last_node,
                                                                 "display_node": run.last_node}}))
             if run.node_state is not None:
