@@ -188,14 +188,17 @@ class Executor:
              extra_data: dict) -> RunResult:
         wf, classes = v.workflow, v.classes
         nodes = wf.nodes
-        plan = self.plan(v)
-        order, cached_set, execute, reads = plan.order, plan.cached, plan.execute, plan.reads
-        result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=v.warnings + plan.warnings)
+        result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=list(v.warnings))
 
         def emit(ev: Event) -> None:
             if ev.type in HISTORY_TYPES:
                 result.messages.append([ev.type, ev.data])
             sink(ev)
+
+        emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))  # first, as ComfyUI
+        plan = self.plan(v)
+        order, cached_set, execute, reads = plan.order, plan.cached, plan.execute, plan.reads
+        result.warnings.extend(plan.warnings)
 
         # Only cached values actually read are fetched (which also refreshes their LRU position).
         output_set = set(v.outputs)
@@ -204,7 +207,6 @@ class Executor:
             if nid in cached_set and (nid in output_set or nid in reads):
                 values[nid] = self.cache.get(plan.keys[nid])
 
-        emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))
         emit(Event("execution_cached", {"nodes": [n for n in order if n in cached_set], "prompt_id": prompt_id,
                                         "timestamp": now_ms()}))
         done: list[str] = []

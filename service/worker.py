@@ -169,8 +169,17 @@ def run_prompt(executor, item: Item, validated, sink, cancel: CancelToken) -> tu
     return "error", entry
 
 
-def wants_previews(extra_data: dict) -> bool:
-    return extra_data.get("preview_method") != "none"  # the editor's per-prompt setting
+PREVIEW_METHODS = ("auto", "latent2rgb", "taesd")
+
+
+def wants_previews(extra_data: dict, server_default: str = "none") -> bool:
+    """ComfyUI's rule: live previews only when asked. A prompt asks with ``extra_data.preview_method``
+    (the editor sends it when its setting is not "default"); otherwise the server's ``--preview-method``
+    decides, and its default is none, so API clients get the saved images, not JPEG frames."""
+    m = extra_data.get("preview_method")
+    if m is None or m == "default":
+        m = server_default
+    return m in PREVIEW_METHODS
 
 
 def free_models(executor, unload_models: bool, free_memory: bool) -> None:
@@ -203,11 +212,12 @@ class Worker:
     """The in-process worker (see the module docstring for its API)."""
 
     def __init__(self, executor, store: Store, hub, loop, *, preview_interval_s: float = 0.1,
-                 preview_size: int = 512):
+                 preview_size: int = 512, preview_method: str = "none"):
         self.executor = executor
         self.store = store
         self.hub = hub
         self.preview_interval = preview_interval_s
+        self.preview_method = preview_method  # the server's default when a prompt does not ask
         self.bridge = LoopBridge(loop, hub)
         self._prepared: dict[str, Any] = {}  # prompt_id -> Validated, from POST /prompt
         self._lock = threading.Lock()
@@ -313,7 +323,7 @@ class Worker:
         post(("status", self.store.remaining()))
         post(("begin", pid, item.extra_data.get("client_id")))
         try:
-            encoder = self._encoder if wants_previews(item.extra_data) else None
+            encoder = self._encoder if wants_previews(item.extra_data, self.preview_method) else None
             sink = event_sink(pid, post, encoder, self.preview_interval)
             outcome, entry = run_prompt(self.executor, item, v, sink, cancel)
         finally:
