@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import ErrorItem, WorkflowError
 
@@ -41,6 +41,24 @@ class Workflow:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def with_overrides(self, overrides: Iterable[tuple[str, str, Any]]) -> tuple["Workflow", list[tuple[str, str, Any]]]:
+        """Set node inputs: ``(node id, input name, value)`` each, a value written as in the API format
+        (a ``["id", index]`` list is a link). Returns the new workflow (re-parsed from a copy of the
+        prompt; this one is unchanged) and the overrides that name no node of it, in the given order.
+        Whether the input exists is validation's business (an unknown constant input is a warning)."""
+        overrides = list(overrides)
+        if not overrides:
+            return self, []
+        prompt = json.loads(json.dumps(self.prompt))
+        unused = []
+        for nid, name, value in overrides:
+            node = prompt.get(nid)
+            if isinstance(node, dict) and isinstance(node.get("inputs", {}), dict):
+                node.setdefault("inputs", {})[name] = value
+            else:
+                unused.append((nid, name, value))
+        return parse_api(prompt, self.extra_data), unused
 
 
 def is_link(v: Any) -> bool:

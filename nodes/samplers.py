@@ -47,7 +47,6 @@ class SamplerSpec:
     note: str = ""
 
 
-_ALL = ("simple", "normal", "ddim_uniform", "karras", "exponential")
 _INT_T = ("simple", "ddim_uniform")  # integer-timestep classes: ComfyUI's exact timestep lists only
 
 SAMPLERS: dict[str, SamplerSpec] = {
