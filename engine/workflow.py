@@ -86,7 +86,8 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
         entry["errors"].append(item.to_dict())
 
     for nid, raw in prompt.items():
-        nid = str(nid)
+        if type(nid) is not str:
+            nid = str(nid)
         if not isinstance(raw, dict):
             bad(nid, None, ErrorItem("invalid_node", "Node must be an object",
                                      f"Node ID '#{nid}' is {type(raw).__name__}"))
@@ -96,8 +97,8 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
             bad(nid, None, ErrorItem("missing_class_type", "Node has no class_type",
                                      f"Node ID '#{nid}'"))
             continue
-        unknown = sorted(str(k) for k in raw if k not in NODE_KEYS)
-        if unknown:
+        if not NODE_KEYS.issuperset(raw):
+            unknown = sorted(str(k) for k in raw if k not in NODE_KEYS)
             bad(nid, ctype, ErrorItem("unknown_field", "Node has unknown fields",
                                       f"Node ID '#{nid}': {', '.join(unknown)}; expected class_type, inputs, _meta",
                                       {"fields": unknown}))
@@ -108,12 +109,15 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
             continue
         parsed = {}
         for name, v in inputs.items():
-            if is_link(v):
-                parsed[str(name)] = Link(v[0], int(v[1]) if isinstance(v[1], float) else v[1])
-            elif isinstance(v, dict) and set(v) == {"__value__"}:
-                parsed[str(name)] = v["__value__"]
-            else:
-                parsed[str(name)] = v
+            if type(name) is not str:
+                name = str(name)
+            tv = type(v)
+            if tv is list:
+                if is_link(v):
+                    v = Link(v[0], int(v[1]) if type(v[1]) is float else v[1])
+            elif isinstance(v, dict) and len(v) == 1 and "__value__" in v:
+                v = v["__value__"]
+            parsed[name] = v
         meta = raw.get("_meta")
         title = meta.get("title") if isinstance(meta, dict) and isinstance(meta.get("title"), str) else None
         nodes[nid] = NodeSpec(nid, ctype, parsed, title)
