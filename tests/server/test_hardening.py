@@ -132,3 +132,77 @@ def test_ws_text_frames_use_comfyuis_separators(live):
         assert all(f == json.dumps(json.loads(f)) for f in frames)  # exactly json.dumps's bytes
         await ws.close()
     run(go())
+
+
+# -- 4, 5. text that is not text, numbers too big: structured 400s, the connection kept --------------------
+def _raw_json(obj) -> bytes:
+    """JSON bytes as a client would send them: lone surrogates spelled as \\ud800 escapes."""
+    return json.dumps(obj, ensure_ascii=True).encode()
+
+
+def test_lone_surrogates_anywhere_are_a_400_naming_where(live):
+    """Item 4: a lone UTF-16 surrogate in any text is refused with a 400 that names its place; the keep-alive
+    connection survives (the next request on it is answered)."""
+    bad = "\ud800"
+    wf = json.loads(json.dumps(IMAGE_WF))
+    cases = []
+    w = json.loads(json.dumps(wf)); w["3"]["inputs"]["filename_prefix"] = "a" + bad
+    cases.append(("/prompt", {"prompt": w}, '$.prompt["3"].inputs.filename_prefix'))
+    cases.append(("/prompt", {"prompt": wf, "client_id": bad}, "$.client_id"))
+    cases.append(("/prompt", {"prompt": wf, "extra_data": {"x": [1, {"y": bad}]}}, "$.extra_data.x[1].y"))
+    w = json.loads(json.dumps(wf)); w[bad] = w.pop("3")
+    cases.append(("/prompt", {"prompt": w}, "$.prompt"))
+    cases.append(("/settings", {"Comfy.X": bad}, "$"))
+    cases.append(("/settings/Comfy.Y", {"v": bad}, "$.v"))
+    cases.append(("/history", {"delete": [bad]}, "$.delete[0]"))
+    with live.client() as c:
+        for path, body, where in cases:
+            r = c.post(path, content=_raw_json(body), headers={"content-type": "application/json"})
+            assert r.status_code == 400, (path, r.status_code, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "invalid_text" and err["details"].startswith(where), (path, err)
+            assert c.get("/prompt").status_code == 200  # same connection, still answered
+        assert c.get("/settings").json() == {}  # nothing was stored
+        assert c.get("/queue").json() == {"queue_running": [], "queue_pending": []}
+        # a surrogate pair is a real character (an emoji) and is accepted
+        w = json.loads(json.dumps(wf)); w["3"]["inputs"]["filename_prefix"] = "smile\U0001F600"
+        r = c.post("/prompt", content=_raw_json({"prompt": w}), headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+
+
+def test_huge_number_is_a_structured_400(live):
+    """Item 5: a 400-digit "number" was an OverflowError (500)."""
+    with live.client() as c:
+        body = b'{"prompt": ' + json.dumps(IMAGE_WF).encode() + b', "number": ' + b"9" * 400 + b"}"
+        r = c.post("/prompt", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        e = r.json()
+        assert e["node_errors"] == {} and e["error"]["type"] == "invalid_prompt"
+        assert e["error"]["extra_info"]["errors"][0]["loc"] == "number"
+        # a 400-digit integer in a node input is a node error, not a crash
+        w = json.loads(json.dumps(IMAGE_WF))
+        body = json.dumps({"prompt": w}).replace('"width": 32', '"width": ' + "9" * 400).encode()
+        r = c.post("/prompt", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["node_errors"]["1"]["errors"][0]["type"] == "value_bigger_than_max"
+
+
+def test_request_bodies_report_every_fault_with_its_place(live):
+    """Issue 10 item 10: the bodies of /prompt, /queue, /history, /settings are pydantic models; a 400 lists
+    each fault with its location."""
+    with live.client() as c:
+        r = c.post("/prompt", json={"prompt": IMAGE_WF, "number": "x", "client_id": ["a"], "front": "maybe",
+                                    "partial_execution_targets": "3", "extra_data": 5})
+        assert r.status_code == 400
+        locs = {e["loc"] for e in r.json()["error"]["extra_info"]["errors"]}
+        assert {"number", "client_id", "front", "partial_execution_targets", "extra_data"} <= locs
+        for path in ("/queue", "/history"):
+            r = c.post(path, json={"delete": [{"id": 1}], "clear": "perhaps"})
+            assert r.status_code == 400
+            err = r.json()["error"]
+            assert err["type"] == "invalid_body" and {e["loc"].split(".")[0] for e in err["extra_info"]["errors"]} \
+                == {"delete", "clear"}
+        r = c.post("/settings", json=[1, 2])
+        assert r.status_code == 400 and r.json()["error"]["extra_info"]["errors"][0]["type"] == "dict_type"
+        # lax conversions ComfyUI's clients rely on still work
+        r = c.post("/prompt", json={"prompt": IMAGE_WF, "number": "7", "front": 0, "partial_execution_targets": [3]})
+        assert r.status_code == 200 and r.json()["number"] == 7
