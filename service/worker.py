@@ -26,13 +26,12 @@ import queue
 import socket
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any, Callable, Iterable
 
 from engine.context import CancelToken
-from engine.errors import WorkflowError
-from engine.events import Event, now_ms
+from engine.errors import execution_error
+from engine.events import Event
 
 from .store import Item, Store
 
@@ -164,10 +163,8 @@ def run_prompt(executor, item: Item, validated, sink, cancel: CancelToken) -> tu
         result = executor.run(v, prompt_id=pid, sink=sink, cancel=cancel, extra_data=item.extra_data)
         outcome = {"success": "success", "error": "error", "interrupted": "interrupted"}[result.status]
         return outcome, history_entry(result)
-    except WorkflowError as e:  # it no longer validates (nodes changed across a restart)
-        entry = failure_entry(pid, "WorkflowError", str(e), [])
-    except Exception as e:
-        entry = failure_entry(pid, type(e).__name__, str(e), traceback.format_tb(e.__traceback__))
+    except Exception as e:  # e.g. a WorkflowError: it no longer validates (nodes changed across a restart)
+        entry = failure_entry(execution_error(pid, e))
     sink(Event("execution_error", entry["loom"]["error"]))
     return "error", entry
 
@@ -354,10 +351,8 @@ def history_entry(result) -> dict:
     }
 
 
-def failure_entry(pid: str, etype: str, message: str, tb: list) -> dict:
-    err = {"prompt_id": pid, "node_id": None, "node_type": None, "executed": [], "exception_message": message + "\n",
-           "exception_type": etype, "traceback": tb, "current_inputs": {}, "current_outputs": [],
-           "timestamp": now_ms()}
+def failure_entry(err: dict) -> dict:
+    """The history entry of a prompt that failed outside any node (``err``: ``errors.execution_error``)."""
     return {"outputs": {}, "meta": {}, "status": {"status_str": "error", "completed": False,
                                                    "messages": [["execution_error", err]]},
             "loom": {"nodes": {}, "error": err, "node_errors": {}, "warnings": []}}
