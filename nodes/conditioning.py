@@ -241,8 +241,6 @@ class InpaintModelConditioning(Node):
     def run(self, ctx, positive, negative, vae, pixels, mask, noise_mask):
         import torch.nn.functional as F
 
-        import torch.nn.functional as F
-
         from .vae import crop_to_multiple, encode
 
         H, W = pixels.shape[1], pixels.shape[2]
