@@ -34,11 +34,10 @@ REPO = Path(__file__).resolve().parent
 
 def _model_store_factory(env):
     try:
-        from engine.folders import ModelFolders
         from modelstore.models import ModelStore
     except ImportError as e:  # pragma: no cover - the model store is optional for model-free workflows
         raise RuntimeError(f"the model store is not available: {e}") from e
-    return ModelStore(ModelFolders(env.models_dir))
+    return ModelStore(env.folders)
 
 
 def make_env(args):

@@ -44,10 +44,9 @@ def _build_env(config: Config):
     from engine.context import Env
 
     def store_factory(env):
-        from engine.folders import ModelFolders
         from modelstore.models import ModelStore
 
-        return ModelStore(ModelFolders(env.models_dir))
+        return ModelStore(env.folders)
 
     return Env(input_dir=Path(config.input_dir), output_dir=Path(config.output_dir), temp_dir=Path(config.temp_dir),
                models_dir=Path(config.models_dir), model_store_factory=store_factory)
