@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import sys
@@ -107,6 +108,10 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
                           preview_method=config.preview_method)
         app.state.svc = s
         s.worker.start()
+        # Everything alive now (torch, the catalogue, the app) lives as long as the server: move it out of
+        # the collector's reach, so the full collections that a 10,000-node POST /prompt triggers scan
+        # only the request's own objects (halves its CPU time; measured in bench/server.py).
+        gc.freeze()
         try:
             yield
         finally:
