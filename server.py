@@ -102,7 +102,8 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         hub = Hub(queue_limit=config.ws_queue_limit, replay_prompts=config.replay_prompts,
                   replay_events=config.replay_events, max_upload=config.max_upload_bytes)
         hub.remaining = store.remaining()
-        executor = Executor(config.registry, config.env, OutputCache(config.cache_bytes))
+        executor = Executor(config.registry, config.env, OutputCache(config.cache_bytes),
+                            memory_budget=config.memory_budget_bytes)
         s = Service(config, config.registry, config.env, executor, store, hub)
         s.worker = Worker(executor, store, hub, asyncio.get_running_loop(),
                           preview_interval_s=config.preview_interval_s, preview_size=config.preview_size,
