@@ -474,3 +474,32 @@ def test_token_is_redacted_from_logs(make_server, tmp_path):
     assert lines and any("/prompt" in x for x in lines) and any("WebSocket" in x or "/ws" in x for x in lines)
     assert not [x for x in lines if "s3cret-tok" in x], lines
     assert any("token=[redacted]" in x for x in lines)
+
+
+# -- the fuzz: 2,000+ mutated prompts, no 500, no dropped connection ----------------------------------------------
+def test_fuzz_two_thousand_mutated_prompts(live):
+    """Issue 9: lone surrogates, huge integers, NaN, deep nesting, wrong types, damaged bytes: every answer is a
+    200 or a 4xx, on one keep-alive connection that is never dropped."""
+    from .fuzz import mutated_bodies
+
+    counts: dict[int, int] = {}
+    dropped = []
+    bad = []
+    with live.client() as c:
+        for i, body in enumerate(mutated_bodies(2000, seed=9)):
+            try:
+                r = c.post("/prompt", content=body, headers={"content-type": "application/json"})
+            except httpx.HTTPError as e:
+                dropped.append((i, repr(e)))
+                continue
+            counts[r.status_code] = counts.get(r.status_code, 0) + 1
+            if r.status_code >= 500 or r.status_code not in (200, 400, 413):
+                bad.append((i, r.status_code, body[:200], r.text[:300]))
+            elif r.status_code == 400:
+                e = r.json()
+                assert isinstance(e.get("error"), (dict, str)), e
+        assert c.post("/queue", json={"clear": True}).status_code == 200
+        assert c.get("/prompt").status_code == 200
+    assert not bad, bad[:5]
+    assert not dropped, dropped[:5]
+    assert sum(counts.values()) == 2000 and counts.get(400, 0) > 1000 and counts.get(200, 0) > 50, counts
