@@ -57,6 +57,10 @@ class Loading:
         return ck.load_tensors(header, keys, dtype, device)
 
     def _build(self, key: ModelKey) -> Any:
+        if key.component in ("family_dm", "family_te"):  # split files of the transformer families
+            from .families.store import build
+
+            return build(self, key)
         if key.patches:
             return self._build_patched(key)
         path = Path(key.file.path)

@@ -21,6 +21,9 @@ MODULES = [
     "nodes.mask_ops",
     "nodes.upscale",
     "nodes.testing",
+    "nodes.loaders_split",
+    "nodes.text_encode_families",
+    "nodes.latent_formats",
 ]
 
 

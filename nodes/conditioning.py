@@ -126,13 +126,20 @@ def _hidden(te, ids, layer: int, arch: str, index: int):
     return h, getattr(o, "pooler_output", None)
 
 
-def encode_text(clip_ref, text: str) -> list:
-    """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``)."""
+def encode_text(clip_ref, text) -> list:
+    """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``).
+    ``text`` is one string, or one per encoder (CLIPTextEncodeSDXL: [text_l, text_g]). A split-loader CLIP
+    (``FamilyClip``) is encoded by its family's rules (nodes/family_encode.py)."""
+    if hasattr(clip_ref, "encoders") and hasattr(clip_ref, "type"):
+        from .family_encode import encode
+
+        return encode(clip_ref, text)
     layer = int(clip_ref.option("clip_skip", -1))
     with clip_ref.store.using(clip_ref) as (tenc,):
         feats, pooled_out = [], None
         for i, (te, tok) in enumerate(zip(tenc.encoders, tenc.tokenizers)):
-            windows = tokenize_weighted(tok, text)
+            t = text[i] if isinstance(text, (list, tuple)) else text
+            windows = tokenize_weighted(tok, t)
             dev = next(te.parameters()).device
             ids = torch.tensor([[t for t, _ in w] for w in windows], device=dev)
             weights = torch.tensor([[w for _, w in win] for win in windows], dtype=torch.float32)
