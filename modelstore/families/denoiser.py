@@ -29,7 +29,11 @@ class FlowDenoiser(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
+        """The compute dtype: that of the non-fp8 parameters (fp8 Linear weights are up-cast per call)."""
+        for p in self.module.parameters():
+            if p.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+                return p.dtype
+        return torch.float32
 
     @property
     def device(self) -> torch.device:

@@ -108,12 +108,13 @@ def load_text_encoder(store, path: Path) -> tuple[str, ModelRef]:
 
 
 def _fp8_linears(module, storage: torch.dtype):
-    """Keep every Linear weight in ``storage`` (fp8) and up-cast it per call to the input's dtype (the weights
+    """Keep every block Linear weight in ``storage`` (fp8) and up-cast it per call to the input's dtype (the weights
     stay 1 byte per parameter in memory; compute runs in the activations' dtype)."""
     import torch.nn.functional as F
 
-    for m in module.modules():
-        if isinstance(m, torch.nn.Linear):
+    for name, m in module.named_modules():
+        # embedders and the output head stay in the compute dtype (diffusers casts inputs to their dtype)
+        if isinstance(m, torch.nn.Linear) and not any(w in name for w in ("embed", "final", "norm_out", "proj_out")):
             m.weight.data = m.weight.data.to(storage)
             m.forward = (lambda lin: lambda x: F.linear(x, lin.weight.to(x.dtype),
                                                         None if lin.bias is None else lin.bias.to(x.dtype)))(m)
