@@ -7,17 +7,13 @@ A family module provides ``PROBE`` (keys that identify it, without prefix), ``ma
 from __future__ import annotations
 
 from . import flux, sd3, zimage
+from .catalog import DIFFUSION
 from .common import FamilyPlan, UnknownModelFile, strip_prefix
 
 #: name -> (module, human description). Order matters only for error messages.
-FAMILIES = {
-    "flux": (flux, "FLUX.1 dev/schnell (double_blocks/single_blocks)"),
-    "sd3": (sd3, "Stable Diffusion 3 / 3.5 MMDiT (joint_blocks)"),
-    "zimage": (zimage, "Z-Image (Turbo) single-stream DiT (layers/noise_refiner/cap_embedder)"),
-}
-#: UNet families the SD loader handles (checkpoints and UNet-only files)
-UNET_FAMILIES = {"sd1": "Stable Diffusion 1.x UNet", "sd2": "Stable Diffusion 2.x UNet (eps or v)",
-                 "sdxl": "SDXL base UNet", "sdxl_refiner": "SDXL refiner UNet"}
+FAMILIES = {name: (mod, DIFFUSION[name]) for name, mod in (("flux", flux), ("sd3", sd3), ("zimage", zimage))}
+#: UNet families the SD checkpoint loader handles
+UNET_FAMILIES = {k: v for k, v in DIFFUSION.items() if k not in FAMILIES}
 
 
 def known() -> list[str]:
