@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.errors import WorkflowError
+from engine.errors import WorkflowError, envelope
 
 from .http import JSON, dumps, qint, read_json, svc
 from .store import Item, now_ms
@@ -20,8 +20,7 @@ JOB_STATUS = {"pending": "pending", "running": "in_progress", "success": "comple
 
 
 def _bad_prompt(type_: str, message: str, details: str = "") -> JSON:
-    return JSON({"error": {"type": type_, "message": message, "details": details, "extra_info": {}},
-                 "node_errors": {}}, status_code=400)
+    return JSON(envelope(type_, message, details), status_code=400)
 
 
 async def post_prompt(request: Request) -> Response:
@@ -73,15 +72,10 @@ async def post_prompt(request: Request) -> Response:
         return _bad_prompt("invalid_prompt", "Workflow could not be validated", f"{type(e).__name__}: {e}"[:500])
     if s.store.exists(pid):
         return _bad_prompt("invalid_prompt", "prompt_id already used", pid)
-    s.worker.prepared[pid] = v
-    try:
-        number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=bool(body.get("front")),
-                             client_id=client_id)
-    except Exception:
-        s.worker.prepared.pop(pid, None)
-        raise
+    number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=bool(body.get("front")),
+                         client_id=client_id)
+    s.worker.submit(pid, v)
     s.hub.status(s.store.remaining())
-    s.worker.wake()
     return JSON({"prompt_id": pid, "number": int(number) if float(number).is_integer() else number,
                  "node_errors": v.node_errors})
 
@@ -119,13 +113,11 @@ async def post_queue(request: Request) -> Response:
     s = svc(request)
     clear, ids = await _clear_and_delete(request, s)
     if clear:
-        for i in s.store.pending():
-            s.worker.prepared.pop(i.id, None)
         s.store.delete_pending(None)
+        s.worker.forget(None)
     if ids:
         s.store.delete_pending(ids)
-        for pid in ids:
-            s.worker.prepared.pop(pid, None)
+        s.worker.forget(ids)
     s.hub.status(s.store.remaining())
     return Response(status_code=200)
 
@@ -269,7 +261,7 @@ async def get_job(request: Request) -> Response:
 
 def _cancel(s, pid: str) -> bool:
     if s.store.delete_pending([pid]):
-        s.worker.prepared.pop(pid, None)
+        s.worker.forget([pid])
         return True
     return s.worker.interrupt(pid)
 
