@@ -1,0 +1,353 @@
+"""A pool of Ray actors that runs the front door's queue (``loom serve --ray auto|local|ADDRESS --workers N``).
+
+The front door keeps HTTP, the websocket hub, the durable SQLite queue and history; the pool implements the
+worker API of ``service.worker`` (submit, forget, interrupt, free, workers, start, stop). A dispatcher thread
+asks ``service.scheduler.Scheduler`` which pending prompt goes to which idle actor, marks it running in the
+store and starts a driver thread that consumes the actor's streamed batches and posts them to the hub through
+the same ``LoopBridge`` as the in-process worker, so clients cannot tell the difference.
+
+Faults: when an actor dies under a prompt (killed, OOM, node lost), the prompt goes back to its place in the
+queue once and runs on another actor; a second loss fails it with an ``execution_error`` (``WorkerLost``).
+The dead actor is replaced. Prompts never leave the durable store until finished, so a front door restart
+finds them pending (or running: ``--requeue-interrupted``).
+
+Network: ``connect("local")`` starts a single-node Ray instance bound to loopback only
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, node address 127.0.0.1, no dashboard).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from .scheduler import Needs, Scheduler, WorkerState, needs_of
+from .store import Item, Store
+from .worker import LoopBridge, failure_entry
+
+log = logging.getLogger("loom.pool")
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def connect(address: str = "local", num_cpus: int | None = None) -> bool:
+    """Connect this process to Ray: ``local`` starts a loopback-only single-node instance, ``auto`` joins the
+    cluster running on this machine (``ray start --head``) or starts a local one, anything else is a cluster
+    address (``HOST:6379`` or ``ray://HOST:10001``). Returns False when Ray was already connected."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("the worker pool needs Ray: pip install 'loom[ray]'") from None
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # single-node: every port on 127.0.0.1
+        # actors import Loom (and test registries) from this checkout; started processes inherit this
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if REPO_ROOT not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=None if address == "auto" else address, log_to_driver=False, configure_logging=False)
+    return True
+
+
+class _Slot:
+    __slots__ = ("state", "actor", "info", "restarts", "thread")
+
+    def __init__(self, state: WorkerState):
+        self.state = state
+        self.actor = None
+        self.info: dict = {}
+        self.restarts = 0
+        self.thread: threading.Thread | None = None
+
+
+class RayPool:
+    """``workers`` actors over ``store``; events to ``hub`` on ``loop``. ``actor_config``: see
+    ``service.ray_actor.LoomActor``. ``prepare``: validates a stored prompt (for ones queued before a restart)
+    so the scheduler knows its models. ``policy``: 'affinity' or 'round_robin' (the baseline)."""
+
+    def __init__(self, store: Store, hub, loop, *, workers: int, actor_config: dict, address: str = "local",
+                 policy: str = "affinity", prepare=None, num_cpus: int | None = None, gpus_per_worker: float | None = None):
+        self.store = store
+        self.hub = hub
+        self.bridge = LoopBridge(loop, hub) if loop is not None else None
+        self.n = int(workers)
+        self.address = address
+        self.num_cpus = num_cpus
+        self.gpus = gpus_per_worker
+        self.config = dict(actor_config)
+        self.prepare = prepare
+        self.scheduler = Scheduler(policy)
+        self.slots = [_Slot(WorkerState(f"w{i + 1}", alive=False)) for i in range(self.n)]
+        self._lock = threading.Lock()
+        self._needs: dict[str, Any] = {}  # prompt_id -> Validated (until the dispatcher computes Needs)
+        self._losses: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._stop = False
+        self._owns_ray = False
+        self._actor_cls = None
+        self._thread = threading.Thread(target=self._dispatch, name="loom-dispatch", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._owns_ray = connect(self.address, self.num_cpus)
+        import ray
+
+        from .ray_actor import LoomActor
+
+        gpus = self.gpus
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        opts = {"num_gpus": gpus, "num_cpus": 0 if gpus else 1, "max_concurrency": 4, "max_restarts": 0}
+        self._actor_cls = ray.remote(**opts)(LoomActor)
+        out = Path(self.config["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        marker = self.config.get("marker") or f".loom-pool-{uuid.uuid4().hex}"
+        (out / marker).write_text("the Loom front door's output folder (pool workers look for this file)\n")
+        self.config["marker"] = marker
+        for slot in self.slots:
+            self._spawn(slot)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        import ray
+
+        self._stop = True
+        self._wake.set()
+        self.interrupt(None)
+        self._thread.join(timeout)
+        for slot in self.slots:
+            if slot.thread is not None:
+                slot.thread.join(timeout)
+            if slot.actor is not None:
+                try:
+                    ray.kill(slot.actor)
+                except Exception:
+                    pass
+        try:
+            (Path(self.config["output_dir"]) / self.config["marker"]).unlink(missing_ok=True)
+        except OSError:
+            pass
+        if self._owns_ray:
+            ray.shutdown()
+
+    def _spawn(self, slot: _Slot) -> None:
+        """Start (or replace) the slot's actor; it takes prompts once it answers."""
+        import ray
+
+        slot.state.alive = False
+        actor = self._actor_cls.options(name=None).remote(slot.state.id, self.config)
+        slot.actor = actor
+        try:
+            info = ray.get(actor.info.remote(), timeout=600)
+        except Exception as e:
+            log.error("worker %s did not start: %s", slot.state.id, e)
+            slot.info = {**slot.info, "last_error": f"did not start: {e}"}
+            return
+        slot.info = info
+        slot.state.models = set(info.get("resident_models") or ())
+        slot.state.keys.clear()
+        slot.state.expect = set()
+        slot.state.busy = None
+        slot.state.alive = True
+        self._wake.set()
+
+    # -- the worker API ------------------------------------------------------------------------------
+    def submit(self, prompt_id: str, validated: Any = None) -> None:
+        if validated is not None:
+            with self._lock:
+                self._needs[prompt_id] = validated
+        self._wake.set()
+
+    def forget(self, prompt_ids: Iterable[str] | None = None) -> None:
+        with self._lock:
+            if prompt_ids is None:
+                self._needs.clear()
+            else:
+                for pid in prompt_ids:
+                    self._needs.pop(pid, None)
+                    self.scheduler.forget(pid)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        hit = False
+        for slot in self.slots:
+            busy = slot.state.busy
+            if busy is not None and slot.actor is not None and (prompt_id is None or busy == prompt_id):
+                slot.actor.interrupt.remote(busy)
+                hit = True
+        return hit
+
+    def free(self, unload_models: bool = False, free_memory: bool = False) -> None:
+        if unload_models or free_memory:
+            for slot in self.slots:
+                if slot.state.alive and slot.actor is not None:
+                    slot.actor.free.remote(bool(unload_models), bool(free_memory))
+
+    @property
+    def running_ids(self) -> list[str]:
+        return [s.state.busy for s in self.slots if s.state.busy is not None]
+
+    def workers(self) -> list[dict]:
+        out = []
+        for slot in self.slots:
+            i = slot.info
+            out.append({"id": slot.state.id, "node": i.get("node"), "pid": i.get("pid"), "alive": slot.state.alive,
+                        "devices": i.get("devices") or [], "resident_models": sorted(slot.state.models),
+                        "busy_prompt": slot.state.busy, "prompts_done": slot.state.done,
+                        "last_error": i.get("last_error"), "model_loads": i.get("model_loads", 0),
+                        "restarts": slot.restarts, "shared_disk": i.get("shared_disk")})
+        return out
+
+    # -- dispatching ---------------------------------------------------------------------------------
+    def _needs_of(self, item: Item) -> Needs:
+        with self._lock:
+            v = self._needs.get(item.id)
+        if isinstance(v, Needs):
+            return v
+        try:
+            if v is None and self.prepare is not None:
+                v = self.prepare(item.prompt, item.outputs_to_execute or None)
+            n = needs_of(v) if v is not None else Needs()
+        except Exception:  # it will fail on the worker with a clear error; schedule it anywhere
+            n = Needs()
+        with self._lock:
+            self._needs[item.id] = n
+        return n
+
+    def _dispatch(self) -> None:
+        states = [s.state for s in self.slots]
+        while not self._stop:
+            try:
+                if any(st.alive and st.busy is None for st in states):
+                    head = self.store.peek(max(self.scheduler.window, 2 * self.n))
+                    pending = [(i.id, self._needs_of(i)) for i in head]
+                    for pid, st in self.scheduler.assign(pending, states):
+                        item = self.store.take(pid)
+                        slot = next(s for s in self.slots if s.state is st)
+                        if item is None:  # deleted meanwhile
+                            st.busy, st.expect = None, set()
+                            continue
+                        slot.thread = threading.Thread(target=self._drive, args=(slot, item), daemon=True,
+                                                       name=f"loom-drive-{st.id}")
+                        slot.thread.start()
+            except Exception:
+                log.exception("dispatching failed")
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def _post(self, item: tuple) -> None:
+        if self.bridge is not None:
+            self.bridge.post(item)
+
+    def _drive(self, slot: _Slot, item: Item) -> None:
+        """Run ``item`` on the slot's actor, forwarding its stream; handle a lost actor."""
+        import ray
+        from ray.exceptions import RayError
+
+        pid = item.id
+        st = slot.state
+        self._post(("status", self.store.remaining()))
+        self._post(("begin", pid, item.extra_data.get("client_id")))
+        result = None
+        started = False
+        try:
+            for ref in slot.actor.run.remote(item):
+                for m in ray.get(ref):
+                    started = True
+                    if m[0] == "result":
+                        result = m
+                    else:
+                        self._post(m)
+        except RayError as e:
+            self._lost(slot, item, e, started)
+            return
+        except Exception as e:  # a bug on this side: fail the prompt, keep the worker
+            log.exception("driving %s on %s failed", pid, st.id)
+            result = ("result", "error", failure_entry(pid, type(e).__name__, str(e), []), [], slot.info)
+        if result is None:
+            result = ("result", "error", failure_entry(pid, "WorkerLost", "the worker ended without a result", []),
+                      [], slot.info)
+        _, outcome, entry, files, info = result
+        if files:
+            self._write_files(entry, files)
+        slot.info = info
+        st.models = set(info.get("resident_models") or ())
+        st.remember(self._needs_of(item).keys)
+        st.done += 1
+        self._finish(slot, pid, outcome, entry)
+
+    def _finish(self, slot: _Slot | None, pid: str, outcome: str, entry: dict) -> None:
+        with self._lock:
+            self._needs.pop(pid, None)
+        self._losses.pop(pid, None)
+        self.store.finish(pid, outcome, entry)
+        if slot is not None:
+            slot.state.busy, slot.state.expect = None, set()
+        self._post(("status", self.store.remaining()))
+        self._post(("end", pid))
+        self._wake.set()
+
+    def _lost(self, slot: _Slot, item: Item, err: Exception, started: bool) -> None:
+        pid = item.id
+        st = slot.state
+        st.alive = False
+        slot.restarts += 1
+        slot.info = {**slot.info, "last_error": f"lost: {type(err).__name__}"}
+        log.warning("worker %s lost under prompt %s: %s", st.id, pid, err)
+        n = self._losses[pid] = self._losses.get(pid, 0) + (1 if started else 0)
+        if n < 2:
+            self.store.requeue(pid)
+            st.busy, st.expect = None, set()
+            self._post(("status", self.store.remaining()))
+        else:
+            entry = failure_entry(pid, "WorkerLost", f"the worker running this prompt was lost twice ({err})", [])
+            entry["loom"]["worker"] = st.id
+            self._post(("event", pid, "execution_error", entry["loom"]["error"]))
+            self._finish(slot, pid, "error", entry)
+        if not self._stop:
+            threading.Thread(target=self._spawn, args=(slot,), daemon=True, name=f"loom-respawn-{st.id}").start()
+        self._wake.set()
+
+    def _write_files(self, entry: dict, files: list) -> None:
+        """Files from a worker without the front door's disk: written under the same names, or the next free
+        counter when that name is taken (the history entry is updated to match)."""
+        from engine.folders import confine
+
+        roots = {"output": self.config["output_dir"], "temp": self.config["temp_dir"]}
+        renames: dict[tuple, str] = {}
+        for kind, sub, name, data in files:
+            if name.endswith(".manifest.json"):
+                continue
+            dest = confine(roots[kind], "/".join(x for x in (sub, name) if x))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            final = dest
+            k = 1
+            while final.exists():
+                final = dest.with_name(f"{dest.stem}.{k}{dest.suffix}")
+                k += 1
+            final.write_bytes(data)
+            if final != dest:
+                renames[(kind, sub, name)] = final.name
+        for kind, sub, name, data in files:
+            if name.endswith(".manifest.json"):
+                img = name[: -len(".manifest.json")]
+                for ext_name, new in renames.items():
+                    if ext_name[:2] == (kind, sub) and Path(ext_name[2]).stem == img:
+                        name = Path(new).stem + ".manifest.json"
+                dest = confine(roots[kind], "/".join(x for x in (sub, name) if x))
+                dest.write_bytes(data)
+        for ui in (entry.get("outputs") or {}).values():
+            for key in ("images", "video", "audio", "files"):
+                for f in (ui or {}).get(key) or ():
+                    if isinstance(f, dict):
+                        new = renames.get((f.get("type"), f.get("subfolder") or "", f.get("filename")))
+                        if new:
+                            f["filename"] = new
