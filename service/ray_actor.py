@@ -18,6 +18,7 @@ import os
 import queue
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .worker import PreviewEncoder, event_sink, failure_entry, free_models, resi
     wants_previews
 
 DONE = object()
+FANOUT_KEY = "loom_fanout_prompt"  # extra_data of a fan-out part: the whole prompt
 
 
 def load_registry(spec: str | None):
@@ -114,9 +116,20 @@ class LoomActor:
             encoder = self._encoder if wants_previews(item.extra_data) else None
             sink = event_sink(pid, q.put, encoder, self.interval)
 
+            whole = item.extra_data.get(FANOUT_KEY)  # a fan-out part: PNGs and manifests record the whole prompt
+            if whole is not None:
+                item = replace(item, extra_data={k: v for k, v in item.extra_data.items() if k != FANOUT_KEY})
+
             def work():
                 try:
-                    q.put(("result",) + run_prompt(self.executor, item, None, sink, cancel))
+                    v = None
+                    if whole is not None:
+                        try:
+                            v = self.executor.prepare(item.prompt, item.outputs_to_execute or None)
+                            v.workflow.prompt = whole
+                        except Exception:  # run_prompt validates again and reports it
+                            v = None
+                    q.put(("result",) + run_prompt(self.executor, item, v, sink, cancel))
                 except BaseException as e:  # run_prompt catches Exception; this is the last resort
                     q.put(("result", "error", failure_entry(pid, type(e).__name__, str(e), [])))
                 q.put(DONE)

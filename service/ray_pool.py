@@ -16,14 +16,19 @@ Network: ``connect("local")`` starts a single-node Ray instance bound to loopbac
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
-import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.events import now_ms
+
+from . import fanout
+from .ray_actor import FANOUT_KEY
 from .scheduler import Needs, Scheduler, WorkerState, needs_of
 from .store import Item, Store
 from .worker import LoopBridge, failure_entry
@@ -36,14 +41,19 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
     """Connect this process to Ray: ``local`` starts a loopback-only single-node instance, ``auto`` joins the
     cluster running on this machine (``ray start --head``) or starts a local one, anything else is a cluster
     address (``HOST:6379`` or ``ray://HOST:10001``). Returns False when Ray was already connected."""
+    if address == "local":
+        # Single-node mode: Ray then binds every port to 127.0.0.1 (otherwise it binds the machine's address and
+        # [::] even when given 127.0.0.1). Ray reads this when imported, and its child processes inherit it.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise RuntimeError("the worker pool needs Ray: pip install 'loom[ray]'") from None
     if ray.is_initialized():
         return False
     if address == "local":
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # single-node: every port on 127.0.0.1
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
         # actors import Loom (and test registries) from this checkout; started processes inherit this
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if REPO_ROOT not in paths:
@@ -72,7 +82,8 @@ class RayPool:
     so the scheduler knows its models. ``policy``: 'affinity' or 'round_robin' (the baseline)."""
 
     def __init__(self, store: Store, hub, loop, *, workers: int, actor_config: dict, address: str = "local",
-                 policy: str = "affinity", prepare=None, num_cpus: int | None = None, gpus_per_worker: float | None = None):
+                 policy: str = "affinity", prepare=None, num_cpus: int | None = None, gpus_per_worker: float | None = None,
+                 fan_out: bool = True):
         self.store = store
         self.hub = hub
         self.bridge = LoopBridge(loop, hub) if loop is not None else None
@@ -83,6 +94,7 @@ class RayPool:
         self.config = dict(actor_config)
         self.prepare = prepare
         self.scheduler = Scheduler(policy)
+        self.fan_out = fan_out
         self.slots = [_Slot(WorkerState(f"w{i + 1}", alive=False)) for i in range(self.n)]
         self._lock = threading.Lock()
         self._needs: dict[str, Any] = {}  # prompt_id -> Validated (until the dispatcher computes Needs)
@@ -189,7 +201,21 @@ class RayPool:
         if unload_models or free_memory:
             for slot in self.slots:
                 if slot.state.alive and slot.actor is not None:
-                    slot.actor.free.remote(bool(unload_models), bool(free_memory))
+                    ref = slot.actor.free.remote(bool(unload_models), bool(free_memory))
+                    threading.Thread(target=self._refresh, args=(slot, ref), daemon=True).start()
+
+    def _refresh(self, slot: _Slot, after=None) -> None:
+        """Update what the scheduler knows of a worker once ``after`` (a call on it) is done."""
+        import ray
+
+        try:
+            if after is not None:
+                ray.get(after)
+            info = ray.get(slot.actor.info.remote())
+        except Exception:
+            return
+        slot.info = info
+        slot.state.models = set(info.get("resident_models") or ())
 
     @property
     def running_ids(self) -> list[str]:
@@ -229,11 +255,14 @@ class RayPool:
                 if any(st.alive and st.busy is None for st in states):
                     head = self.store.peek(max(self.scheduler.window, 2 * self.n))
                     pending = [(i.id, self._needs_of(i)) for i in head]
-                    for pid, st in self.scheduler.assign(pending, states):
+                    assigned = self.scheduler.assign(pending, states)
+                    for pid, st in assigned:
                         item = self.store.take(pid)
                         slot = next(s for s in self.slots if s.state is st)
                         if item is None:  # deleted meanwhile
                             st.busy, st.expect = None, set()
+                            continue
+                        if len(assigned) == 1 == len(pending) and self.fan_out and self._fan_out(slot, item):
                             continue
                         slot.thread = threading.Thread(target=self._drive, args=(slot, item), daemon=True,
                                                        name=f"loom-drive-{st.id}")
@@ -242,6 +271,104 @@ class RayPool:
                 log.exception("dispatching failed")
             self._wake.wait(0.5)
             self._wake.clear()
+
+    # -- batch fan-out ------------------------------------------------------------------------------
+    def _fan_out(self, slot: _Slot, item: Item) -> bool:
+        """Split ``item``'s batch over ``slot`` and the idle workers when that gives the same images
+        (``service.fanout``); False: run it whole."""
+        idle = [s for s in self.slots if s is not slot and s.state.alive and s.state.busy is None]
+        if not idle:
+            return False
+        prompt = item.prompt
+        got = fanout.plan(prompt, list(item.outputs_to_execute or []), 1 + len(idle))
+        if got is None:
+            return False
+        latent, parts = got
+        slots = [slot, *idle[: len(parts) - 1]]
+        for s in slots[1:]:
+            s.state.busy, s.state.expect = item.id, set(slot.state.expect)
+        threading.Thread(target=self._drive_fanout, args=(slots, item, latent, parts), daemon=True,
+                         name=f"loom-fanout-{item.id[:8]}").start()
+        return True
+
+    def _drive_fanout(self, slots: list[_Slot], item: Item, latent: str, parts: list[tuple[int, int]]) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        pid = item.id
+        whole = item.prompt
+        self._post(("status", self.store.remaining()))
+        self._post(("begin", pid, item.extra_data.get("client_id")))
+        results: list = [None] * len(parts)
+        lost: list = [None] * len(parts)
+        started = [False] * len(parts)
+        once = {"execution_start", "execution_cached"}  # from the first part only
+        held = {"executed", "execution_success", "execution_error", "execution_interrupted"}  # sent once, merged
+
+        def run_part(j: int) -> None:
+            s, n = parts[j]
+            part = replace(item, prompt_json=json.dumps(fanout.part_prompt(whole, latent, s, n)),
+                           extra_data={**item.extra_data, FANOUT_KEY: whole})
+            try:
+                for ref in slots[j].actor.run.remote(part):
+                    for m in ray.get(ref):
+                        started[j] = True
+                        if m[0] == "result":
+                            results[j] = m
+                        elif m[0] == "event":
+                            node = m[3].get("node", m[3].get("node_id"))
+                            if m[2] in held or (m[2] in once and j) or node == fanout.PART_NODE:
+                                continue
+                            self._post(m)
+                        else:
+                            self._post(m)
+            except RayError as e:
+                lost[j] = e
+                for k, other in enumerate(slots):  # the prompt goes back whole: stop the other parts
+                    if k != j and other.actor is not None:
+                        other.actor.interrupt.remote(pid)
+
+        threads = [threading.Thread(target=run_part, args=(j,), daemon=True) for j in range(len(parts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for j, s in enumerate(slots):
+            r = results[j]
+            if r is not None:
+                s.info = r[4]
+                s.state.models = set(r[4].get("resident_models") or ())
+                s.state.done += 1
+            if r is not None and r[3]:
+                self._write_files(r[2], r[3])
+        bad = next((j for j in range(len(parts)) if lost[j] is not None), None)
+        if bad is not None:
+            for j, s in enumerate(slots):
+                if j != bad:
+                    s.state.busy, s.state.expect = None, set()
+            self._lost(slots[bad], item, lost[bad], started[bad])
+            return
+        failed = next((r for r in results if r is None or r[1] != "success"), None)
+        if failed is None:
+            entry = fanout.merge(pid, [r[2] for r in results], parts, [s.state.id for s in slots])
+            for nid, ui in entry["outputs"].items():
+                self._post(("event", pid, "executed", {"node": nid, "display_node": nid, "output": ui,
+                                                       "prompt_id": pid}))
+            self._post(("event", pid, "execution_success", {"prompt_id": pid, "timestamp": now_ms()}))
+            outcome = "success"
+        else:
+            outcome = failed[1] if failed is not None else "error"
+            entry = failed[2] if failed is not None else failure_entry(pid, "WorkerLost", "a part had no result", [])
+            err = (entry.get("loom") or {}).get("error")
+            if outcome == "interrupted":
+                self._post(("event", pid, "execution_interrupted", {"prompt_id": pid, "node_id": None,
+                                                                    "node_type": None, "executed": [],
+                                                                    "timestamp": now_ms()}))
+            elif err:
+                self._post(("event", pid, "execution_error", err))
+        for s in slots[1:]:
+            s.state.busy, s.state.expect = None, set()
+        self._finish(slots[0], pid, outcome, entry)
 
     def _post(self, item: tuple) -> None:
         if self.bridge is not None:
