@@ -30,7 +30,7 @@ from service.config import Config
 from service.http import JSON, Service
 from service.hub import Hub
 from service.security import Guard
-from service.store import Store
+from service.store import BaseInUse, BaseLock, Store
 from service.worker import Worker
 
 log = logging.getLogger("loom.server")
@@ -76,13 +76,14 @@ def _make_worker(config: Config, executor, store: Store, hub: Hub, loop):
     """The in-process worker, or with ``config.ray`` a pool of Ray actors (same API)."""
     if not config.ray:
         return Worker(executor, store, hub, loop, preview_interval_s=config.preview_interval_s,
-                      preview_size=config.preview_size)
+                      preview_size=config.preview_size, preview_method=config.preview_method)
     from service.ray_pool import RayPool
 
     actor_config = {"models_dir": str(config.models_dir), "input_dir": str(config.input_dir),
                     "output_dir": str(config.output_dir), "temp_dir": str(config.temp_dir),
                     "registry": config.ray_registry, "budget_bytes": config.worker_model_budget_bytes,
-                    "preview_interval_s": config.preview_interval_s, "preview_size": config.preview_size}
+                    "preview_interval_s": config.preview_interval_s, "preview_size": config.preview_size,
+                    "preview_method": config.preview_method}
     return RayPool(store, hub, loop, workers=config.workers, actor_config=actor_config, address=config.ray,
                    policy=config.ray_policy, prepare=executor.prepare, num_cpus=config.ray_num_cpus)
 
@@ -104,6 +105,8 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
     async def lifespan(app):
         from engine.executor import Executor
 
+        lock = config.base_lock if config.base_lock is not None and config.base_lock.held \
+            else BaseLock(config.db_path).acquire()  # raises BaseInUse: one server per queue
         store = Store(config.db_path, max_items=config.history_max_items, max_age_s=config.history_max_age_s,
                       on_prune_outputs=_prune_outputs_fn(config) if config.prune_outputs else None)
         recovered = store.recover(requeue=config.requeue_interrupted)
@@ -128,6 +131,7 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
             await hub.close_all()
             await asyncio.get_running_loop().run_in_executor(None, s.worker.stop)
             store.close()
+            lock.release()
 
     routes: list = []
     for mod in (routes_prompt, routes_files, routes_user, routes_system):
@@ -227,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(a)
     config.check()
+    try:  # before anything else: a second server on this queue must not start at all
+        config.base_lock = BaseLock(config.db_path).acquire()
+    except BaseInUse as e:
+        print(f"loom serve: {e}", file=sys.stderr)
+        return 1
     app = create_app(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{config.port}/"

@@ -20,6 +20,11 @@ MODULES = [
     "nodes.masks",
     "nodes.mask_ops",
     "nodes.upscale",
+    "nodes.conditioning_ops",
+    "nodes.latent_ops",
+    "nodes.image_ops",
+    "nodes.mask_edit",
+    "nodes.preprocessors",
     "nodes.testing",
 ]
 

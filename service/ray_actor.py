@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.context import CancelToken, Env
+from engine.errors import execution_error
 
 from .devices import local_devices
 from .worker import PreviewEncoder, event_sink, failure_entry, free_models, resident_models, run_prompt, \
@@ -46,7 +47,7 @@ class LoomActor:
     """``config``: models_dir, input_dir, output_dir, temp_dir (the front door's), marker (a file the front door
     put in its output folder: if this worker sees it, it writes there directly), registry (see
     ``load_registry``), budget_bytes (model store budget; None: the store's default), preview_interval_s,
-    preview_size, cache_bytes (output cache budget)."""
+    preview_size, preview_method (the server's default), cache_bytes (output cache budget)."""
 
     def __init__(self, worker_id: str, config: dict):
         from engine.cache import OutputCache
@@ -77,6 +78,7 @@ class LoomActor:
         cache = OutputCache(config["cache_bytes"]) if config.get("cache_bytes") else None
         self.executor = Executor(load_registry(config.get("registry")), env, cache=cache)
         self.interval = float(config.get("preview_interval_s", 0.1))
+        self.preview_method = config.get("preview_method") or "none"  # the server's default
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._encoder = PreviewEncoder(self._queue.put, int(config.get("preview_size", 512)))
         self._run_lock = threading.Lock()
@@ -113,7 +115,7 @@ class LoomActor:
             pid = item.id
             cancel = CancelToken()
             self._current = (pid, cancel)
-            encoder = self._encoder if wants_previews(item.extra_data) else None
+            encoder = self._encoder if wants_previews(item.extra_data, self.preview_method) else None
             sink = event_sink(pid, q.put, encoder, self.interval)
 
             whole = item.extra_data.get(FANOUT_KEY)  # a fan-out part: PNGs and manifests record the whole prompt
@@ -131,7 +133,7 @@ class LoomActor:
                             v = None
                     q.put(("result",) + run_prompt(self.executor, item, v, sink, cancel))
                 except BaseException as e:  # run_prompt catches Exception; this is the last resort
-                    q.put(("result", "error", failure_entry(pid, type(e).__name__, str(e), [])))
+                    q.put(("result", "error", failure_entry(execution_error(pid, e))))
                 q.put(DONE)
 
             t = threading.Thread(target=work, name="loom-actor-run", daemon=True)

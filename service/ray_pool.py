@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.errors import execution_error
 from engine.events import now_ms
 
 from . import fanout
@@ -63,6 +64,10 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
     else:
         ray.init(address=None if address == "auto" else address, log_to_driver=False, configure_logging=False)
     return True
+
+
+class WorkerLost(Exception):
+    """The worker running a prompt died (killed, out of memory, its machine lost)."""
 
 
 class _Slot:
@@ -358,7 +363,8 @@ class RayPool:
             outcome = "success"
         else:
             outcome = failed[1] if failed is not None else "error"
-            entry = failed[2] if failed is not None else failure_entry(pid, "WorkerLost", "a part had no result", [])
+            entry = failed[2] if failed is not None else \
+                failure_entry(execution_error(pid, WorkerLost("a part had no result")))
             err = (entry.get("loom") or {}).get("error")
             if outcome == "interrupted":
                 self._post(("event", pid, "execution_interrupted", {"prompt_id": pid, "node_id": None,
@@ -398,9 +404,10 @@ class RayPool:
             return
         except Exception as e:  # a bug on this side: fail the prompt, keep the worker
             log.exception("driving %s on %s failed", pid, st.id)
-            result = ("result", "error", failure_entry(pid, type(e).__name__, str(e), []), [], slot.info)
+            result = ("result", "error", failure_entry(execution_error(pid, e)), [], slot.info)
         if result is None:
-            result = ("result", "error", failure_entry(pid, "WorkerLost", "the worker ended without a result", []),
+            lost = WorkerLost("the worker ended without a result")
+            result = ("result", "error", failure_entry(execution_error(pid, lost)),
                       [], slot.info)
         _, outcome, entry, files, info = result
         if files:
@@ -435,7 +442,8 @@ class RayPool:
             st.busy, st.expect = None, set()
             self._post(("status", self.store.remaining()))
         else:
-            entry = failure_entry(pid, "WorkerLost", f"the worker running this prompt was lost twice ({err})", [])
+            entry = failure_entry(execution_error(pid, WorkerLost(
+                f"the worker running this prompt was lost twice ({type(err).__name__})")))
             entry["loom"]["worker"] = st.id
             self._post(("event", pid, "execution_error", entry["loom"]["error"]))
             self._finish(slot, pid, "error", entry)

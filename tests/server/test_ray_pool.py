@@ -308,5 +308,5 @@ def test_a_prompt_that_loses_two_workers_fails_with_a_clear_error(pool):
         pid = post(c, {"1": {"class_type": "ServerKillWorker", "inputs": {"delay": 0.05, "seed": 1}}})
         h = wait_history(c, [pid], timeout=120)[pid]
     err = h["loom"]["error"]
-    assert h["status"]["status_str"] == "error" and err["exception_type"] == "WorkerLost"
+    assert h["status"]["status_str"] == "error" and err["exception_type"] == "service.ray_pool.WorkerLost"
     assert "lost twice" in err["exception_message"]
