@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from engine.cache import node_key
-from engine.executor import execution_order
+from engine.graph import dependencies, execution_order
 from engine.workflow import Link
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
@@ -38,7 +38,7 @@ def needs_of(validated) -> Needs:
     wf = validated.workflow
     models: set[str] = set()
     keys: dict[str, bytes] = {}
-    for nid in execution_order(wf, list(validated.outputs)):  # upstream first
+    for nid in execution_order(dependencies(wf.nodes), validated.outputs):  # upstream first
         spec = wf.nodes[nid]
         consts = {k: v for k, v in spec.inputs.items() if type(v) is not Link}
         for k, v in consts.items():
