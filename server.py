@@ -44,10 +44,9 @@ def _build_env(config: Config):
     from engine.context import Env
 
     def store_factory(env):
-        from engine.folders import ModelFolders
         from modelstore.models import ModelStore
 
-        return ModelStore(ModelFolders(env.models_dir))
+        return ModelStore(env.folders)
 
     return Env(input_dir=Path(config.input_dir), output_dir=Path(config.output_dir), temp_dir=Path(config.temp_dir),
                models_dir=Path(config.models_dir), model_store_factory=store_factory)
@@ -167,7 +166,10 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         routes.append(Route("/", root, methods=["GET"]))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        body = {"error": exc.detail}
+        if isinstance(exc.detail, dict):  # a structured error item: ComfyUI's envelope
+            body["node_errors"] = {}
+        return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def os_error(request: Request, exc: OSError) -> Response:
         if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ):
