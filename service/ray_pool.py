@@ -71,7 +71,7 @@ class WorkerLost(Exception):
 
 
 class _Slot:
-    __slots__ = ("state", "actor", "info", "restarts", "thread")
+    __slots__ = ("state", "actor", "info", "restarts", "thread", "lost")
 
     def __init__(self, state: WorkerState):
         self.state = state
@@ -79,6 +79,7 @@ class _Slot:
         self.info: dict = {}
         self.restarts = 0
         self.thread: threading.Thread | None = None
+        self.lost: str | None = None  # why its last actor was lost (kept across the replacement)
 
 
 class RayPool:
@@ -233,7 +234,7 @@ class RayPool:
             out.append({"id": slot.state.id, "node": i.get("node"), "pid": i.get("pid"), "alive": slot.state.alive,
                         "devices": i.get("devices") or [], "resident_models": sorted(slot.state.models),
                         "busy_prompt": slot.state.busy, "prompts_done": slot.state.done,
-                        "last_error": i.get("last_error"), "model_loads": i.get("model_loads", 0),
+                        "last_error": i.get("last_error") or slot.lost, "model_loads": i.get("model_loads", 0),
                         "restarts": slot.restarts, "shared_disk": i.get("shared_disk")})
         return out
 
@@ -434,7 +435,7 @@ class RayPool:
         st = slot.state
         st.alive = False
         slot.restarts += 1
-        slot.info = {**slot.info, "last_error": f"lost: {type(err).__name__}"}
+        slot.lost = f"lost: {type(err).__name__}"
         log.warning("worker %s lost under prompt %s: %s", st.id, pid, err)
         n = self._losses[pid] = self._losses.get(pid, 0) + (1 if started else 0)
         if n < 2:
