@@ -137,10 +137,14 @@ class Executor:
              extra_data: dict) -> RunResult:
         wf, classes = v.workflow, v.classes
         nodes = wf.nodes
-        result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=v.warnings)
+        result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=list(v.warnings))
+
         def emit(ev: Event) -> None:
             if ev.type in HISTORY_TYPES:
                 result.messages.append([ev.type, ev.data])
+            elif ev.type == "warning":  # a node's run-time warning also lands in the result (history, CLI summary)
+                result.warnings.append(f"node {ev.data.get('node')} ({ev.data.get('class_type')}): "
+                                       f"{ev.data.get('message')}")
             sink(ev)
 
         deps = {nid: [x.node for x in spec.inputs.values() if type(x) is Link] for nid, spec in nodes.items()}
