@@ -55,11 +55,6 @@ def node_key(class_type: str, version: str, constants: dict, links: dict, finger
     return hashlib.blake2b(msgpack.packb(payload, use_bin_type=True), digest_size=16).digest()
 
 
-def component_digest(v: Any) -> bytes:
-    """Digest of one input's contribution to a key (for "which input changed" reasons)."""
-    return hashlib.blake2b(msgpack.packb(_canon(v), use_bin_type=True), digest_size=8).digest()
-
-
 class OutputCache:
     """Byte-bounded LRU map from structural key to a node's outputs (and its ui dict)."""
 
@@ -75,6 +70,11 @@ class OutputCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def count_misses(self, n: int) -> None:
+        """Record ``n`` needed outputs that were not in the cache (the executor's plan counts them;
+        ``hits`` counts the entries actually read)."""
+        self.misses += n
 
     def get(self, key: bytes) -> Entry | None:
         e = self._entries.get(key)

@@ -5,8 +5,6 @@ CONDITIONING is ComfyUI's list of ``[cond (B, 77*k, D), {"pooled_output": (B, P)
 """
 from __future__ import annotations
 
-import torch
-
 from engine.node import Boolean, Float, Int, Node, Output, Socket, String
 
 CHUNK = 75  # content tokens per 77-token window (BOS + 75 + EOS)
@@ -133,6 +131,8 @@ def _hidden(te, ids, layer: int, arch: str, index: int):
 def encode_text(clip_ref, text: str, warn=None) -> list:
     """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``).
     ``embedding:name`` words use models/embeddings (nodes/embeddings.py); problems go to ``warn(message)``."""
+    import torch
+
     from .embeddings import inject, resolver
 
     layer = int(clip_ref.option("clip_skip", -1))
@@ -230,6 +230,8 @@ class ConditioningZeroOut(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, conditioning):
+        import torch
+
         out = []
         for c, o in conditioning:
             o = dict(o)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from engine.node import Combo, Float, Node, Output, Socket
 
 from .cond_regions import active
@@ -87,6 +85,8 @@ class ControlApply:
         return _MERGED[key]
 
     def _run(self, x, t, emb, added, area, latent_hw, dtype):
+        import torch
+
         store = self.net.store
         with store.using(self.net) as (cn,):
             cn = self._module(cn)

@@ -20,8 +20,6 @@ import re
 import threading
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 PREFIX = "embedding:"
 EXTENSIONS = (".safetensors", ".pt", ".bin", ".pth", ".ckpt")
@@ -75,6 +73,8 @@ def load_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    import torch
+
     if path.suffix.lower() in PICKLE:
         if not allow_pickle:
             raise PermissionError(f"{path.name} is a pickle file (can run code when loaded); convert it to "
@@ -182,6 +182,8 @@ def inject(encoder, ids: torch.Tensor, windows: list):
     if not spots:
         yield
         return
+    import torch
+
     module = _token_embedding(encoder)
 
     def hook(mod, args, out):
@@ -210,15 +212,14 @@ def validation_warnings(env, text) -> list[str]:
     store will refuse. (Width mismatches need the CLIP and are reported when the prompt is encoded.)"""
     if not isinstance(text, str) or PREFIX not in text or env is None:
         return []
-    try:
-        folders = env.model_store().folders if getattr(env, "has_model_store", False) else None
-    except RuntimeError:
-        folders = None
-    allow_pickle = bool(getattr(getattr(env, "_models", None), "allow_pickle", False))
+    folders = getattr(env, "folders", None)
     if folders is None:
         from engine.folders import ModelFolders
 
         folders = ModelFolders(env.models_dir)
+    # the store decides pickle (validation never creates it): look at it only when it exists already
+    store = getattr(env, "_models", None)
+    allow_pickle = bool(getattr(store, "allow_pickle", False))
     out = []
     for name in dict.fromkeys(names_in(text)):
         path = find_file(folders, name)

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.errors import WorkflowError
+from engine.errors import WorkflowError, envelope
 
 from .http import JSON, dumps, qint, read_json, svc
 from .store import Item, now_ms
@@ -20,8 +20,7 @@ JOB_STATUS = {"pending": "pending", "running": "in_progress", "success": "comple
 
 
 def _bad_prompt(type_: str, message: str, details: str = "") -> JSON:
-    return JSON({"error": {"type": type_, "message": message, "details": details, "extra_info": {}},
-                 "node_errors": {}}, status_code=400)
+    return JSON(envelope(type_, message, details), status_code=400)
 
 
 async def post_prompt(request: Request) -> Response:

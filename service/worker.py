@@ -26,13 +26,12 @@ import queue
 import socket
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any, Callable, Iterable
 
 from engine.context import CancelToken
-from engine.errors import WorkflowError
-from engine.events import Event, now_ms
+from engine.errors import execution_error
+from engine.events import Event
 
 from .store import Item, Store
 
@@ -164,16 +163,23 @@ def run_prompt(executor, item: Item, validated, sink, cancel: CancelToken) -> tu
         result = executor.run(v, prompt_id=pid, sink=sink, cancel=cancel, extra_data=item.extra_data)
         outcome = {"success": "success", "error": "error", "interrupted": "interrupted"}[result.status]
         return outcome, history_entry(result)
-    except WorkflowError as e:  # it no longer validates (nodes changed across a restart)
-        entry = failure_entry(pid, "WorkflowError", str(e), [])
-    except Exception as e:
-        entry = failure_entry(pid, type(e).__name__, str(e), traceback.format_tb(e.__traceback__))
+    except Exception as e:  # e.g. a WorkflowError: it no longer validates (nodes changed across a restart)
+        entry = failure_entry(execution_error(pid, e))
     sink(Event("execution_error", entry["loom"]["error"]))
     return "error", entry
 
 
-def wants_previews(extra_data: dict) -> bool:
-    return extra_data.get("preview_method") != "none"  # the editor's per-prompt setting
+PREVIEW_METHODS = ("auto", "latent2rgb", "taesd")
+
+
+def wants_previews(extra_data: dict, server_default: str = "none") -> bool:
+    """ComfyUI's rule: live previews only when asked. A prompt asks with ``extra_data.preview_method``
+    (the editor sends it when its setting is not "default"); otherwise the server's ``--preview-method``
+    decides, and its default is none, so API clients get the saved images, not JPEG frames."""
+    m = extra_data.get("preview_method")
+    if m is None or m == "default":
+        m = server_default
+    return m in PREVIEW_METHODS
 
 
 def free_models(executor, unload_models: bool, free_memory: bool) -> None:
@@ -206,11 +212,12 @@ class Worker:
     """The in-process worker (see the module docstring for its API)."""
 
     def __init__(self, executor, store: Store, hub, loop, *, preview_interval_s: float = 0.1,
-                 preview_size: int = 512):
+                 preview_size: int = 512, preview_method: str = "none"):
         self.executor = executor
         self.store = store
         self.hub = hub
         self.preview_interval = preview_interval_s
+        self.preview_method = preview_method  # the server's default when a prompt does not ask
         self.bridge = LoopBridge(loop, hub)
         self._prepared: dict[str, Any] = {}  # prompt_id -> Validated, from POST /prompt
         self._lock = threading.Lock()
@@ -316,7 +323,7 @@ class Worker:
         post(("status", self.store.remaining()))
         post(("begin", pid, item.extra_data.get("client_id")))
         try:
-            encoder = self._encoder if wants_previews(item.extra_data) else None
+            encoder = self._encoder if wants_previews(item.extra_data, self.preview_method) else None
             sink = event_sink(pid, post, encoder, self.preview_interval)
             outcome, entry = run_prompt(self.executor, item, v, sink, cancel)
         finally:
@@ -344,10 +351,8 @@ def history_entry(result) -> dict:
     }
 
 
-def failure_entry(pid: str, etype: str, message: str, tb: list) -> dict:
-    err = {"prompt_id": pid, "node_id": None, "node_type": None, "executed": [], "exception_message": message + "\n",
-           "exception_type": etype, "traceback": tb, "current_inputs": {}, "current_outputs": [],
-           "timestamp": now_ms()}
+def failure_entry(err: dict) -> dict:
+    """The history entry of a prompt that failed outside any node (``err``: ``errors.execution_error``)."""
     return {"outputs": {}, "meta": {}, "status": {"status_str": "error", "completed": False,
                                                    "messages": [["execution_error", err]]},
             "loom": {"nodes": {}, "error": err, "node_errors": {}, "warnings": []}}

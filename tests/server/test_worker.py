@@ -97,7 +97,7 @@ def test_previews_are_evaluated_off_the_sampling_thread(rig):
     w, store, hub, ex = rig
     THREADS.clear()
     RUN_THREADS.clear()
-    _queue(w, store, "p", steps=6)
+    _queue(w, store, "p", steps=6, extra={"preview_method": "auto"})
     _wait_done(store, ["p"])
     time.sleep(0.2)
     assert RUN_THREADS and THREADS
