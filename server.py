@@ -149,7 +149,10 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         routes.append(Route("/", root, methods=["GET"]))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        body = {"error": exc.detail}
+        if isinstance(exc.detail, dict):  # a structured error item: ComfyUI's envelope
+            body["node_errors"] = {}
+        return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def os_error(request: Request, exc: OSError) -> Response:
         if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ):
