@@ -9,8 +9,6 @@ ConditioningSetArea): the sampler's Denoiser calls these, so another sampler cor
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
 
 def resolve_area(opts: dict, h: int, w: int) -> tuple | None:
@@ -35,6 +33,8 @@ def resolve_area(opts: dict, h: int, w: int) -> tuple | None:
 
 
 def _mask_at(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
     m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
     if m.shape[-2:] != (h, w):
         m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)

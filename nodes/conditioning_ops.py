@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from engine.node import Combo, Float, Node, Output, Socket
 
 log = logging.getLogger(__name__)
@@ -19,6 +17,8 @@ def _with(cond: list, **values) -> list:
 
 def _fit_tokens(t: torch.Tensor, length: int) -> torch.Tensor:
     """(B,L,D) cut or zero-padded to ``length`` tokens."""
+    import torch
+
     if t.shape[1] > length:
         return t[:, :length]
     if t.shape[1] < length:
@@ -67,6 +67,8 @@ class ConditioningConcat(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, conditioning_to, conditioning_from):
+        import torch
+
         if not conditioning_from:
             return (conditioning_to,)
         if len(conditioning_from) > 1:

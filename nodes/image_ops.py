@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Seed, Socket
 
 from .image import upscale
@@ -29,6 +26,8 @@ class ImageBatch(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image1, image2):
+        import torch
+
         image2 = _resize_to(image2, image1.shape[1], image1.shape[2])
         c = min(image1.shape[-1], image2.shape[-1])
         return (torch.cat([image1[..., :c], image2[..., :c]], 0),)
@@ -58,6 +57,8 @@ class ImageFlip(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, flip_method):
+        import torch
+
         return (torch.flip(image, dims=[1 if flip_method.startswith("x") else 2]),)
 
 
@@ -70,6 +71,8 @@ class ImageRotate(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, rotation):
+        import torch
+
         return (torch.rot90(image, k=ROTATIONS.index(rotation), dims=[2, 1]).contiguous(),)
 
 
@@ -90,6 +93,8 @@ class ImageStitch(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image1, direction, match_image_size, spacing_width, spacing_color, image2=None):
+        import torch
+
         if image2 is None:
             return (image1,)
         a, b = image1, image2
@@ -123,6 +128,8 @@ class ImageStitch(Node):
 
 
 def _pad_to_common(a, b, horizontal):
+    import torch.nn.functional as F
+
     axis = 1 if horizontal else 2
     size = max(a.shape[axis], b.shape[axis])
 
@@ -184,6 +191,8 @@ class ImageAddNoise(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, seed, strength):
+        import torch
+
         g = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
         noise = torch.randn(image.shape, generator=g, dtype=torch.float32)
         return ((image + strength * noise).clamp(0.0, 1.0),)
@@ -203,6 +212,8 @@ class ResizeAndPadImage(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, target_width, target_height, padding_color, interpolation):
+        import torch
+
         h, w = image.shape[1], image.shape[2]
         s = min(target_width / w, target_height / h)
         nw, nh = max(1, int(w * s)), max(1, int(h * s))
@@ -238,6 +249,8 @@ class ImageScaleToMaxDimension(Node):
 # --------------------------------------------------------------------------------------- post-processing
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     """(size, size) Gaussian on a [-1, 1] grid (sigma is relative to the kernel radius), summing to 1."""
+    import torch
+
     r = torch.linspace(-1, 1, size)
     y, x = torch.meshgrid(r, r, indexing="ij")
     g = torch.exp(-(x * x + y * y) / (2 * sigma * sigma))
@@ -246,6 +259,8 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 
 def _filter(image: torch.Tensor, kernel: torch.Tensor, radius: int) -> torch.Tensor:
     """Depthwise 2-D filter of (B,H,W,C) with reflect padding."""
+    import torch.nn.functional as F
+
     c = image.shape[-1]
     x = F.pad(image.movedim(-1, 1), (radius,) * 4, mode="reflect")
     k = kernel.to(x.dtype).expand(c, 1, *kernel.shape)
@@ -287,6 +302,8 @@ class ImageSharpen(Node):
 
 
 def _bayer(n: int) -> torch.Tensor:
+    import torch
+
     m = torch.zeros((1, 1))
     while m.shape[0] < n:
         m = torch.cat([torch.cat([4 * m, 4 * m + 2], 1), torch.cat([4 * m + 3, 4 * m + 1], 1)], 0)
@@ -304,6 +321,8 @@ class ImageQuantize(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, colors, dither):
+        import torch
+
         from PIL import Image
 
         out = []
@@ -325,14 +344,25 @@ class ImageQuantize(Node):
         return (torch.stack(out),)
 
 
+def _overlay(a, b):
+    import torch
+
+    return torch.where(a <= 0.5, 2 * a * b, 1 - 2 * (1 - a) * (1 - b))
+
+
+def _soft_light(a, b):
+    import torch
+
+    return torch.where(b <= 0.5, a - (1 - 2 * b) * a * (1 - a),
+                       a + (2 * b - 1) * (torch.where(a <= 0.25, ((16 * a - 12) * a + 4) * a, torch.sqrt(a)) - a))
+
+
 _BLEND = {
     "normal": lambda a, b: b,
     "multiply": lambda a, b: a * b,
     "screen": lambda a, b: 1 - (1 - a) * (1 - b),
-    "overlay": lambda a, b: torch.where(a <= 0.5, 2 * a * b, 1 - 2 * (1 - a) * (1 - b)),
-    "soft_light": lambda a, b: torch.where(
-        b <= 0.5, a - (1 - 2 * b) * a * (1 - a),
-        a + (2 * b - 1) * (torch.where(a <= 0.25, ((16 * a - 12) * a + 4) * a, torch.sqrt(a)) - a)),
+    "overlay": lambda a, b: _overlay(a, b),
+    "soft_light": lambda a, b: _soft_light(a, b),
     "difference": lambda a, b: a - b,
 }
 
@@ -359,6 +389,8 @@ MORPH_OPS = ["erode", "dilate", "open", "close", "gradient", "bottom_hat", "top_
 
 
 def _dilate(x: torch.Tensor, k: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
     lo, hi = (k - 1) // 2, k // 2
     return F.max_pool2d(F.pad(x, (lo, hi, lo, hi), value=float("-inf")), k, stride=1)
 
@@ -412,6 +444,8 @@ class ImageYUVToRGB(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, Y, U, V):
+        import torch
+
         y, cb, cr = Y[..., 0], U[..., 0] - 0.5, V[..., 0] - 0.5
         r = y + 1.403 * cr
         g = y - 0.714 * cr - 0.344 * cb
@@ -429,6 +463,8 @@ class SplitImageWithAlpha(Node):
     outputs = (Output("IMAGE"), Output("MASK"))
 
     def run(self, ctx, image):
+        import torch
+
         rgb = image[..., :3].clone()
         mask = 1.0 - image[..., 3] if image.shape[-1] > 3 else torch.zeros(image.shape[:3])
         return (rgb, mask)
@@ -443,6 +479,9 @@ class JoinImageWithAlpha(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, alpha):
+        import torch
+        import torch.nn.functional as F
+
         m = alpha.reshape(-1, 1, alpha.shape[-2], alpha.shape[-1]).float()
         m = F.interpolate(m, size=image.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
         if m.shape[0] != image.shape[0]:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-import torch.nn.functional as F
-
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Result, Socket, String
 
 from .latents import common_upscale
@@ -83,6 +80,8 @@ class LatentInterpolate(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples1, samples2, ratio):
+        import torch
+
         a = samples1["samples"]
         b = _batch_to(a, _match(a, samples2["samples"]))
         na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
@@ -101,6 +100,8 @@ class LatentFlip(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, flip_method):
+        import torch
+
         dim = 2 if flip_method.startswith("x") else 3
         return (_copy(samples, torch.flip(samples["samples"], dims=[dim])),)
 
@@ -116,6 +117,8 @@ class LatentRotate(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, rotation):
+        import torch
+
         k = ROTATIONS.index(rotation)
         # dims (W, H): rotating from the width axis into the height axis turns the picture clockwise
         return (_copy(samples, torch.rot90(samples["samples"], k=k, dims=[3, 2]).contiguous()),)
@@ -150,6 +153,9 @@ class LatentCompositeMasked(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, destination, source, x, y, resize_source, mask=None):
+        import torch
+        import torch.nn.functional as F
+
         dest = destination["samples"].clone()
         src = source["samples"]
         if resize_source:
@@ -180,6 +186,8 @@ class LatentBatch(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples1, samples2):
+        import torch
+
         a, b = samples1["samples"], samples2["samples"]
         b = _match(a, b)
         out = {"samples": torch.cat([a, b], 0),
@@ -220,6 +228,8 @@ class LatentConcat(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples1, samples2, dim):
+        import torch
+
         a, b = samples1["samples"], samples2["samples"]
         d = _DIMS[dim[-1]]
         if a.ndim < 5 and dim[-1] == "t":
@@ -259,6 +269,8 @@ class SaveLatent(Node):
     hidden = ("PROMPT", "EXTRA_PNGINFO")
 
     def run(self, ctx, samples, filename_prefix, prompt=None, extra_pnginfo=None):
+        import torch
+
         from safetensors.torch import save_file
 
         from .image import save_path

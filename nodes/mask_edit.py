@@ -2,8 +2,6 @@
 MASK is (B,H,W) float, 1 = masked; a (H,W) mask is taken as a batch of one."""
 from __future__ import annotations
 
-import torch
-
 from engine.node import MAX_RESOLUTION, Float, Int, Node, Output, Socket
 
 
@@ -71,6 +69,8 @@ class ImageColorToMask(Node):
     outputs = (Output("MASK"),)
 
     def run(self, ctx, image, color):
+        import torch
+
         t = (image[..., :3].clamp(0, 1) * 255.0).round().to(torch.int64)
         packed = (t[..., 0] << 16) + (t[..., 1] << 8) + t[..., 2]
         return ((packed == int(color)).float(),)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
 from engine.node import Float, Node, Output, Socket
 
 
 def _gauss5(sigma: float = 1.0) -> torch.Tensor:
+    import torch
+
     r = torch.arange(5, dtype=torch.float32) - 2
     g = torch.exp(-r * r / (2 * sigma * sigma))
     g = g / g.sum()
@@ -21,6 +20,9 @@ def _gauss5(sigma: float = 1.0) -> torch.Tensor:
 def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """Edges of (B,H,W,C) images in 0..1 as a (B,H,W) float map of 0/1. Thresholds apply to the Sobel gradient
     magnitude of the blurred grey image (grey values 0..1)."""
+    import torch
+    import torch.nn.functional as F
+
     rgb = image[..., :3].float()
     grey = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).unsqueeze(1) if rgb.shape[-1] == 3 \
         else rgb[..., :1].movedim(-1, 1)

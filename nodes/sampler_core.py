@@ -25,9 +25,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from .cond_regions import active, mask_weight, resolve_area
 from .samplers import Plan, is_k_space, make_scheduler
 
@@ -96,6 +93,8 @@ class Guider:
 def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, torch.Generator]:
     """Per-item CPU noise: item k gets the ``batch_index[k]``-th (1,C,H,W) draw of a generator seeded with
     ``seed``; returns the noise and the generator (positioned after the last draw needed)."""
+    import torch
+
     gen = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
     b = shape[0]
     idx = list(batch_index) if batch_index is not None else list(range(b))
@@ -112,6 +111,8 @@ def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, torch.
 # ------------------------------------------------------------------------------------------------ conds
 def _area_weight(area, strength, h, w, device, dtype):
     """(1,1,h_area,w_area) weight: strength, with edges not on the latent border faded over 8 latent pixels."""
+    import torch
+
     ah, aw, ay, ax = area
     m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
     rr = 8
@@ -176,6 +177,8 @@ class Denoiser:
         self.simple = all(j.mask is None and j.control is None and (j.start, j.end) == (0.0, 1.0) for j in self.jobs)
 
     def _job(self, which, emb, opts, batch, sf):
+        import torch
+
         emb = emb.to(self.device, self.dtype)
         if emb.shape[0] != batch:
             emb = emb[:1].expand(batch, -1, -1) if emb.shape[0] == 1 else emb.repeat(math.ceil(batch / emb.shape[0]), 1, 1)[:batch]
@@ -205,6 +208,9 @@ class Denoiser:
                     float(opts.get("start_percent", 0.0)), float(opts.get("end_percent", 1.0)), opts.get("control"))
 
     def _concat(self, opts, batch, sf):
+        import torch
+        import torch.nn.functional as F
+
         lat = opts.get("concat_latent_image")
         mask = opts.get("concat_mask")
         if lat is None:
@@ -222,6 +228,8 @@ class Denoiser:
         return torch.cat([rep(mask), rep(lat)], 1).to(self.device, self.dtype)
 
     def _call(self, x_in, t, jobs: list[_Job]):
+        import torch
+
         n = len(jobs)
         area = jobs[0].area
         if area is not None:
@@ -246,6 +254,8 @@ class Denoiser:
         return out.to(x_in.dtype).chunk(n) if n > 1 else (out.to(x_in.dtype),)
 
     def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
+        import torch
+
         if len(self.groups) == 1 and self.simple:  # the common case: one batched call, no averaging (bit-exact with pipelines)
             jobs = next(iter(self.groups.values()))
             if jobs[0].area is None and len(jobs) == len({j.which for j in jobs}):
@@ -285,18 +295,18 @@ class Denoiser:
 
 
 # ------------------------------------------------------------------------------------------------ preview
-_TAESD: dict = {}
-
-
 def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
     """PIL image of the first item of ``x0`` (model space: VAE latent x scaling factor, like ComfyUI's x0):
     TAESD decoder from models/vae_approx if present (full resolution), else latent2rgb (latent resolution)."""
+    import torch
+
     from PIL import Image
 
     dec = _taesd(env, arch)
     if dec is not None:
         with torch.no_grad():
-            img = dec(x0[:1].float().cpu())[0].clamp(0, 1).permute(1, 2, 0)
+            p = next(dec.parameters())
+            img = dec(x0[:1].to(p.device, p.dtype))[0].float().cpu().clamp(0, 1).permute(1, 2, 0)
         return Image.fromarray((img * 255).round().to(torch.uint8).numpy())
     factors, bias = LATENT_RGB.get(arch, LATENT_RGB["sd1"])
     fac = torch.tensor(factors, dtype=torch.float32)
@@ -311,28 +321,16 @@ def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
 
 
 def _taesd(env, arch):
-    if env is None:
-        return None
-    try:
-        from .taesd import find_decoder, load_decoder
-    except ImportError:
-        return None
-    path = find_decoder(env, arch)
-    if path is None:
-        return None
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _TAESD:
-        _TAESD.clear()
-        try:
-            _TAESD[key] = load_decoder(path)
-        except Exception:  # a broken file must not break sampling; fall back to latent2rgb
-            _TAESD[key] = None
-    return _TAESD[key]
+    from .taesd import preview_decoder
+
+    return preview_decoder(env, arch)
 
 
 # ------------------------------------------------------------------------------------------------ loop
 def _x0(sched, x, t, out, kspace: bool, pred_type: str):
     """The clean-latent prediction for model output ``out`` at ``x`` (scheduler space)."""
+    import torch
+
     if kspace:
         s = sched.sigmas[sched.step_index].to(x.dtype) if getattr(sched, "step_index", None) is not None \
             else torch.tensor(float(sched.init_noise_sigma))
@@ -361,6 +359,9 @@ def sample(ctx, model_ref, positive, negative, latent: dict, plan: Plan, start: 
            cfg: float, noise: Noise | None, force_full_denoise: bool = True) -> SampleResult:
     """Run steps ``[start, end)`` of ``plan`` on ``latent`` (a LATENT dict). ``noise`` None (or a Noise with
     seed None) disables noise."""
+    import torch
+    import torch.nn.functional as F
+
     store = model_ref.store
     meta = model_ref.meta
     sched_cfg = dict(meta.get("scheduler_config") or ())

@@ -1,7 +1,7 @@
-"""The model store's side of the split loaders: diffusion-model files (UNETLoader) and text-encoder files
-(CLIPLoader / DualCLIPLoader / TripleCLIPLoader), each one store entry so that the store's budget loads and
-drops (CPU) or offloads (CUDA) every component on its own: a multi-GB text encoder is not kept beside the
-diffusion model when the budget does not hold both.
+"""The split loaders' entry points into the model store: refs for diffusion-model files (UNETLoader) and
+text-encoder files (CLIPLoader / DualCLIPLoader / TripleCLIPLoader), the CLIP value those loaders return, the
+built text-encoder value, and fp8 weight storage. The store builds the values through ``modelstore.kinds.families``
+(one store entry per file: the budget keeps, drops or offloads each component on its own).
 
 Refs: MODEL -> ``ModelKey(file, 'family_dm', dtype, device)`` whose ``get()`` is a ``FlowDenoiser``;
 text encoder -> ``ModelKey(file, 'family_te', ...)`` whose ``get()`` is a ``TextEncoderModule``.
@@ -11,19 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .. import checkpoint as ck
-from ..refs import FileId, ModelKey, ModelRef
-from . import registry, text_encoders
-from .common import FamilyPlan
+from ..refs import ModelKey, ModelRef
+from . import text_encoders
 
 #: UNETLoader weight_dtype -> storage dtype name (None: the store's dtype)
 WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn",
                  "fp8_e5m2": "float8_e5m2"}
 
 
-class TextEncoderModule(torch.nn.Module):
+def _module_base():
+    import torch
+
+    return torch.nn.Module
+
+
+class TextEncoderModule(_module_base()):
     """One loaded text encoder: ``model`` (transformers), ``kind`` ('clip_l'|'clip_g'|'t5'|'qwen3'), ``tokenizer``."""
 
     def __init__(self, model, kind: str, tokenizer):
@@ -56,60 +58,30 @@ class FamilyClip:
         return 64
 
 
-def _cache(store) -> dict:
-    if not hasattr(store, "_family_sources"):
-        store._family_sources = {}
-    return store._family_sources
-
-
-def source(store, path: Path, role: str):
-    """(FileId, header, plan) for a diffusion-model (role 'dm': FamilyPlan) or text-encoder file (role 'te':
-    (kind, prefix, config)); headers only, cached by file identity."""
-    fid = FileId.of(path)
-    c = _cache(store)
-    if (fid, role) not in c:
-        store._refuse_pickle(path)
-        if path.suffix.lower() in ck.PICKLE_SUFFIXES:
-            raise ck.CheckpointError(f"{path.name}: split loaders read .safetensors files only")
-        header = ck.read_header(path)
-        if role == "dm":
-            plan = registry.detect(header.shapes, path.name)
-        else:
-            kind, prefix = text_encoders.detect(header.shapes, path.name)
-            stripped = {k[len(prefix):]: v for k, v in header.shapes.items() if k.startswith(prefix)}
-            plan = (kind, prefix, text_encoders.config(kind, stripped))
-        c[(fid, role)] = (header, plan)
-    return (fid, *c[(fid, role)])
-
-
 def load_diffusion_model(store, path: Path, name: str, weight_dtype: str = "default") -> ModelRef:
-    """MODEL ref for a diffusion-model file; raises UnknownModelFile for files of no known family."""
-    fid, header, plan = source(store, path, "dm")
-    dt = WEIGHT_DTYPES.get(weight_dtype)
+    """MODEL ref for a diffusion-model file (header read now: UnknownModelFile for files of no known family)."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r}: expected one of {list(WEIGHT_DTYPES)}")
-    dt = dt or store.dtype
-    s = plan.sampling
-    info = (("arch", plan.family), ("family", plan.family), ("name", name),
-            ("model_sampling", (s.kind, s.shift, s.multiplier)), ("prediction_type", "flow"),
-            ("scaling_factor", plan.latent.scale), ("shift_factor", plan.latent.shift),
-            ("latent_channels", plan.latent.channels), ("variant", plan.extra.get("variant", "")))
-    return ModelRef("MODEL", ModelKey(fid, "family_dm", dt, store.device), info, store=store)
+    src, info = store.loader.describe("family_dm", path)
+    storage = WEIGHT_DTYPES[weight_dtype]
+    dt = f"{storage}+{store.dtype}" if storage else store.dtype
+    return ModelRef("MODEL", ModelKey(src.fid, "family_dm", dt, store.device), (("name", name),) + info, store=store)
 
 
 def load_text_encoder(store, path: Path) -> tuple[str, ModelRef]:
-    """(kind, ref) for one text-encoder file."""
-    fid, header, (kind, _, _) = source(store, path, "te")
-    if kind in text_encoders.TOKENIZER_SOURCES:  # fail at load, not at the first prompt
-        dirs = text_encoders.tokenizer_dirs(kind, path, getattr(store.folders, "root", None))
-        if not any((d / "tokenizer.json").is_file() for d in dirs):
-            raise text_encoders.MissingTokenizer(kind, path.name, dirs)
-    return kind, ModelRef("CLIP", ModelKey(fid, "family_te", store.dtype, store.device), (("kind", kind),), store=store)
+    """(kind, ref) for one text-encoder file; a T5/Qwen3 file without its tokenizer fails here (MissingTokenizer)."""
+    src, info = store.loader.describe("family_te", path)
+    kind = dict(info)["kind"]
+    if kind in text_encoders.TOKENIZER_SOURCES:
+        folder = text_encoders.find_tokenizer(kind, path, getattr(store.folders, "root", None))
+        store.loader.sources.plan(src, "family_te_tokenizer", lambda s: folder)
+    return kind, ModelRef("CLIP", ModelKey(src.fid, "family_te", store.dtype, store.device), info, store=store)
 
 
-def _fp8_linears(module, storage: torch.dtype):
+def fp8_linears(module, storage):
     """Keep every block Linear weight in ``storage`` (fp8) and up-cast it per call to the input's dtype (the weights
     stay 1 byte per parameter in memory; compute runs in the activations' dtype)."""
+    import torch
     import torch.nn.functional as F
 
     for name, m in module.named_modules():
@@ -119,34 +91,3 @@ def _fp8_linears(module, storage: torch.dtype):
             m.forward = (lambda lin: lambda x: F.linear(x, lin.weight.to(x.dtype),
                                                         None if lin.bias is None else lin.bias.to(x.dtype)))(m)
     return module
-
-
-def build(store, key: ModelKey):
-    """Build the live module for a 'family_dm' / 'family_te' key (called by the store under its lock)."""
-    path = Path(key.file.path)
-    if FileId.of(path) != key.file:
-        raise ck.CheckpointError(f"{path.name} changed on disk since it was selected; load it again")
-    fp8 = key.dtype.startswith("float8")
-    dt = torch.float32 if fp8 and store.dtype == "float32" else getattr(torch, store.dtype if fp8 else key.dtype)
-    if key.component == "family_dm":
-        _, header, plan = source(store, path, "dm")
-        keys = [k for k in header.tensors if k.startswith(plan.prefix)]
-        sd = {k[len(plan.prefix):]: v for k, v in ck.load_tensors(header, keys, dt).items()}
-        m = registry.build(plan, sd)
-        if fp8:
-            _fp8_linears(m, getattr(torch, key.dtype))
-        return m.to(key.device)
-    _, header, (kind, prefix, cfg) = source(store, path, "te")
-    keys = [k for k in header.tensors if k.startswith(prefix)]
-    sd = {k[len(prefix):]: v for k, v in ck.load_tensors(header, keys, dt).items()}
-    model = text_encoders.build(kind, cfg, sd).to(key.device)
-    if kind in ("clip_l", "clip_g"):
-        tok = store.tokenizer("<|endoftext|>" if kind == "clip_l" else "!")
-    else:
-        tok = text_encoders.load_tokenizer(kind, path, getattr(store.folders, "root", None))
-    return TextEncoderModule(model, kind, tok)
-
-
-def plan_of(ref: ModelRef) -> FamilyPlan:
-    """The FamilyPlan behind a MODEL ref of a split diffusion model."""
-    return source(ref.store, Path(ref.key.file.path), "dm")[2]

@@ -135,11 +135,21 @@ def tokenizer_dirs(kind: str, file: Path, models_root: Path | None) -> list[Path
     return out
 
 
-def load_tokenizer(kind: str, file: Path, models_root: Path | None):
-    """The tokenizer for a T5 / Qwen3 encoder file (``PreTrainedTokenizerFast``), or ``MissingTokenizer``."""
+def find_tokenizer(kind: str, file: Path, models_root: Path | None) -> Path:
+    """The first folder holding ``tokenizer.json`` for a T5 / Qwen3 encoder file, or ``MissingTokenizer``."""
+    dirs = tokenizer_dirs(kind, file, models_root)
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            return d
+    raise MissingTokenizer(kind, file.name, dirs)
+
+
+def load_tokenizer(kind: str, file: Path, models_root: Path | None, folder: Path | None = None):
+    """The tokenizer for a T5 / Qwen3 encoder file (``PreTrainedTokenizerFast``) from ``folder`` (or searched
+    for), or ``MissingTokenizer``."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    dirs = tokenizer_dirs(kind, file, models_root)
+    dirs = [folder] if folder is not None else tokenizer_dirs(kind, file, models_root)
     for d in dirs:
         if (d / "tokenizer.json").is_file():
             if (d / "tokenizer_config.json").is_file():
