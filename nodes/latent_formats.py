@@ -1,8 +1,6 @@
 """Empty latents of the 16-channel families (SD3/SD3.5, FLUX.1, Z-Image: 8x downscale, 16 channels)."""
 from __future__ import annotations
 
-import torch
-
 from engine.node import MAX_RESOLUTION, Int, Node, Output
 
 
@@ -15,6 +13,8 @@ class EmptySD3LatentImage(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, width, height, batch_size):
+        import torch
+
         return ({"samples": torch.zeros([batch_size, 16, height // 8, width // 8])},)
 
 

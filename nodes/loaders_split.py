@@ -16,21 +16,12 @@ DUAL_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"
 KIND_FOLDERS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
 
 
-def _folders(env):
-    try:
-        return store_of(env).folders
-    except RuntimeError:
-        from engine.folders import ModelFolders
-
-        return ModelFolders(env.models_dir)
-
-
 def files(kind: str):
     """Combo options: files of both folders of ``kind`` (sorted, de-duplicated)."""
     def options(env):
         if env is None:
             return []
-        f = _folders(env)
+        f = env.folders
         out = set()
         for k in KIND_FOLDERS[kind]:
             try:
