@@ -70,6 +70,8 @@ def dpmpp_2s_ancestral(model, x, sigmas, ctx, eta=1.0, s_noise=1.0, noise_sample
             base = x + (denoised - uncond) if cfg_pp else x
             x2 = (sigma_fn(s) / sigma_fn(t)) * base - (-h * 0.5).expm1() * denoised
             denoised2 = model(x2, sigma_fn(s) * s_in(x))
+            if cfg_pp:  # ComfyUI's numbers: the guided x0 of the first call minus the unguided one of the second
+                base = x + (denoised - model.uncond_denoised)
             x = (sigma_fn(t_next) / sigma_fn(t)) * base - (-h).expm1() * denoised2
         if sigmas[i + 1] > 0:
             x = x + ns(sigmas[i], sigmas[i + 1]) * s_noise * up
@@ -147,6 +149,7 @@ def dpmpp_2m_sde(model, x, sigmas, ctx, eta=1.0, s_noise=1.0, noise_sampler=None
         return x
     ms = ctx.model_sampling
     ns = noise_sampler or ctx.brownian(x, sigmas, cpu=cpu_noise)
+    sigmas = offset_first_sigma(sigmas, ms)
     lams = half_log_snr(sigmas, ms)
     old = None
     h_last = None
@@ -183,6 +186,7 @@ def dpmpp_3m_sde(model, x, sigmas, ctx, eta=1.0, s_noise=1.0, noise_sampler=None
         return x
     ms = ctx.model_sampling
     ns = noise_sampler or ctx.brownian(x, sigmas, cpu=cpu_noise)
+    sigmas = offset_first_sigma(sigmas, ms)
     lams = half_log_snr(sigmas, ms)
     d1_, d2_ = None, None
     h_1, h_2 = None, None

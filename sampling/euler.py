@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from scipy import integrate
 
-from .common import ancestral_step, rf_ancestral_step, s_in, to_d
+from .common import ancestral_step, half_log_snr, rf_ancestral_step, s_in, to_d
 
 
 def euler(model, x, sigmas, ctx, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
@@ -28,13 +28,8 @@ def euler(model, x, sigmas, ctx, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s
 
 
 def euler_cfg_pp(model, x, sigmas, ctx):
-    """CFG++: step along the unguided direction from the guided estimate."""
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in(x))
-        d = to_d(x, sigmas[i], model.uncond_denoised)
-        ctx.report(i, denoised, x)
-        x = denoised + d * sigmas[i + 1]
-    return x
+    """CFG++: step along the unguided direction from the guided estimate (euler_ancestral_cfg_pp, eta 0)."""
+    return euler_ancestral_cfg_pp(model, x, sigmas, ctx, eta=0.0, s_noise=0.0)
 
 
 def euler_ancestral(model, x, sigmas, ctx, eta=1.0, s_noise=1.0, noise_sampler=None):
@@ -72,15 +67,23 @@ def _euler_ancestral_rf(model, x, sigmas, ctx, eta, s_noise, noise_sampler):
 
 
 def euler_ancestral_cfg_pp(model, x, sigmas, ctx, eta=1.0, s_noise=1.0, noise_sampler=None):
-    ns = noise_sampler or ctx.noise_sampler(x)
+    """CFG++ ancestral Euler (DDIM-style in the x/alpha space, so it also holds for rectified flow): the guided
+    x0 estimate, the unguided noise direction to sigma_down, fresh noise of std sigma_up."""
+    ms = ctx.model_sampling
+    ns = noise_sampler or (ctx.noise_sampler(x) if eta > 0 and s_noise > 0 else None)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in(x))
-        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         ctx.report(i, denoised, x)
-        d = to_d(x, sigmas[i], model.uncond_denoised)
-        x = denoised + d * down
-        if sigmas[i + 1] > 0:
-            x = x + ns(sigmas[i], sigmas[i + 1]) * s_noise * up
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        alpha_s = sigmas[i] * half_log_snr(sigmas[i], ms).exp()
+        alpha_t = sigmas[i + 1] * half_log_snr(sigmas[i + 1], ms).exp()
+        d = to_d(x, sigmas[i], alpha_s * model.uncond_denoised)
+        down, up = ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta)
+        x = alpha_t * denoised + alpha_t * down * d
+        if eta > 0 and s_noise > 0:
+            x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * s_noise * up
     return x
 
 
@@ -188,6 +191,9 @@ def lms(model, x, sigmas, ctx, order=4):
         if len(ds) > order:
             ds.pop(0)
         ctx.report(i, denoised, x)
+        if sigmas[i + 1] == 0:  # the last step lands on the x0 estimate (as ComfyUI does)
+            x = denoised
+            continue
         cur = min(i + 1, order)
         coeffs = [_lms_coeff(cur, sig, i, j) for j in range(cur)]
         x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))

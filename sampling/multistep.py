@@ -26,6 +26,8 @@ def ipndm(model, x, sigmas, ctx, max_order=4):
         ctx.report(i, denoised, x)
         d = (x - denoised) / t
         order = min(max_order, i + 1)
+        if t_next == 0:
+            order = 1
         if order == 1:
             x_next = x + (t_next - t) * d
         elif order == 2:
@@ -86,6 +88,23 @@ def ipndm_v(model, x, sigmas, ctx, max_order=4):
     return x
 
 
+def _ab_coefficients(ts):
+    """Variable-step Adams-Bashforth weights: ``ts`` = [t_next, t_i, t_{i-1}, ...]; the integral over
+    [t_i, t_next] of the Lagrange basis through t_i, t_{i-1}, ..., divided by the step (float64)."""
+    import numpy as np
+
+    t_next, nodes = ts[0], ts[1:]
+    out = []
+    for j in range(len(nodes)):
+        poly = np.poly1d([1.0])
+        for k in range(len(nodes)):
+            if k != j:
+                poly = poly * np.poly1d([1.0, -nodes[k]]) / (nodes[j] - nodes[k])
+        integ = poly.integ()
+        out.append((integ(t_next) - integ(nodes[0])) / (t_next - nodes[0]))
+    return out
+
+
 def _poly(prev_t, j, taus):
     out = 1
     for k in range(prev_t.shape[0]):
@@ -94,8 +113,20 @@ def _poly(prev_t, j, taus):
     return out
 
 
-def deis_coefficients(t_steps, max_order, n=10000):
-    """Integrals over each step of the Lagrange basis through the last ``order`` sigmas (Riemann sum, n points)."""
+def _sigma_to_vp_time(sigmas, eps_s=1e-3, sigma_min=0.002, sigma_max=80.0):
+    """EDM sigma -> time t of the VP SDE (Song et al. 2021) whose sigma(t) spans [sigma_min, sigma_max] on
+    [eps_s, 1]; returns (t, beta_0, beta_1)."""
+    smin, smax = torch.tensor(sigma_min), torch.tensor(sigma_max)
+    beta_d = 2 * (torch.log(smin ** 2 + 1) / eps_s - torch.log(smax ** 2 + 1)) / (eps_s - 1)
+    beta_min = torch.log(smax ** 2 + 1) - 0.5 * beta_d
+    t = ((beta_min ** 2 + 2 * beta_d * (sigmas.cpu() ** 2 + 1).log()).sqrt() - beta_min) / beta_d
+    return t, beta_min, beta_d + beta_min
+
+
+def deis_coefficients(sigmas, max_order, n=10000):
+    """DEIS "tab" coefficients: for each step the integral of d sigma against the Lagrange basis through the
+    last ``order`` points, interpolating in VP time t (Riemann sum with n points)."""
+    t_steps, b0, b1 = _sigma_to_vp_time(sigmas)
     out = []
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         order = min(i + 1, max_order)
@@ -105,7 +136,10 @@ def deis_coefficients(t_steps, max_order, n=10000):
         taus = torch.linspace(t_cur, t_next, n)
         dtau = (t_next - t_cur) / n
         prev_t = t_steps[[i - k for k in range(order)]]
-        out.append([torch.sum(_poly(prev_t, j, taus) * dtau) for j in range(order)])
+        alpha = torch.exp(-0.5 * taus ** 2 * (b1 - b0) - taus * b0)
+        dlog_alpha = -taus * (b1 - b0) - b0
+        dsigma = -0.5 * dlog_alpha / torch.sqrt(alpha * (1 - alpha))
+        out.append([torch.sum(dsigma * _poly(prev_t, j, taus)) * dtau for j in range(order)])
     return out
 
 
@@ -194,7 +228,9 @@ def gradient_estimation(model, x, sigmas, ctx, ge_gamma=2.0, cfg_pp=False):
         ctx.report(i, denoised, x)
         d = to_d(x, sigmas[i], model.uncond_denoised if cfg_pp else denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if i == 0:
+        if sigmas[i + 1] == 0:
+            x = denoised
+        elif i == 0:
             x = denoised + d * sigmas[i + 1] if cfg_pp else x + d * dt
         else:
             if cfg_pp:
