@@ -80,6 +80,14 @@ class X0(EPS):
         return out
 
 
+class IMG_TO_IMG(X0):
+    """x0 prediction on an unscaled input (ComfyUI's img_to_img sampling)."""
+    name = "img_to_img"
+
+    def calculate_input(self, sigma, x):
+        return x
+
+
 class CONST:
     """Rectified flow (Liu et al. 2022; SD3, Flux, AuraFlow): x = (1 - sigma) x0 + sigma noise, the network
     predicts the velocity noise - x0, so x0 = x - sigma * v. Input is not scaled."""
@@ -338,7 +346,7 @@ class ContinuousV(ContinuousEDM):
         return (torch.as_tensor(timestep) * math.pi / 2).tan()
 
 
-KINDS = {"eps": EPS, "v_prediction": V_PREDICTION, "edm": EDM, "x0": X0, "const": CONST}
+KINDS = {"eps": EPS, "v_prediction": V_PREDICTION, "edm": EDM, "x0": X0, "img_to_img": IMG_TO_IMG, "const": CONST}
 
 
 def from_spec(spec: tuple | None, default_prediction: str = "epsilon") -> ModelSampling:

@@ -16,7 +16,11 @@ def er_sde(model, x, sigmas, ctx, s_noise=1.0, noise_sampler=None, noise_scaler=
     x (e^{x^0.3} + 10) of er_lambda = sigma/alpha."""
     ms = ctx.model_sampling
     ns = noise_sampler or ctx.noise_sampler(x)
-    scaler = noise_scaler or _er_noise_scaler
+    if isinstance(noise_scaler, tuple):  # ("power", p): lambda^p (p 1 = ODE, 2 = reverse-time VP SDE)
+        p = float(noise_scaler[1])
+        scaler = lambda v: v ** p
+    else:
+        scaler = noise_scaler or _er_noise_scaler
     n_points = 200.0
     points = torch.arange(0, n_points, dtype=torch.float32, device=x.device)
     sigmas = offset_first_sigma(sigmas, ms)
