@@ -3,14 +3,16 @@
 Only nodes upstream of the requested output nodes are validated (ComfyUI's rule). Constants are
 coerced to their declared types; links are checked for existence, output index and type. An
 output whose ancestry holds any error is dropped; if every output is dropped the workflow fails
-with ``prompt_outputs_failed_validation``. No recursion: all walks use explicit stacks.
+with ``prompt_outputs_failed_validation``. Graph walks (upstream, consumers, cycles) are ``graph``'s.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import graph
 from .errors import ErrorItem, WorkflowError, input_error
 from .node import MISSING, Input, Node, Registry
 from .workflow import Link, NodeSpec, Workflow
@@ -70,6 +72,8 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             value = str(value)
         elif not isinstance(value, str):
             return wrong("a string")
+        elif has_lone_surrogate(value):
+            return wrong("text without lone UTF-16 surrogates (a \\ud800-\\udfff escape outside a pair)")
     elif t == "BOOLEAN":
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
@@ -79,6 +83,8 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             return wrong("true or false")
     elif t == "COMBO":
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            return wrong("one of the listed options")
+        if isinstance(value, str) and has_lone_surrogate(value):
             return wrong("one of the listed options")
         if inp.check_options:
             key = id(inp)
@@ -103,6 +109,15 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             return value, input_error("value_bigger_than_max", f"Value {value} bigger than max of {inp.max}",
                                       name, f"{name}", received=value, config=cfg)
     return value, None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(s: str) -> bool:
+    """True when ``s`` holds a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one): not a character,
+    so it cannot be written to a file name, a PNG chunk or a database."""
+    return not s.isascii() and _SURROGATE.search(s) is not None
 
 
 def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[str] | None = None) -> Validated:
@@ -133,17 +148,7 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
         raise WorkflowError("prompt_no_outputs", "Prompt has no outputs",
                             "the workflow needs at least one output node (SaveImage, PreviewImage, ...)")
 
-    # Walk upstream of the outputs (iteratively) to find what must be validated.
-    needed: dict[str, None] = {}
-    stack = list(reversed(outputs))
-    while stack:
-        nid = stack.pop()
-        if nid in needed or nid not in nodes:
-            continue
-        needed[nid] = None
-        for v in nodes[nid].inputs.values():
-            if isinstance(v, Link) and v.node in nodes and v.node not in needed:
-                stack.append(v.node)
+    needed = graph.upstream(graph.dependencies(nodes), outputs)  # what must be validated
 
     errors: dict[str, list[ErrorItem]] = {}
     warnings: list[str] = []
@@ -198,22 +203,18 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
 
-    for nid in _cycle_nodes(needed, new_nodes):
+    for nid in graph.cycle_nodes(graph.dependencies(new_nodes, needed)):
         errors.setdefault(nid, []).append(ErrorItem("dependency_cycle", "Workflow has a cycle",
                                                     f"Node ID '#{nid}' depends on itself through its inputs"))
 
     node_errors: dict[str, dict] = {}
     good = outputs
     if errors:
-        consumers: dict[str, list[str]] = {}
-        for nid in needed:
-            for v in nodes[nid].inputs.values():
-                if isinstance(v, Link) and v.node in needed:
-                    consumers.setdefault(v.node, []).append(nid)
+        consumers = graph.consumers(graph.dependencies(nodes, needed))
         output_set = set(outputs)
         bad_all: set[str] = set()
         for nid, errs in errors.items():
-            reach = _reach(nid, consumers)
+            reach = graph.downstream(consumers, nid)
             bad_all |= reach
             node_errors[nid] = {"errors": [e.to_dict() for e in errs],
                                 "dependent_outputs": [o for o in outputs if o in reach and o in output_set],
@@ -258,44 +259,3 @@ def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tu
                                  f"{inp.name}, received_type({received}) mismatch input_type({expected})",
                                  received_type=received, linked_node=[src, idx])
     return Link(src, idx), None
-
-
-def _reach(start: str, consumers: dict[str, list[str]]) -> set[str]:
-    seen = {start}
-    stack = [start]
-    while stack:
-        for c in consumers.get(stack.pop(), ()):
-            if c not in seen:
-                seen.add(c)
-                stack.append(c)
-    return seen
-
-
-def _cycle_nodes(needed: dict, nodes: dict[str, NodeSpec]) -> list[str]:
-    """Nodes that lie on a cycle (Kahn's algorithm: whatever never becomes ready)."""
-    indeg = {n: 0 for n in needed}
-    consumers: dict[str, list[str]] = {}
-    for nid in needed:
-        for v in nodes[nid].inputs.values():
-            if isinstance(v, Link) and v.node in indeg:
-                indeg[nid] += 1
-                consumers.setdefault(v.node, []).append(nid)
-    ready = [n for n, d in indeg.items() if d == 0]
-    while ready:
-        n = ready.pop()
-        for c in consumers.get(n, ()):
-            indeg[c] -= 1
-            if indeg[c] == 0:
-                ready.append(c)
-    left = {n for n, d in indeg.items() if d > 0}
-    if not left:
-        return []
-    import networkx as nx  # only on the error path: report the nodes actually on a cycle
-
-    g = nx.DiGraph((v.node, nid) for nid in left for v in nodes[nid].inputs.values()
-                   if isinstance(v, Link) and v.node in left)
-    on_cycle = set()
-    for comp in nx.strongly_connected_components(g):
-        if len(comp) > 1 or any(g.has_edge(n, n) for n in comp):
-            on_cycle |= comp
-    return sorted(on_cycle)

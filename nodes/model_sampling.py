@@ -4,7 +4,6 @@ option on the MODEL ref; nodes/sampler_core reads it (sampling.model_sampling.fr
 from __future__ import annotations
 
 from engine.node import Boolean, Combo, Float, Int, Node, Output, Socket
-from sampling.model_sampling import flux_shift_for
 
 CAT = "advanced/model"
 _SHIFT = dict(min=0.0, max=100.0, step=0.01)
@@ -87,6 +86,8 @@ class ModelSamplingFlux(Node):
     outputs = (Output("MODEL"),)
 
     def run(self, ctx, model, max_shift, base_shift, width, height):
+        from sampling.model_sampling import flux_shift_for
+
         shift = flux_shift_for(width, height, max_shift, base_shift)
         return (model.with_options(model_sampling=("flux", float(shift))),)
 

@@ -21,20 +21,11 @@ Semantics (ComfyUI 0.3.75's, pinned by tests/sampling):
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from sampling import noise as snoise
-from sampling.guidance import GuidedDenoiser, cfg_norm, rescale_cfg
-from sampling.ksampler import run as run_sampler
-from sampling.model_sampling import from_spec
-from sampling.schedulers import ksampler_sigmas
-
+from .cond_regions import mask_weight, resolve_area
 from .samplers import Plan
 
 # latent -> RGB projections (rows: latent channels, columns: R, G, B) and biases, per model family
@@ -92,12 +83,18 @@ class Guider:
 # ------------------------------------------------------------------------------------------------ noise
 def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, None]:
     """ComfyUI's initial noise (sampling.noise.prepare_noise) for a latent of ``shape``; returns (noise, None)."""
+    import torch
+
+    from sampling import noise as snoise
+
     return snoise.prepare_noise(torch.empty(shape), int(seed) & 0xFFFF_FFFF_FFFF_FFFF, batch_index), None
 
 
 # ------------------------------------------------------------------------------------------------ conds
 def _area_weight(area, strength, h, w, device, dtype):
     """(1,1,h_area,w_area) weight: strength, with edges not on the latent border faded over 8 latent pixels."""
+    import torch
+
     ah, aw, ay, ax = area
     m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
     rr = 8
@@ -123,6 +120,10 @@ class _Job:
     area: tuple | None  # (h, w, y, x) latent units, clipped
     strength: float
     extra: dict = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # (B,1,ah,aw) weight (ConditioningSetMask), already cut to the area
+    start: float = 0.0  # active range in ComfyUI's schedule percentages (ConditioningSetTimestepRange)
+    end: float = 1.0
+    control: Any = None  # nodes.controlnet.ControlApply chain, or None
 
 
 def _lcm(a, b):
@@ -133,7 +134,7 @@ class Denoiser:
     """Model + conditionings -> guided model output (same parametrisation as the UNet: eps or v)."""
 
     def __init__(self, unet, positive, negative, cfg: float, batch: int, latent_hw, device, scaling_factor,
-                 arch: str = "sd1", need_uncond: bool = False):
+                 arch: str = "sd1", need_uncond: bool = False, model_sampling=None):
         self.unet = unet
         self.cfg = float(cfg)
         self.dtype = next(unet.parameters()).dtype
@@ -143,6 +144,7 @@ class Denoiser:
         self.in_ch = unet.config.in_channels
         h, w = latent_hw
         self.h, self.w = h, w
+        self.ms = model_sampling  # ComfyUI's timestep ranges are percents of the model's sigma schedule
         groups = [1] if negative is None or (self.cfg == 1.0 and not need_uncond) else [0, 1]
         self.jobs: list[_Job] = []
         for which in groups:
@@ -154,19 +156,19 @@ class Denoiser:
         # batch jobs that share area and token length into one UNet call (uncond first, like the pipelines)
         self.groups: dict[tuple, list[_Job]] = {}
         for j in self.jobs:
-            self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra))), []).append(j)
+            self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra)), id(j.control)), []).append(j)
+        self.simple = all(j.mask is None and j.control is None and (j.start, j.end) == (0.0, 1.0) for j in self.jobs)
 
     def _job(self, which, emb, opts, batch, sf):
+        import torch
+
         emb = emb.to(self.device, self.dtype)
         if emb.shape[0] != batch:
             emb = emb[:1].expand(batch, -1, -1) if emb.shape[0] == 1 else emb.repeat(math.ceil(batch / emb.shape[0]), 1, 1)[:batch]
-        area = opts.get("area")
-        if area is not None:
-            ah, aw, ay, ax = (int(v) for v in area)
-            ay, ax = min(ay, self.h - 1), min(ax, self.w - 1)
-            area = (max(1, min(ah, self.h - ay)), max(1, min(aw, self.w - ax)), ay, ax)
-            if area == (self.h, self.w, 0, 0):
-                area = None if float(opts.get("strength", 1.0)) == 1.0 else area
+        area = resolve_area(opts, self.h, self.w)
+        if area == (self.h, self.w, 0, 0):
+            area = None if float(opts.get("strength", 1.0)) == 1.0 else area
+        mask = mask_weight(opts, self.h, self.w, area, batch)
         extra = {}
         if self.in_ch == 9:
             extra["concat"] = self._concat(opts, batch, sf)
@@ -182,9 +184,13 @@ class Denoiser:
                    opts.get("target_height", H), opts.get("target_width", W)]
             extra["text_embeds"] = pooled
             extra["time_ids"] = torch.tensor([tid], device=self.device, dtype=self.dtype).expand(batch, -1)
-        return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra)
+        return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra, mask,
+                    float(opts.get("start_percent", 0.0)), float(opts.get("end_percent", 1.0)), opts.get("control"))
 
     def _concat(self, opts, batch, sf):
+        import torch
+        import torch.nn.functional as F
+
         lat = opts.get("concat_latent_image")
         mask = opts.get("concat_mask")
         if lat is None:
@@ -202,6 +208,8 @@ class Denoiser:
         return torch.cat([rep(mask), rep(lat)], 1).to(self.device, self.dtype)
 
     def _call(self, x_in, t, jobs: list[_Job]):
+        import torch
+
         n = len(jobs)
         area = jobs[0].area
         if area is not None:
@@ -220,14 +228,30 @@ class Denoiser:
         if self.sdxl:
             added = {"text_embeds": torch.cat([j.extra["text_embeds"] for j in jobs]),
                      "time_ids": torch.cat([j.extra["time_ids"] for j in jobs])}
+        residuals = {}
+        if jobs[0].control is not None:  # ControlNet residuals for this call's batch (nodes/controlnet.py)
+            residuals = jobs[0].control.residuals(xs, t, emb, added, area, (self.h, self.w), self.dtype)
         out = self.unet(xs.to(self.dtype), t, encoder_hidden_states=emb, timestep_cond=None,
-                        cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False)[0]
+                        cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False, **residuals)[0]
         return out.to(x_in.dtype).chunk(n) if n > 1 else (out.to(x_in.dtype),)
 
-    def outputs(self, x_in: torch.Tensor, t) -> tuple:
-        """(uncond output or None, cond output) of the network, each area-averaged (parameterisation of the
-        network: eps, v or flow velocity)."""
-        if len(self.groups) == 1:  # the common case: one batched call, no averaging
+    def _active(self, j, t, sigma):
+        if j.start <= 0.0 and j.end >= 1.0:
+            return True
+        if self.ms is None or sigma is None:
+            from .cond_regions import active
+
+            return active(j.start, j.end, t)
+        s = float(sigma.reshape(-1)[0])
+        return self.ms.percent_to_sigma(j.end) <= s <= self.ms.percent_to_sigma(j.start)
+
+    def outputs(self, x_in: torch.Tensor, t, sigma=None) -> tuple:
+        """(uncond output or None, cond output) of the network for input ``x_in`` at timestep ``t`` (sigma
+        ``sigma``, for timestep ranges), each averaged over entries/areas/masks with ComfyUI's weights
+        (parameterisation of the network: eps, v or flow velocity)."""
+        import torch
+
+        if len(self.groups) == 1 and self.simple:  # the common case: one batched call, no averaging
             jobs = next(iter(self.groups.values()))
             if jobs[0].area is None and len(jobs) == len({j.which for j in jobs}):
                 preds = dict(zip((j.which for j in jobs), self._call(x_in, t, jobs)))
@@ -235,18 +259,25 @@ class Denoiser:
         acc = [None, None]
         cnt = [None, None]
         for jobs in self.groups.values():
+            jobs = [j for j in jobs if self.simple or self._active(j, t, sigma)]
+            if not jobs:
+                continue
             for j, pred in zip(jobs, self._call(x_in, t, jobs)):
                 if acc[j.which] is None:
                     acc[j.which] = torch.zeros_like(x_in)
                     cnt[j.which] = torch.zeros_like(x_in[:, :1])
-                if j.area is None:
+                if j.area is None and j.mask is None:
                     acc[j.which] += pred * j.strength
                     cnt[j.which] += j.strength
                 else:
-                    ah, aw, ay, ax = j.area
-                    m = _area_weight(j.area, j.strength, self.h, self.w, x_in.device, x_in.dtype)
+                    ah, aw, ay, ax = j.area if j.area is not None else (self.h, self.w, 0, 0)
+                    m = _area_weight((ah, aw, ay, ax), j.strength, self.h, self.w, x_in.device, x_in.dtype)
+                    if j.mask is not None:
+                        m = m * j.mask.to(x_in.device, x_in.dtype)
                     acc[j.which][:, :, ay:ay + ah, ax:ax + aw] += pred * m
                     cnt[j.which][:, :, ay:ay + ah, ax:ax + aw] += m
+        if acc[1] is None:  # no positive entry active at this step: a zero prediction, as ComfyUI gives
+            acc[1], cnt[1] = torch.zeros_like(x_in), torch.ones_like(x_in[:, :1])
         res = []
         for a, c in zip(acc, cnt):
             res.append(None if a is None else a / torch.where(c == 0, torch.ones_like(c), c))
@@ -258,18 +289,18 @@ class Denoiser:
 
 
 # ------------------------------------------------------------------------------------------------ preview
-_TAESD: dict = {}
-
-
 def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
     """PIL image of the first item of ``x0`` (model space: VAE latent x scaling factor, like ComfyUI's x0):
     TAESD decoder from models/vae_approx if present (full resolution), else latent2rgb (latent resolution)."""
+    import torch
+
     from PIL import Image
 
     dec = _taesd(env, arch)
     if dec is not None:
         with torch.no_grad():
-            img = dec(x0[:1].float().cpu())[0].clamp(0, 1).permute(1, 2, 0)
+            p = next(dec.parameters())
+            img = dec(x0[:1].to(p.device, p.dtype))[0].float().cpu().clamp(0, 1).permute(1, 2, 0)
         return Image.fromarray((img * 255).round().to(torch.uint8).numpy())
     factors, bias = LATENT_RGB.get(arch, LATENT_RGB["sd1"])
     fac = torch.tensor(factors, dtype=torch.float32)
@@ -284,23 +315,9 @@ def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
 
 
 def _taesd(env, arch):
-    if env is None:
-        return None
-    try:
-        from .taesd import find_decoder, load_decoder
-    except ImportError:
-        return None
-    path = find_decoder(env, arch)
-    if path is None:
-        return None
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _TAESD:
-        _TAESD.clear()
-        try:
-            _TAESD[key] = load_decoder(path)
-        except Exception:  # a broken file must not break sampling; fall back to latent2rgb
-            _TAESD[key] = None
-    return _TAESD[key]
+    from .taesd import preview_decoder
+
+    return preview_decoder(env, arch)
 
 
 # ------------------------------------------------------------------------------------------------ model sampling
@@ -312,10 +329,14 @@ def model_sampling_of(model_ref):
     if spec is None:
         spec = meta.get("model_sampling")
     pred = dict(meta.get("scheduler_config") or ()).get("prediction_type", meta.get("prediction_type", "epsilon"))
+    from sampling.model_sampling import from_spec
+
     return from_spec(spec, pred)
 
 
 def _hooks(model_ref):
+    from sampling.guidance import cfg_norm, rescale_cfg
+
     cfg_fn = None
     rescale = model_ref.option("rescale_cfg")
     if rescale is not None:
@@ -334,6 +355,10 @@ class SampleResult:
 def schedule_sigmas(model_ref, plan: Plan, denoise: float = 1.0) -> torch.Tensor:
     """KSampler's sigmas for a plan (named scheduler, ComfyUI's denoise and discard-penultimate rules), or the
     plan's custom list."""
+    import torch
+
+    from sampling.schedulers import ksampler_sigmas
+
     if plan.sigmas is not None:
         return torch.tensor(plan.sigmas, dtype=torch.float32)
     return ksampler_sigmas(model_sampling_of(model_ref), plan.scheduler_name, plan.sampler_name, plan.steps, denoise)
@@ -360,6 +385,12 @@ def sample(ctx, model_ref, positive, negative, latent: dict, plan: Plan, start: 
 def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: dict, *,
                   noise: Noise | None) -> SampleResult:
     """Run ``sampler`` (a name or SamplerChoice) along ``sigmas`` with ``guider`` on a LATENT dict."""
+    import torch
+    import torch.nn.functional as F
+
+    from sampling.guidance import GuidedDenoiser
+    from sampling.ksampler import run as run_sampler
+
     choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
     model_ref = guider.model
     meta = model_ref.meta
@@ -392,19 +423,20 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
                 else m.repeat(math.ceil(B / m.shape[0]), 1, 1, 1)[:B]
             m = m.to(device)
         net_den = Denoiser(net, guider.positive, guider.negative, guider.cfg, B, z0.shape[-2:], device, sf, arch,
-                           need_uncond=need_uncond)
+                           need_uncond=need_uncond, model_sampling=ms)
         den2 = None
         if guider.cond2 is not None:  # DualCFGGuider: a second positive, guided against the negative
-            den2 = Denoiser(net, guider.cond2, guider.negative, guider.cfg2, B, z0.shape[-2:], device, sf, arch)
+            den2 = Denoiser(net, guider.cond2, guider.negative, guider.cfg2, B, z0.shape[-2:], device, sf, arch,
+                            model_sampling=ms)
 
         def predict(x, sigma):
             x_in = ms.calculate_input(sigma, x)
             t = ms.timestep(sigma)
-            u, c = net_den.outputs(x_in, t)
+            u, c = net_den.outputs(x_in, t, sigma)
             cond = ms.calculate_denoised(sigma, c, x)
             unc = None if u is None else ms.calculate_denoised(sigma, u, x)
             if den2 is not None:
-                u2, c2 = den2.outputs(x_in, t)
+                u2, c2 = den2.outputs(x_in, t, sigma)
                 c2 = ms.calculate_denoised(sigma, c2, x)
                 u2 = cond if u2 is None else ms.calculate_denoised(sigma, u2, x)
                 if guider.nested:  # ((cond1 vs cond2) then vs negative)

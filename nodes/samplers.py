@@ -6,8 +6,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from sampling.registry import SAMPLER_NAMES
-from sampling.schedulers import SCHEDULER_NAMES
+from sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 __all__ = ["SAMPLER_NAMES", "SCHEDULER_NAMES", "Plan", "unsupported_reason", "supported_pairs"]
 

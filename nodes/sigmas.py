@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from engine.node import Combo, Float, Int, Node, Output, Socket
-from sampling import schedulers as S
 
 from .sampler_core import model_sampling_of
 from .samplers import SCHEDULER_NAMES
@@ -31,6 +28,10 @@ class BasicScheduler(Node):
         return None
 
     def run(self, ctx, model, scheduler, steps, denoise):
+        import torch
+
+        from sampling import schedulers as S
+
         total = steps
         if denoise < 1.0:
             if denoise <= 0.0:
@@ -48,6 +49,8 @@ class KarrasScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, steps, sigma_max, sigma_min, rho):
+        from sampling import schedulers as S
+
         return (S.karras(steps, sigma_min, sigma_max, rho),)
 
 
@@ -59,6 +62,8 @@ class ExponentialScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, steps, sigma_max, sigma_min):
+        from sampling import schedulers as S
+
         return (S.exponential(steps, sigma_min, sigma_max),)
 
 
@@ -70,6 +75,8 @@ class PolyexponentialScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, steps, sigma_max, sigma_min, rho):
+        from sampling import schedulers as S
+
         return (S.polyexponential(steps, sigma_min, sigma_max, rho),)
 
 
@@ -81,6 +88,8 @@ class VPScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, steps, beta_d, beta_min, eps_s):
+        from sampling import schedulers as S
+
         return (S.vp(steps, beta_d, beta_min, eps_s),)
 
 
@@ -93,6 +102,8 @@ class BetaSamplingScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, model, steps, alpha, beta):
+        from sampling import schedulers as S
+
         return (S.beta(model_sampling_of(model), steps, alpha, beta),)
 
 
@@ -105,6 +116,8 @@ class LaplaceScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, steps, sigma_max, sigma_min, mu, beta):
+        from sampling import schedulers as S
+
         return (S.laplace(steps, sigma_min, sigma_max, mu, beta),)
 
 
@@ -116,6 +129,8 @@ class SDTurboScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, model, steps, denoise):
+        import torch
+
         start = 10 - int(10 * denoise)
         ts = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start:start + steps]
         sig = model_sampling_of(model).sigma(ts)
@@ -134,6 +149,8 @@ AYS_NOISE_LEVELS = {
 
 def _loglinear_interp(values, n):
     """Resample a decreasing list to n points, linear in log-space."""
+    import torch
+
     xs = torch.linspace(0, 1, len(values)).numpy()
     ys = torch.tensor(values[::-1], dtype=torch.float64).log().numpy()
     import numpy as np
@@ -150,6 +167,8 @@ class AlignYourStepsScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, model_type, steps, denoise):
+        import torch
+
         total = steps
         if denoise < 1.0:
             if denoise <= 0.0:
@@ -226,6 +245,8 @@ class ExtendIntermediateSigmas(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, sigmas, steps, start_at_sigma, end_at_sigma, spacing):
+        import torch
+
         if start_at_sigma < 0:
             start_at_sigma = float("inf")
         ease = {"linear": lambda x: x, "cosine": lambda x: torch.sin(x * math.pi / 2),

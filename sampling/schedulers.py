@@ -11,10 +11,7 @@ import math
 import numpy as np
 import torch
 
-SCHEDULER_NAMES = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
-                   "linear_quadratic", "kl_optimal"]
-# samplers that ComfyUI runs on steps+1 sigmas with the second-to-last one removed (they end on a big jump to 0)
-DISCARD_PENULTIMATE = {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
+from .names import DISCARD_PENULTIMATE, SCHEDULER_NAMES  # noqa: F401 (re-exported)
 
 
 def append_zero(x: torch.Tensor) -> torch.Tensor:
