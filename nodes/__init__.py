@@ -30,6 +30,8 @@ MODULES = [
     "nodes.image_ops",
     "nodes.mask_edit",
     "nodes.preprocessors",
+    "nodes.string_ops",
+    "nodes.controlnet",
     "nodes.testing",
 ]
 
