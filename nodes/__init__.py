@@ -28,6 +28,7 @@ MODULES = [
     "nodes.preprocessors",
     "nodes.string_ops",
     "nodes.controlnet",
+    "nodes.model_merge",
     "nodes.testing",
 ]
 
