@@ -32,6 +32,7 @@ MODULES = [
     "nodes.preprocessors",
     "nodes.string_ops",
     "nodes.controlnet",
+    "nodes.model_merge",
     "nodes.testing",
 ]
 
