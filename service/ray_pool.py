@@ -128,8 +128,11 @@ class RayPool:
         marker = self.config.get("marker") or f".loom-pool-{uuid.uuid4().hex}"
         (out / marker).write_text("the Loom front door's output folder (pool workers look for this file)\n")
         self.config["marker"] = marker
-        for slot in self.slots:
-            self._spawn(slot)
+        spawning = [threading.Thread(target=self._spawn, args=(slot,), daemon=True) for slot in self.slots]
+        for t in spawning:  # actors start in parallel (each imports torch and the nodes)
+            t.start()
+        for t in spawning:
+            t.join()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
