@@ -114,6 +114,8 @@ class Printer:
             self.bar(d["node"])
         elif t == "progress":
             self.bar(d["node"], d["value"], d["max"])
+        elif t == "warning":
+            self.say(f"warning: node {d.get('node')} ({d.get('class_type')}): {d.get('message')}", err=True)
 
     def start(self, nodes: dict) -> None:
         """A workflow (node id -> NodeSpec) starts: reset the progress bar."""

@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from engine.budget import tensor_bytes
 from engine.folders import UnsafePathError, confine
 from engine.node import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Result, Socket, String
 
@@ -169,6 +170,10 @@ class EmptyImage(Node):
               Int("batch_size", 1, min=1, max=4096), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, height, width, 3)
+
     def run(self, ctx, width, height, batch_size, color):
         import torch
 
@@ -261,6 +266,11 @@ class ImageScale(Node):
               Combo("crop", ["disabled", "center"]))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, image, width, height, **_):
+        b, h, w, c = image.shape
+        return tensor_bytes(b, height or h, width or w, c)
+
     def run(self, ctx, image, upscale_method, width, height, crop):
         return (upscale(image, upscale_method, width, height, crop),)
 
@@ -272,6 +282,11 @@ class ImageScaleBy(Node):
     inputs = (Socket("image", "IMAGE"), Combo("upscale_method", UPSCALE_METHODS),
               Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, image, scale_by, **_):
+        b, h, w, c = image.shape
+        return tensor_bytes(b, round(h * scale_by), round(w * scale_by), c)
 
     def run(self, ctx, image, upscale_method, scale_by):
         h, w = image.shape[1:3]
@@ -342,10 +357,17 @@ class SaveImage(Node):
         results = []
         for i, image in enumerate(images):
             ctx.check_cancelled()
-            name = f"{stem.replace('%batch_num%', str(i))}_{counter:05}_.png"
-            tensor_to_pil(image).save(folder / name, pnginfo=meta, compress_level=self.compress_level)
+            pil = tensor_to_pil(image)
+            while True:  # create, never overwrite: another worker may be saving with the same prefix right now
+                name = f"{stem.replace('%batch_num%', str(i))}_{counter:05}_.png"
+                counter += 1
+                try:
+                    with open(folder / name, "xb") as fh:
+                        pil.save(fh, format="PNG", pnginfo=meta, compress_level=self.compress_level)
+                    break
+                except FileExistsError:
+                    continue
             results.append({"filename": name, "subfolder": subfolder, "type": self.folder_type})
-            counter += 1
         if self.write_manifest and prompt is not None and results:
             # Reproducibility record beside the images: model hashes, node versions, seeds, versions.
             from .manifest import build_manifest
