@@ -34,11 +34,10 @@ REPO = Path(__file__).resolve().parent
 
 def _model_store_factory(env):
     try:
-        from engine.folders import ModelFolders
         from modelstore.models import ModelStore
     except ImportError as e:  # pragma: no cover - the model store is optional for model-free workflows
         raise RuntimeError(f"the model store is not available: {e}") from e
-    return ModelStore(ModelFolders(env.models_dir))
+    return ModelStore(env.folders)
 
 
 def make_env(args):
@@ -189,7 +188,8 @@ def cmd_run(args) -> int:
         kw = {"token": args.token} if args.token else {}
         return int(run_remote(args.server, args.workflows, sets=args.set, as_json=args.json, **kw) or 0)
 
-    from engine import CancelToken, Executor, OutputCache, WorkflowError
+    from engine import Executor, OutputCache, WorkflowError
+    from engine.errors import partial_validation
 
     try:
         sets = parse_sets(args.set)
@@ -230,9 +230,7 @@ def cmd_run(args) -> int:
             continue
         if validated.node_errors:
             worst = max(worst, EXIT_INVALID)
-            partial = {"error": {"type": "prompt_outputs_failed_validation",
-                                 "message": "Some outputs failed validation", "details": "", "extra_info": {}},
-                       "node_errors": validated.node_errors}
+            partial = partial_validation(validated.node_errors)
             if args.json:
                 out.line({"type": "validation_error", "workflow": path, "data": partial})
             else:
@@ -310,6 +308,7 @@ def _run_one(ex, validated, path: str, out: Printer, env) -> int:
 
 def cmd_validate(args) -> int:
     from engine import Executor, WorkflowError
+    from engine.errors import partial_validation
 
     env = make_env(args)
     registry = make_registry()
@@ -334,9 +333,7 @@ def cmd_validate(args) -> int:
             print(f"{path}: {'ok' if ok else 'partly invalid'}: {len(v.workflow.nodes)} nodes, "
                   f"outputs {', '.join(v.outputs)}")
             if not ok:
-                print(format_errors({"error": {"message": "some outputs failed validation",
-                                               "type": "prompt_outputs_failed_validation"},
-                                     "node_errors": v.node_errors}))
+                print(format_errors(partial_validation(v.node_errors)))
             for w in v.warnings:
                 print(f"  warning: {w}")
     return worst
@@ -408,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a workflow's text may not be encodable (lone surrogates)
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     parser = build_parser()

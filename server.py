@@ -30,7 +30,7 @@ from service.config import Config
 from service.http import JSON, Service
 from service.hub import Hub
 from service.security import Guard
-from service.store import Store
+from service.store import BaseInUse, BaseLock, Store
 from service.worker import Worker
 
 log = logging.getLogger("loom.server")
@@ -44,10 +44,9 @@ def _build_env(config: Config):
     from engine.context import Env
 
     def store_factory(env):
-        from engine.folders import ModelFolders
         from modelstore.models import ModelStore
 
-        return ModelStore(ModelFolders(env.models_dir))
+        return ModelStore(env.folders)
 
     return Env(input_dir=Path(config.input_dir), output_dir=Path(config.output_dir), temp_dir=Path(config.temp_dir),
                models_dir=Path(config.models_dir), model_store_factory=store_factory)
@@ -89,6 +88,8 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
     async def lifespan(app):
         from engine.executor import Executor
 
+        lock = config.base_lock if config.base_lock is not None and config.base_lock.held \
+            else BaseLock(config.db_path).acquire()  # raises BaseInUse: one server per queue
         store = Store(config.db_path, max_items=config.history_max_items, max_age_s=config.history_max_age_s,
                       on_prune_outputs=_prune_outputs_fn(config) if config.prune_outputs else None)
         recovered = store.recover(requeue=config.requeue_interrupted)
@@ -102,7 +103,8 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         executor = Executor(config.registry, config.env)
         s = Service(config, config.registry, config.env, executor, store, hub)
         s.worker = Worker(executor, store, hub, asyncio.get_running_loop(),
-                          preview_interval_s=config.preview_interval_s, preview_size=config.preview_size)
+                          preview_interval_s=config.preview_interval_s, preview_size=config.preview_size,
+                          preview_method=config.preview_method)
         app.state.svc = s
         s.worker.start()
         try:
@@ -111,6 +113,7 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
             await hub.close_all()
             await asyncio.get_running_loop().run_in_executor(None, s.worker.stop)
             store.close()
+            lock.release()
 
     routes: list = []
     for mod in (routes_prompt, routes_files, routes_user, routes_system):
@@ -146,7 +149,10 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         routes.append(Route("/", root, methods=["GET"]))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        body = {"error": exc.detail}
+        if isinstance(exc.detail, dict):  # a structured error item: ComfyUI's envelope
+            body["node_errors"] = {}
+        return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def os_error(request: Request, exc: OSError) -> Response:
         if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ):
@@ -204,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(a)
     config.check()
+    try:  # before anything else: a second server on this queue must not start at all
+        config.base_lock = BaseLock(config.db_path).acquire()
+    except BaseInUse as e:
+        print(f"loom serve: {e}", file=sys.stderr)
+        return 1
     app = create_app(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{config.port}/"

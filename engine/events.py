@@ -3,8 +3,9 @@
 The executor emits ``Event(type, data)``; adapters (server.py, cli.py) decide how to deliver them.
 ComfyUI's types: execution_start, execution_cached, executing, progress, executed,
 execution_success, execution_error, execution_interrupted. Loom adds ``node_done`` (per-node
-duration and cache reason); ComfyUI clients never see it. Every event of a run carries a
-monotonic ``seq`` starting at 0. A progress event may carry ``preview``: a zero-argument callable
+duration and cache reason); ComfyUI clients never see it. Events are delivered in order; the one
+sequence number is the server hub's per-prompt websocket ``seq`` (it also numbers the messages it
+synthesizes, such as ``progress_state``). A progress event may carry ``preview``: a zero-argument callable
 returning a PIL image, evaluated only by a consumer that wants it.
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ HISTORY_TYPES = frozenset({"execution_start", "execution_cached", "execution_suc
 class Event:
     type: str
     data: dict
-    seq: int = 0
     preview: Callable[[], Any] | None = field(default=None, repr=False)
 
     def to_message(self) -> dict:

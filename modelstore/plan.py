@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arch import (SCALING_FACTOR, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
+from .arch import (SCALING_FACTOR, scheduler_config, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
                    UNET_PREFIX, _indices, detect_arch, detect_prediction_type, infer_clip_config,
                    infer_openclip_config, infer_unet_config, infer_vae_config, vae_prefix)
 from .tensorfile import CheckpointError, Header
@@ -37,6 +37,21 @@ class CheckpointPlan:
     @property
     def inpaint(self) -> bool:
         return self.unet["in_channels"] == 9
+
+    def info(self) -> tuple:
+        """(name, value) pairs the refs carry as ``meta`` (see ``modelstore.models``)."""
+        return (("arch", self.arch), ("prediction_type", self.prediction_type),
+                ("scaling_factor", self.scaling_factor), ("inpaint", self.inpaint),
+                ("scheduler_config", tuple(sorted(scheduler_config(self.prediction_type).items()))))
+
+    def components(self) -> dict[str, str]:
+        """{'MODEL'|'CLIP'|'VAE': component} for the parts this checkpoint holds."""
+        out = {"MODEL": "unet"}
+        if self.text_encoders:
+            out["CLIP"] = "clip"
+        if self.vae:
+            out["VAE"] = "vae"
+        return out
 
 
 def plan_checkpoint(header: Header) -> CheckpointPlan:

@@ -1,7 +1,8 @@
 """Loom's node catalogue, gathered from explicit per-module lists (no discovery by import *).
 
-Each module defines ``NODES = [...]``; add a module here to register its nodes. Modules that need
-torch import it at module level; diffusers and transformers are imported lazily inside run().
+Each module defines ``NODES = [...]``; add a module here to register its nodes. Node modules never import
+torch, numpy, PIL, diffusers or transformers at module level: they import them inside the functions that run,
+so listing the catalogue, ``/object_info`` and validation stay torch-free (tests/test_torch_free.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ MODULES = [
     "nodes.masks",
     "nodes.mask_ops",
     "nodes.upscale",
+    "nodes.conditioning_ops",
+    "nodes.latent_ops",
+    "nodes.image_ops",
+    "nodes.mask_edit",
+    "nodes.preprocessors",
     "nodes.testing",
 ]
 

@@ -5,8 +5,6 @@ CONDITIONING is ComfyUI's list of ``[cond (B, 77*k, D), {"pooled_output": (B, P)
 """
 from __future__ import annotations
 
-import torch
-
 from engine.node import Boolean, Float, Int, Node, Output, Socket, String
 
 CHUNK = 75  # content tokens per 77-token window (BOS + 75 + EOS)
@@ -128,6 +126,8 @@ def _hidden(te, ids, layer: int, arch: str, index: int):
 
 def encode_text(clip_ref, text: str) -> list:
     """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``)."""
+    import torch
+
     layer = int(clip_ref.option("clip_skip", -1))
     with clip_ref.store.using(clip_ref) as (tenc,):
         feats, pooled_out = [], None
@@ -217,6 +217,8 @@ class ConditioningZeroOut(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, conditioning):
+        import torch
+
         out = []
         for c, o in conditioning:
             o = dict(o)

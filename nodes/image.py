@@ -15,9 +15,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from engine.folders import UnsafePathError, confine
 from engine.node import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Result, Socket, String
 
@@ -80,6 +77,10 @@ def _sha256(path: Path) -> str:
 
 def pil_to_tensor(img) -> torch.Tensor:
     """PIL image → (1, H, W, C) float32 in 0..1."""
+    import numpy as np
+
+    import torch
+
     arr = np.asarray(img).astype(np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -88,6 +89,8 @@ def pil_to_tensor(img) -> torch.Tensor:
 
 def tensor_to_pil(image: torch.Tensor):
     """(H, W, C) float tensor in 0..1 → 8-bit PIL image."""
+    import numpy as np
+
     from PIL import Image
 
     arr = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
@@ -97,6 +100,10 @@ def tensor_to_pil(image: torch.Tensor):
 
 
 def _open_frames(path: Path):
+    import numpy as np
+
+    import torch
+
     from PIL import Image, ImageOps, ImageSequence
 
     img = Image.open(path)
@@ -126,6 +133,8 @@ def _open_frames(path: Path):
 
 def upscale(image: torch.Tensor, method: str, width: int, height: int, crop: str = "disabled") -> torch.Tensor:
     """Resize a (B, H, W, C) image like ComfyUI's common_upscale (0 keeps the aspect ratio)."""
+    import torch
+
     b, h, w, c = image.shape
     if width == 0 and height == 0:
         return image
@@ -161,6 +170,8 @@ class EmptyImage(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, width, height, batch_size, color):
+        import torch
+
         rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
         return (rgb.expand(batch_size, height, width, 3).clone(),)
 
@@ -182,6 +193,8 @@ class LoadImage(Node):
         return _sha256(annotated_path(env, image))
 
     def run(self, ctx, image):
+        import torch
+
         frames, masks = _open_frames(annotated_path(ctx.env, image))
         if len(masks) > 1 and any(m.shape != masks[0].shape for m in masks):
             masks = [m if m.shape == frames[0].shape[1:3] else torch.zeros(frames[0].shape[1:3]) for m in masks]
@@ -205,6 +218,10 @@ class LoadImageMask(Node):
         return _sha256(annotated_path(env, image))
 
     def run(self, ctx, image, channel):
+        import numpy as np
+
+        import torch
+
         from PIL import Image, ImageOps
 
         img = ImageOps.exif_transpose(Image.open(annotated_path(ctx.env, image)))

@@ -64,12 +64,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _folders(env):
-    try:
-        return env.model_store().folders
-    except Exception:
+    """The environment's folder service (listing/resolving never creates the model store)."""
+    folders = getattr(env, "folders", None)
+    if folders is None:
         from engine.folders import ModelFolders
 
-        return ModelFolders(getattr(env, "models_dir", "models"))
+        folders = ModelFolders(getattr(env, "models_dir", "models"))
+    return folders
 
 
 def _versions() -> dict:

@@ -25,9 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
+from .cond_regions import active, mask_weight, resolve_area
 from .samplers import Plan, is_k_space, make_scheduler
 
 # latent -> RGB projections (rows: latent channels, columns: R, G, B) and biases, per model family
@@ -95,6 +93,8 @@ class Guider:
 def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, torch.Generator]:
     """Per-item CPU noise: item k gets the ``batch_index[k]``-th (1,C,H,W) draw of a generator seeded with
     ``seed``; returns the noise and the generator (positioned after the last draw needed)."""
+    import torch
+
     gen = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
     b = shape[0]
     idx = list(batch_index) if batch_index is not None else list(range(b))
@@ -111,6 +111,8 @@ def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, torch.
 # ------------------------------------------------------------------------------------------------ conds
 def _area_weight(area, strength, h, w, device, dtype):
     """(1,1,h_area,w_area) weight: strength, with edges not on the latent border faded over 8 latent pixels."""
+    import torch
+
     ah, aw, ay, ax = area
     m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
     rr = 8
@@ -136,6 +138,10 @@ class _Job:
     area: tuple | None  # (h, w, y, x) latent units, clipped
     strength: float
     extra: dict = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # (B,1,ah,aw) weight (ConditioningSetMask), already cut to the area
+    start: float = 0.0  # active range in ComfyUI's schedule percentages (ConditioningSetTimestepRange)
+    end: float = 1.0
+    control: Any = None  # nodes.controlnet.ControlApply chain, or None
 
 
 def _lcm(a, b):
@@ -167,19 +173,19 @@ class Denoiser:
         # batch jobs that share area and token length into one UNet call (uncond first, like the pipelines)
         self.groups: dict[tuple, list[_Job]] = {}
         for j in self.jobs:
-            self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra))), []).append(j)
+            self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra)), id(j.control)), []).append(j)
+        self.simple = all(j.mask is None and j.control is None and (j.start, j.end) == (0.0, 1.0) for j in self.jobs)
 
     def _job(self, which, emb, opts, batch, sf):
+        import torch
+
         emb = emb.to(self.device, self.dtype)
         if emb.shape[0] != batch:
             emb = emb[:1].expand(batch, -1, -1) if emb.shape[0] == 1 else emb.repeat(math.ceil(batch / emb.shape[0]), 1, 1)[:batch]
-        area = opts.get("area")
-        if area is not None:
-            ah, aw, ay, ax = (int(v) for v in area)
-            ay, ax = min(ay, self.h - 1), min(ax, self.w - 1)
-            area = (max(1, min(ah, self.h - ay)), max(1, min(aw, self.w - ax)), ay, ax)
-            if area == (self.h, self.w, 0, 0):
-                area = None if float(opts.get("strength", 1.0)) == 1.0 else area
+        area = resolve_area(opts, self.h, self.w)
+        if area == (self.h, self.w, 0, 0):
+            area = None if float(opts.get("strength", 1.0)) == 1.0 else area
+        mask = mask_weight(opts, self.h, self.w, area, batch)
         extra = {}
         if self.in_ch == 9:
             extra["concat"] = self._concat(opts, batch, sf)
@@ -195,9 +201,13 @@ class Denoiser:
                    opts.get("target_height", H), opts.get("target_width", W)]
             extra["text_embeds"] = pooled
             extra["time_ids"] = torch.tensor([tid], device=self.device, dtype=self.dtype).expand(batch, -1)
-        return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra)
+        return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra, mask,
+                    float(opts.get("start_percent", 0.0)), float(opts.get("end_percent", 1.0)), opts.get("control"))
 
     def _concat(self, opts, batch, sf):
+        import torch
+        import torch.nn.functional as F
+
         lat = opts.get("concat_latent_image")
         mask = opts.get("concat_mask")
         if lat is None:
@@ -215,6 +225,8 @@ class Denoiser:
         return torch.cat([rep(mask), rep(lat)], 1).to(self.device, self.dtype)
 
     def _call(self, x_in, t, jobs: list[_Job]):
+        import torch
+
         n = len(jobs)
         area = jobs[0].area
         if area is not None:
@@ -231,12 +243,17 @@ class Denoiser:
         if self.sdxl:
             added = {"text_embeds": torch.cat([j.extra["text_embeds"] for j in jobs]),
                      "time_ids": torch.cat([j.extra["time_ids"] for j in jobs])}
+        residuals = {}
+        if jobs[0].control is not None:  # ControlNet residuals for this call's batch (nodes/controlnet.py)
+            residuals = jobs[0].control.residuals(xs, t, emb, added, area, (self.h, self.w), self.dtype)
         out = self.unet(xs.to(self.dtype), t, encoder_hidden_states=emb, timestep_cond=None,
-                        cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False)[0]
+                        cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False, **residuals)[0]
         return out.to(x_in.dtype).chunk(n) if n > 1 else (out.to(x_in.dtype),)
 
     def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
-        if len(self.groups) == 1:  # the common case: one batched call, no averaging (bit-exact with pipelines)
+        import torch
+
+        if len(self.groups) == 1 and self.simple:  # the common case: one batched call, no averaging (bit-exact with pipelines)
             jobs = next(iter(self.groups.values()))
             if jobs[0].area is None and len(jobs) == len({j.which for j in jobs}):
                 preds = dict(zip((j.which for j in jobs), self._call(x_in, t, jobs)))
@@ -244,18 +261,25 @@ class Denoiser:
         acc = [None, None]
         cnt = [None, None]
         for jobs in self.groups.values():
+            jobs = [j for j in jobs if self.simple or active(j.start, j.end, t)]
+            if not jobs:
+                continue
             for j, pred in zip(jobs, self._call(x_in, t, jobs)):
                 if acc[j.which] is None:
                     acc[j.which] = torch.zeros_like(x_in)
                     cnt[j.which] = torch.zeros_like(x_in[:, :1])
-                if j.area is None:
+                if j.area is None and j.mask is None:
                     acc[j.which] += pred * j.strength
                     cnt[j.which] += j.strength
                 else:
-                    ah, aw, ay, ax = j.area
-                    m = _area_weight(j.area, j.strength, self.h, self.w, x_in.device, x_in.dtype)
+                    ah, aw, ay, ax = j.area if j.area is not None else (self.h, self.w, 0, 0)
+                    m = _area_weight((ah, aw, ay, ax), j.strength, self.h, self.w, x_in.device, x_in.dtype)
+                    if j.mask is not None:
+                        m = m * j.mask.to(x_in.device, x_in.dtype)
                     acc[j.which][:, :, ay:ay + ah, ax:ax + aw] += pred * m
                     cnt[j.which][:, :, ay:ay + ah, ax:ax + aw] += m
+        if acc[1] is None:  # no positive entry active at this step: a zero prediction, as ComfyUI gives
+            acc[1], cnt[1] = torch.zeros_like(x_in), torch.ones_like(x_in[:, :1])
         res = []
         for a, c in zip(acc, cnt):
             res.append(None if a is None else a / torch.where(c == 0, torch.ones_like(c), c))
@@ -268,18 +292,18 @@ class Denoiser:
 
 
 # ------------------------------------------------------------------------------------------------ preview
-_TAESD: dict = {}
-
-
 def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
     """PIL image of the first item of ``x0`` (model space: VAE latent x scaling factor, like ComfyUI's x0):
     TAESD decoder from models/vae_approx if present (full resolution), else latent2rgb (latent resolution)."""
+    import torch
+
     from PIL import Image
 
     dec = _taesd(env, arch)
     if dec is not None:
         with torch.no_grad():
-            img = dec(x0[:1].float().cpu())[0].clamp(0, 1).permute(1, 2, 0)
+            p = next(dec.parameters())
+            img = dec(x0[:1].to(p.device, p.dtype))[0].float().cpu().clamp(0, 1).permute(1, 2, 0)
         return Image.fromarray((img * 255).round().to(torch.uint8).numpy())
     factors, bias = LATENT_RGB.get(arch, LATENT_RGB["sd1"])
     fac = torch.tensor(factors, dtype=torch.float32)
@@ -294,28 +318,16 @@ def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
 
 
 def _taesd(env, arch):
-    if env is None:
-        return None
-    try:
-        from .taesd import find_decoder, load_decoder
-    except ImportError:
-        return None
-    path = find_decoder(env, arch)
-    if path is None:
-        return None
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _TAESD:
-        _TAESD.clear()
-        try:
-            _TAESD[key] = load_decoder(path)
-        except Exception:  # a broken file must not break sampling; fall back to latent2rgb
-            _TAESD[key] = None
-    return _TAESD[key]
+    from .taesd import preview_decoder
+
+    return preview_decoder(env, arch)
 
 
 # ------------------------------------------------------------------------------------------------ loop
 def _x0(sched, x, t, out, kspace: bool, pred_type: str):
     """The clean-latent prediction for model output ``out`` at ``x`` (scheduler space)."""
+    import torch
+
     if kspace:
         s = sched.sigmas[sched.step_index].to(x.dtype) if getattr(sched, "step_index", None) is not None \
             else torch.tensor(float(sched.init_noise_sigma))
@@ -344,6 +356,9 @@ def sample(ctx, model_ref, positive, negative, latent: dict, plan: Plan, start: 
            cfg: float, noise: Noise | None, force_full_denoise: bool = True) -> SampleResult:
     """Run steps ``[start, end)`` of ``plan`` on ``latent`` (a LATENT dict). ``noise`` None (or a Noise with
     seed None) disables noise."""
+    import torch
+    import torch.nn.functional as F
+
     store = model_ref.store
     meta = model_ref.meta
     sched_cfg = dict(meta.get("scheduler_config") or ())

@@ -2,8 +2,6 @@
 SchedulerStepRange and NoiseInterpolate. All of them run nodes/sampler_core.sample()."""
 from __future__ import annotations
 
-import torch
-
 from engine.node import Boolean, Combo, Float, Int, Node, Output, Seed, Socket
 
 from .sampler_core import Guider, Noise, SamplerChoice, Sigmas, out_latent, sample
@@ -163,6 +161,8 @@ class BasicScheduler(Node):
         return None
 
     def run(self, ctx, model, scheduler, steps, denoise):
+        import torch
+
         if denoise <= 0.0:
             return (Sigmas(torch.zeros(0), Plan("euler", scheduler, steps), steps, steps),)
         total = steps if denoise >= 0.9999 else int(steps / denoise)
@@ -182,6 +182,8 @@ class KarrasScheduler(Node):
     outputs = (Output("SIGMAS"),)
 
     def run(self, ctx, steps, sigma_max, sigma_min, rho):
+        import torch
+
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         s = (hi + ramp * (lo - hi)) ** rho

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
 from engine.node import Int, Node, Output, Socket
 
 RATIO = 8
@@ -28,6 +25,8 @@ def _dev_dtype(m):
 
 def encode(vae_ref, pixels: torch.Tensor) -> torch.Tensor:
     """(B,H,W,C) 0..1 -> raw latent (B,4,H/8,W/8), CPU float32."""
+    import torch
+
     pixels = crop_to_multiple(pixels)[..., :3]
     with vae_ref.store.using(vae_ref) as (vae,):
         dev, dt = _dev_dtype(vae)
@@ -39,6 +38,8 @@ def encode(vae_ref, pixels: torch.Tensor) -> torch.Tensor:
 
 def decode(vae_ref, samples: torch.Tensor) -> torch.Tensor:
     """raw latent -> (B,H,W,3) float32 0..1 on the CPU."""
+    import torch
+
     with vae_ref.store.using(vae_ref) as (vae,):
         dev, dt = _dev_dtype(vae)
         with torch.no_grad():
@@ -47,6 +48,8 @@ def decode(vae_ref, samples: torch.Tensor) -> torch.Tensor:
 
 
 def _ramp(n: int, overlap: int, lo: bool, hi: bool) -> torch.Tensor:
+    import torch
+
     w = torch.ones(n)
     o = min(overlap, n // 2)
     if o > 0:
@@ -61,6 +64,8 @@ def _ramp(n: int, overlap: int, lo: bool, hi: bool) -> torch.Tensor:
 def tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale: float, out_ch: int) -> torch.Tensor:
     """Apply ``fn`` (B,C,h,w)->(B,out_ch,h*scale,w*scale) over overlapping tiles of x, blending overlaps with
     linear ramps. ``tile``/``overlap`` are in x's pixels."""
+    import torch
+
     B, _, H, W = x.shape
     tile = max(1, min(tile, max(H, W)))
     overlap = max(0, min(overlap, tile // 2))
@@ -164,6 +169,9 @@ class VAEEncodeForInpaint(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, pixels, vae, mask, grow_mask_by):
+        import torch
+        import torch.nn.functional as F
+
         H, W = pixels.shape[1], pixels.shape[2]
         m = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(), size=(H, W), mode="bilinear")
         px = crop_to_multiple(pixels)[..., :3]

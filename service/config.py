@@ -48,10 +48,12 @@ class Config:
     requeue_interrupted: bool = False  # on restart: re-queue a prompt that was running (default: mark failed)
     preview_interval_s: float = 0.1  # at most this often a preview image is encoded per prompt
     preview_size: int = 512
+    preview_method: str = "none"  # live previews for prompts that do not ask (ComfyUI's --preview-method)
     frontend_root: Path | None = None  # default: comfyui_frontend_package's static dir, if installed
     replay_prompts: int = 32  # per-prompt event buffers kept in memory for /prompt/{id}/events
     replay_events: int = 200_000  # total events kept over all replay buffers (and per prompt)
     ws_queue_limit: int = 200_000  # messages buffered for one slow websocket before it is dropped
+    base_lock: Any = None  # service.store.BaseLock taken by `loom serve` before the app starts
     registry: Any = None  # engine.node.Registry; default nodes.default_registry()
     env: Any = None  # engine.context.Env; default built from the folders above
     version: str = "0.1.0"

@@ -397,13 +397,19 @@ def test_mask_nodes():
 def test_upscale_with_model(tmp_path):
     from safetensors.torch import save_file
 
-    from nodes.upscale import ImageUpscaleWithModel, RRDBNet, load_upscale_model
+    from engine.folders import ModelFolders
+    from modelstore.kinds.upscale import RRDBNet
+    from modelstore.models import ModelStore
+    from modelstore.tensorfile import CheckpointError
+    from nodes.upscale import ImageUpscaleWithModel
 
     torch.manual_seed(0)
     net = RRDBNet(nf=8, nb=1, gc=4, scale=4)
-    save_file(net.state_dict(), str(tmp_path / "tiny-x4.safetensors"))
-    um = load_upscale_model(tmp_path / "tiny-x4.safetensors")
-    assert um.scale == 4
+    (tmp_path / "upscale_models").mkdir()
+    save_file(net.state_dict(), str(tmp_path / "upscale_models" / "tiny-x4.safetensors"))
+    store = ModelStore(ModelFolders(tmp_path), device="cpu", dtype="fp32")
+    um = store.load("upscale", "tiny-x4.safetensors")
+    assert um.kind == "UPSCALE_MODEL" and um.meta["scale"] == 4 and um.__loom_nbytes__() <= 64
     out = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 12, 10, 3))[0]
     assert out.shape == (1, 48, 40, 3)
     with torch.no_grad():
@@ -411,20 +417,45 @@ def test_upscale_with_model(tmp_path):
         got = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 3, 12, 10, generator=torch.manual_seed(3))
                                           .movedim(1, -1))[0]
     assert torch.allclose(got.movedim(-1, 1), ref, atol=1e-5)
+    # through the store: one load shared, counted in its budget, a changed file is a new model
+    assert store.stats["loads"] == 1 and um.get() is um.get()
+    ((key, where, nbytes),) = store.loaded()
+    assert key.component == "upscale" and where == "device"
+    assert nbytes == sum(p.numel() * 4 for p in net.parameters())
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "upscale_models" / "not-esrgan.safetensors"))
+    with pytest.raises(CheckpointError, match="unsupported upscale model architecture"):
+        store.load("upscale", "not-esrgan.safetensors")     # refused in the loader node, not later
 
 
-def test_preview_latent2rgb_and_taesd(tmp_path):
-    from types import SimpleNamespace
-
+def test_preview_latent2rgb_and_taesd(tmp_path, caplog):
     from safetensors.torch import save_file
 
+    from engine.context import Env
+    from modelstore.kinds.taesd import decoder
+    from modelstore.models import ModelStore
     from nodes.sampler_core import latent_preview
-    from nodes.taesd import decoder
 
     x0 = torch.randn(2, 4, 8, 8)
-    env = SimpleNamespace(models_dir=tmp_path)
+    env = Env(models_dir=tmp_path, model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
     assert latent_preview(x0, "sd1", env).size == (8, 8)  # no decoder file: latent2rgb at latent resolution
+    assert not env.has_model_store
     (tmp_path / "vae_approx").mkdir()
-    save_file(decoder().state_dict(), str(tmp_path / "vae_approx" / "taesd_decoder.safetensors"))
+    net = decoder()
+    save_file(net.state_dict(), str(tmp_path / "vae_approx" / "taesd_decoder.safetensors"))
     img = latent_preview(x0, "sd1", env)
     assert img.size == (64, 64) and img.mode == "RGB"
+    store = env.model_store()
+    ((key, _, nbytes),) = store.loaded()           # loaded through the store, counted in its budget
+    assert key.component == "taesd" and nbytes == sum(p.numel() * 4 for p in net.parameters())
+    with torch.no_grad():
+        want = (net(x0[:1]).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert (want == __import__("numpy").asarray(img)).all()
+    latent_preview(x0, "sd1", env)
+    assert store.stats["loads"] == 1
+    # a broken decoder file is reported (name and reason) and previews fall back to latent2rgb
+    save_file({"1.weight": torch.zeros(64, 4, 3, 3)}, str(tmp_path / "vae_approx" / "taesdxl_decoder.safetensors"))
+    with caplog.at_level("WARNING", logger="loom.preview"):
+        assert latent_preview(x0, "sdxl", env).size == (8, 8)
+    assert "taesdxl_decoder.safetensors could not be loaded" in caplog.text
+
+

@@ -49,7 +49,7 @@ def wf_env(tmp_path_factory):
     from modelstore.models import ModelStore
     from safetensors.torch import save_file
 
-    from nodes.upscale import RRDBNet
+    from modelstore.kinds.upscale import RRDBNet
 
     root = tmp_path_factory.mktemp("wfmodels")
     for d in ("checkpoints", "loras", "upscale_models", "vae"):
@@ -64,7 +64,8 @@ def wf_env(tmp_path_factory):
     save_file(RRDBNet(nf=8, nb=1, gc=4, scale=4).state_dict(), str(root / "upscale_models" / "RealESRGAN_x4plus.safetensors"))
     io = tmp_path_factory.mktemp("wfio")
     env = Env(input_dir=io / "input", output_dir=io / "output", temp_dir=io / "temp", models_dir=root,
-              model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir, extra), device="cpu", dtype="fp32"))
+              folders=ModelFolders(root, extra),
+              model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
     m, c, _ = env.model_store().load_checkpoint(BUNDLED.name)
     assert make_lora(m.get(), c.get().encoders[0], root / "loras" / "loom-example-lora.safetensors") > 0
     return env

@@ -32,7 +32,8 @@ def test_full_prompt_progress_and_image(live):
         async with httpx.AsyncClient(base_url=live.url) as c:
             wf = {**IMAGE_WF, "4": {"class_type": "ServerSteps", "inputs": {"steps": 5, "delay": 0.06, "preview": 1,
                                                                             "seed": 1}}}
-            r = await c.post("/prompt", json={"prompt": wf, "client_id": sid})
+            r = await c.post("/prompt", json={"prompt": wf, "client_id": sid,
+                                              "extra_data": {"preview_method": "auto"}})
             assert r.status_code == 200, r.text
             body = r.json()
             pid = body["prompt_id"]
@@ -162,7 +163,8 @@ def test_two_clients_do_not_see_each_others_progress(live):
         b, sb = await _connect(live)
         async with httpx.AsyncClient(base_url=live.url) as c:
             wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 5, "delay": 0.06, "preview": 1, "seed": 2}}}
-            pid = (await c.post("/prompt", json={"prompt": wf, "client_id": sa})).json()["prompt_id"]
+            pid = (await c.post("/prompt", json={"prompt": wf, "client_id": sa,
+                                                 "extra_data": {"preview_method": "auto"}})).json()["prompt_id"]
             msgs_a, bins_a = await collect(a, done_for(pid))
             assert any(m["type"] == "progress" for m in msgs_a) and bins_a
             # b sees only status broadcasts
