@@ -107,6 +107,8 @@ class Printer:
             self.bar(d["node"])
         elif t == "progress":
             self.bar(d["node"], d["value"], d["max"])
+        elif t == "warning":
+            self.say(f"warning: node {d.get('node')} ({d.get('class_type')}): {d.get('message')}", err=True)
 
 
 def format_errors(err: dict) -> str:

@@ -197,6 +197,11 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             for name, msg in custom.items():
                 errs.append(input_error("custom_validation_failed", "Custom validation failed for node",
                                         name, f"{name} - {msg}"))
+        if not errs and cls.warnings.__func__ is not _BASE_WARNINGS:
+            try:
+                warnings += [f"node {nid} ({spec.class_type}): {w}" for w in cls.warnings(env, **consts) or ()]
+            except Exception as e:  # a buggy warning hook must not fail validation
+                warnings.append(f"node {nid} ({spec.class_type}): warning check failed: {type(e).__name__}: {e}")
         if errs:
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
@@ -234,6 +239,7 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
 
 
 _BASE_CHECK = Node.check.__func__
+_BASE_WARNINGS = Node.warnings.__func__
 
 
 def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tuple[Link | None, ErrorItem | None]:

@@ -16,6 +16,7 @@ MODULES = [
     "modelstore.kinds.vae_file",
     "modelstore.kinds.upscale",
     "modelstore.kinds.taesd",
+    "modelstore.kinds.controlnet",
 ]
 
 
