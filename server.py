@@ -1,7 +1,7 @@
 """Loom's HTTP + websocket server, wire-compatible with ComfyUI's API.
 
 ``loom serve [--host 127.0.0.1] [--port 8188] [--base DIR] [--models DIR] [--output DIR] [--input DIR]
-[--token TOKEN|generate]`` serves the API (every route bare and under /api), the websocket at /ws,
+[--token TOKEN|generate] [--ray auto|local|ADDRESS --workers N]`` serves the API (every route bare and under /api), the websocket at /ws,
 and — with ``pip install loom[ui]`` — ComfyUI's official frontend at /. Tests call
 ``create_app(Config(...))``. The pieces live in ``service/`` (config, store, worker, hub, routes_*,
 security, client).
@@ -233,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(a)
     config.check()
+    if config.ray:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise SystemExit("--ray needs Ray: pip install 'loom[ray]'")
     try:  # before anything else: a second server on this queue must not start at all
         config.base_lock = BaseLock(config.db_path).acquire()
     except BaseInUse as e:

@@ -34,6 +34,9 @@ MODULES = [
     "nodes.controlnet",
     "nodes.model_merge",
     "nodes.testing",
+    "nodes.loaders_split",
+    "nodes.text_encode_families",
+    "nodes.latent_formats",
 ]
 
 
