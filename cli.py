@@ -107,6 +107,8 @@ class Printer:
             self.bar(d["node"])
         elif t == "progress":
             self.bar(d["node"], d["value"], d["max"])
+        elif t == "warning":
+            self.say(f"warning: node {d.get('node')} ({d.get('class_type')}): {d.get('message')}", err=True)
 
 
 def format_errors(err: dict) -> str:
@@ -405,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a workflow's text may not be encodable (lone surrogates)
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     parser = build_parser()

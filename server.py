@@ -71,6 +71,22 @@ def _prune_outputs_fn(config: Config):
     return prune
 
 
+def _make_worker(config: Config, executor, store: Store, hub: Hub, loop):
+    """The in-process worker, or with ``config.ray`` a pool of Ray actors (same API)."""
+    if not config.ray:
+        return Worker(executor, store, hub, loop, preview_interval_s=config.preview_interval_s,
+                      preview_size=config.preview_size, preview_method=config.preview_method)
+    from service.ray_pool import RayPool
+
+    actor_config = {"models_dir": str(config.models_dir), "input_dir": str(config.input_dir),
+                    "output_dir": str(config.output_dir), "temp_dir": str(config.temp_dir),
+                    "registry": config.ray_registry, "budget_bytes": config.worker_model_budget_bytes,
+                    "preview_interval_s": config.preview_interval_s, "preview_size": config.preview_size,
+                    "preview_method": config.preview_method}
+    return RayPool(store, hub, loop, workers=config.workers, actor_config=actor_config, address=config.ray,
+                   policy=config.ray_policy, prepare=executor.prepare, num_cpus=config.ray_num_cpus)
+
+
 def create_app(config: Config | None = None, *, registry=None) -> Starlette:
     """The ASGI app. ``registry`` (or ``config.registry``) replaces the default node catalogue."""
     config = config or Config()
@@ -102,11 +118,12 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         hub.remaining = store.remaining()
         executor = Executor(config.registry, config.env)
         s = Service(config, config.registry, config.env, executor, store, hub)
-        s.worker = Worker(executor, store, hub, asyncio.get_running_loop(),
-                          preview_interval_s=config.preview_interval_s, preview_size=config.preview_size,
-                          preview_method=config.preview_method)
+        s.worker = _make_worker(config, executor, store, hub, asyncio.get_running_loop())
         app.state.svc = s
-        s.worker.start()
+        if config.ray:  # starting Ray and its actors takes seconds: off the event loop
+            await asyncio.get_running_loop().run_in_executor(None, s.worker.start)
+        else:
+            s.worker.start()
         try:
             yield
         finally:
@@ -149,7 +166,10 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
         routes.append(Route("/", root, methods=["GET"]))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        body = {"error": exc.detail}
+        if isinstance(exc.detail, dict):  # a structured error item: ComfyUI's envelope
+            body["node_errors"] = {}
+        return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def os_error(request: Request, exc: OSError) -> Response:
         if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ):
@@ -187,6 +207,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requeue-interrupted", action="store_true",
                    help="on restart, re-queue a prompt that was running (default: mark it failed)")
     p.add_argument("--frontend-root", help="serve this folder as the editor instead of comfyui-frontend-package")
+    p.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="run prompts on a pool of Ray actors (pip install loom[ray]): 'local' starts a loopback-only "
+                        "Ray instance on this machine, 'auto' joins the one started here with `ray start`, "
+                        "ADDRESS joins a cluster")
+    p.add_argument("--workers", type=int, default=1, help="pool actors with --ray (one per GPU on GPU machines)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -197,7 +222,8 @@ def config_from_args(a: argparse.Namespace) -> Config:
                   allowed_origins=tuple(a.allow_origin), max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
                   history_max_items=a.history_max_items, history_max_age_s=a.history_max_age_days * 86400,
                   prune_outputs=a.prune_outputs, requeue_interrupted=a.requeue_interrupted,
-                  frontend_root=Path(a.frontend_root) if a.frontend_root else None)
+                  frontend_root=Path(a.frontend_root) if a.frontend_root else None, ray=a.ray,
+                  workers=max(1, a.workers))
 
 
 def main(argv: list[str] | None = None) -> int:

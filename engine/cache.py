@@ -52,7 +52,9 @@ def node_key(class_type: str, version: str, constants: dict, links: dict, finger
                sorted([(k, _canon(v)) for k, v in constants.items()]),
                sorted([(k, key, idx) for k, (key, idx) in links.items()]),
                _canon(fingerprint)]
-    return hashlib.blake2b(msgpack.packb(payload, use_bin_type=True), digest_size=16).digest()
+    # surrogatepass: a lone surrogate in a string constant is not UTF-8 text, but it still needs a key
+    return hashlib.blake2b(msgpack.packb(payload, use_bin_type=True, unicode_errors="surrogatepass"),
+                           digest_size=16).digest()
 
 
 class OutputCache:

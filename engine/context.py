@@ -92,3 +92,8 @@ class NodeContext:
         self.check_cancelled()
         self._emit(Event("progress", {"value": int(value), "max": int(total), "prompt_id": self.prompt_id,
                                       "node": self.node_id}, preview=preview))
+
+    def warn(self, message: str) -> None:
+        """Report a problem that did not stop the node (Loom's ``warning`` event: prompt, node, message)."""
+        self._emit(Event("warning", {"prompt_id": self.prompt_id, "node": self.node_id,
+                                     "class_type": self.class_type, "message": str(message)}))

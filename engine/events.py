@@ -3,7 +3,8 @@
 The executor emits ``Event(type, data)``; adapters (server.py, cli.py) decide how to deliver them.
 ComfyUI's types: execution_start, execution_cached, executing, progress, executed,
 execution_success, execution_error, execution_interrupted. Loom adds ``node_done`` (per-node
-duration and cache reason); ComfyUI clients never see it. Events are delivered in order; the one
+duration and cache reason) and ``warning`` (a node's non-fatal problem: prompt_id, node, class_type, message);
+ComfyUI clients never see them. Events are delivered in order; the one
 sequence number is the server hub's per-prompt websocket ``seq`` (it also numbers the messages it
 synthesizes, such as ``progress_state``). A progress event may carry ``preview``: a zero-argument callable
 returning a PIL image, evaluated only by a consumer that wants it.

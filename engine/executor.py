@@ -193,6 +193,9 @@ class Executor:
         def emit(ev: Event) -> None:
             if ev.type in HISTORY_TYPES:
                 result.messages.append([ev.type, ev.data])
+            elif ev.type == "warning":  # a node's run-time warning also lands in the result (history, CLI summary)
+                result.warnings.append(f"node {ev.data.get('node')} ({ev.data.get('class_type')}): "
+                                       f"{ev.data.get('message')}")
             sink(ev)
 
         emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))  # first, as ComfyUI

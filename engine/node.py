@@ -167,6 +167,12 @@ class Node:
         """Custom validation on constant inputs: return ``{input_name: problem}`` or None."""
         return None
 
+    @classmethod
+    def warnings(cls, env: Any, **constants) -> list[str]:
+        """Validation warnings on constant inputs (the workflow still runs): e.g. a prompt naming an embedding
+        that is not installed. Return a list of messages."""
+        return []
+
     def run(self, ctx, **inputs):  # pragma: no cover - abstract
         raise NotImplementedError(f"{self.class_type}.run")
 

@@ -8,6 +8,7 @@ with ``prompt_outputs_failed_validation``. Graph walks (upstream, consumers, cyc
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             value = str(value)
         elif not isinstance(value, str):
             return wrong("a string")
+        elif has_lone_surrogate(value):
+            return wrong("text without lone UTF-16 surrogates (a \\ud800-\\udfff escape outside a pair)")
     elif t == "BOOLEAN":
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
@@ -80,6 +83,8 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             return wrong("true or false")
     elif t == "COMBO":
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            return wrong("one of the listed options")
+        if isinstance(value, str) and has_lone_surrogate(value):
             return wrong("one of the listed options")
         if inp.check_options:
             key = id(inp)
@@ -104,6 +109,15 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             return value, input_error("value_bigger_than_max", f"Value {value} bigger than max of {inp.max}",
                                       name, f"{name}", received=value, config=cfg)
     return value, None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(s: str) -> bool:
+    """True when ``s`` holds a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one): not a character,
+    so it cannot be written to a file name, a PNG chunk or a database."""
+    return not s.isascii() and _SURROGATE.search(s) is not None
 
 
 def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[str] | None = None) -> Validated:
@@ -185,6 +199,11 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             for name, msg in custom.items():
                 errs.append(input_error("custom_validation_failed", "Custom validation failed for node",
                                         name, f"{name} - {msg}"))
+        if not errs and cls.warnings.__func__ is not _BASE_WARNINGS:
+            try:
+                warnings += [f"node {nid} ({spec.class_type}): {w}" for w in cls.warnings(env, **consts) or ()]
+            except Exception as e:  # a buggy warning hook must not fail validation
+                warnings.append(f"node {nid} ({spec.class_type}): warning check failed: {type(e).__name__}: {e}")
         if errs:
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
@@ -215,6 +234,7 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
 
 
 _BASE_CHECK = Node.check.__func__
+_BASE_WARNINGS = Node.warnings.__func__
 
 
 def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tuple[Link | None, ErrorItem | None]:

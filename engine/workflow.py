@@ -144,7 +144,7 @@ def load(source: str | Path | bytes, registry=None) -> Workflow:
             if "workflow" in chunks:
                 try:
                     extra = {"extra_pnginfo": {"workflow": json.loads(chunks["workflow"])}}
-                except ValueError:
+                except (ValueError, RecursionError):
                     pass
             return parse_api(obj, extra)
         if "workflow" in chunks:
@@ -161,5 +161,7 @@ def _decode(data: bytes) -> Any:
     except json.JSONDecodeError as e:
         raise WorkflowError("invalid_json", "Workflow is not valid JSON",
                             f"line {e.lineno} column {e.colno}: {e.msg}")
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits (Python's int/str conversion limit)
+        raise WorkflowError("invalid_json", "Workflow is not valid JSON", str(e)[:300])
     except RecursionError:
         raise WorkflowError("invalid_json", "Workflow JSON is nested too deeply")

@@ -68,10 +68,15 @@ class Loader:
         if not key.patches:
             value = kind.build(key, ctx)
             return value, kind.nbytes(value)
+        last = key.patches[-1]
+        if hasattr(last, "apply"):  # a computed patch (modelstore.merge.MergePatch): its own rule on the base
+            with ctx.pinned(replace(key, patches=key.patches[:-1])) as base:
+                value = last.apply(base, ctx)
+            return value, kind.nbytes(value)
         patch = getattr(kind, "patch", None)
         if patch is None:
             raise CheckpointError(f"model component {key.component!r} cannot be patched (LoRA)")
-        lora_fid, strength = key.patches[-1]
+        lora_fid, strength = last
         with ctx.pinned(replace(key, patches=key.patches[:-1])) as base:
             value = patch(key, base, load_lora_file(lora_fid.path, self.allow_pickle), strength, ctx)
         return value, kind.nbytes(value)

@@ -77,6 +77,9 @@ def plan_checkpoint(header: Header) -> CheckpointPlan:
         if SDXL_CLIP_G_PREFIX + "token_embedding.weight" in shapes:
             tes.append(TextEncoderPlan("openclip", SDXL_CLIP_G_PREFIX,
                                        infer_openclip_config(shapes, SDXL_CLIP_G_PREFIX, False), True, "!"))
+        refiner_g = "conditioner.embedders.0.model."  # the SDXL refiner conditions on OpenCLIP-G alone
+        if refiner_g + "token_embedding.weight" in shapes:
+            tes.append(TextEncoderPlan("openclip", refiner_g, infer_openclip_config(shapes, refiner_g, False), True, "!"))
     return CheckpointPlan(arch, detect_prediction_type(header), unet, vae, vp, tes, sf)
 
 

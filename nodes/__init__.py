@@ -17,6 +17,10 @@ MODULES = [
     "nodes.conditioning",
     "nodes.latents",
     "nodes.sampling",
+    "nodes.sigmas",
+    "nodes.sampler_params",
+    "nodes.guiders",
+    "nodes.model_sampling",
     "nodes.vae",
     "nodes.masks",
     "nodes.mask_ops",
@@ -26,7 +30,13 @@ MODULES = [
     "nodes.image_ops",
     "nodes.mask_edit",
     "nodes.preprocessors",
+    "nodes.string_ops",
+    "nodes.controlnet",
+    "nodes.model_merge",
     "nodes.testing",
+    "nodes.loaders_split",
+    "nodes.text_encode_families",
+    "nodes.latent_formats",
 ]
 
 

@@ -342,10 +342,17 @@ class SaveImage(Node):
         results = []
         for i, image in enumerate(images):
             ctx.check_cancelled()
-            name = f"{stem.replace('%batch_num%', str(i))}_{counter:05}_.png"
-            tensor_to_pil(image).save(folder / name, pnginfo=meta, compress_level=self.compress_level)
+            pil = tensor_to_pil(image)
+            while True:  # create, never overwrite: another worker may be saving with the same prefix right now
+                name = f"{stem.replace('%batch_num%', str(i))}_{counter:05}_.png"
+                counter += 1
+                try:
+                    with open(folder / name, "xb") as fh:
+                        pil.save(fh, format="PNG", pnginfo=meta, compress_level=self.compress_level)
+                    break
+                except FileExistsError:
+                    continue
             results.append({"filename": name, "subfolder": subfolder, "type": self.folder_type})
-            counter += 1
         if self.write_manifest and prompt is not None and results:
             # Reproducibility record beside the images: model hashes, node versions, seeds, versions.
             from .manifest import build_manifest

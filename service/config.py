@@ -57,6 +57,13 @@ class Config:
     registry: Any = None  # engine.node.Registry; default nodes.default_registry()
     env: Any = None  # engine.context.Env; default built from the folders above
     version: str = "0.1.0"
+    # worker pool on Ray (None: the in-process worker): 'local' | 'auto' | a cluster address
+    ray: str | None = None
+    workers: int = 1  # pool actors (one per GPU where the cluster has GPUs)
+    ray_policy: str = "affinity"  # or 'round_robin' (the baseline, for comparison)
+    ray_registry: str | None = None  # "module:function" building the actors' registry (default: Loom's nodes)
+    ray_num_cpus: int | None = None  # CPUs of a 'local' Ray instance (default: all)
+    worker_model_budget_bytes: int | None = None  # each actor's model-store budget (default: the store's)
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir)

@@ -8,8 +8,8 @@ does). Loom additions: every prompt message carries a per-prompt ``seq`` (top le
 ``type`` and ``data``) and is kept in a bounded replay buffer (GET /prompt/{id}/events?after=N);
 ``progress_state`` carries only the node that changed (the frontend replaces its map with what it
 receives, so the running node still shows its progress while traffic stays linear in the graph);
-``?format=msgpack`` switches a socket to msgpack binary frames; Loom's ``node_done`` event goes
-only to sockets that ask for it (``?events=loom`` or feature flag ``loom_events``).
+``?format=msgpack`` switches a socket to msgpack binary frames; Loom's ``node_done`` and ``warning`` events go
+only to sockets that ask for them (``?events=loom`` or feature flag ``loom_events``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ _enc = json.JSONEncoder().encode
 TO_CLIENT_ONLY = frozenset({"execution_start", "execution_cached", "executing", "executed", "execution_success",
                             "execution_error"})
 BROADCAST_IF_NO_CLIENT = frozenset({"progress", "progress_state", "execution_interrupted"})
-LOOM_ONLY = frozenset({"node_done"})
+LOOM_ONLY = frozenset({"node_done", "warning"})
 SERVER_FLAGS = {"supports_preview_metadata": True}
 
 

@@ -43,7 +43,8 @@ async def system_stats(request: Request) -> Response:
                             "required_frontend_version": fe, "installed_templates_version": "",
                             "required_templates_version": "", "python_version": sys.version,
                             "pytorch_version": _torch_version(), "embedded_python": False,
-                            "argv": ["loom", "serve"], "platform": platform.platform()},
+                            "argv": ["loom", "serve"], "platform": platform.platform(),
+                            "loom_model_families": _families()},
                  "devices": _devices(s)})
 
 
@@ -60,6 +61,13 @@ async def get_workers(request: Request) -> Response:
     last error)."""
     s = svc(request)
     return JSON({"workers": s.worker.workers() if s.worker is not None else []})
+
+
+def _families() -> dict:
+    """The model families this server can load (torch-free catalogue), for the editor's missing-models view."""
+    from modelstore.families.catalog import summary
+
+    return summary()
 
 
 async def get_object_info(request: Request) -> Response:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from .jsontext import dumps
 
@@ -237,6 +237,26 @@ class Store:
         item = _item(row)
         item.state, item.start_time = "running", ts
         return item
+
+    def peek(self, limit: int) -> list[Item]:
+        """The first ``limit`` pending prompts in queue order, left pending (a pool's scheduling window)."""
+        return self._rows("WHERE state='pending' ORDER BY number, seq LIMIT ?", (max(0, int(limit)),))
+
+    def take(self, prompt_id: str) -> Item | None:
+        """Mark one pending prompt running and return it (None if it is no longer pending)."""
+        with self._lock:
+            ts = now_ms()
+            n = self._db.execute("UPDATE prompts SET state='running', start_time=? WHERE id=? AND state='pending'",
+                                 (ts, prompt_id)).rowcount
+        if not n:
+            return None
+        return self.get(prompt_id)
+
+    def requeue(self, prompt_id: str) -> bool:
+        """Put a running prompt back at its place in the queue (its worker was lost)."""
+        with self._lock:
+            return self._db.execute("UPDATE prompts SET state='pending', start_time=NULL WHERE id=? AND "
+                                    "state='running'", (prompt_id,)).rowcount > 0
 
     def pending(self) -> list[Item]:
         return self._rows("WHERE state='pending' ORDER BY number, seq")

@@ -16,6 +16,8 @@ MODULES = [
     "modelstore.kinds.vae_file",
     "modelstore.kinds.upscale",
     "modelstore.kinds.taesd",
+    "modelstore.kinds.controlnet",
+    "modelstore.kinds.families",
 ]
 
 

@@ -201,6 +201,26 @@ def test_save_image_counter_subfolders_and_confinement(ex, env):
     assert not (env.output_dir.parent / "escape_00001_.png").exists()
 
 
+def test_save_image_never_overwrites_a_file_created_after_its_scan(ex, env, monkeypatch):
+    """Pool workers share the output folder: a name taken between the counter scan and the write is skipped."""
+    import nodes.image as image
+
+    scan = image.save_path
+
+    def stale_scan(*a, **kw):  # as if another worker wrote img_00001_ right after this scan
+        folder, stem, sub, counter = scan(*a, **kw)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}_{counter:05}_.png").write_bytes(b"theirs")
+        return folder, stem, sub, counter
+
+    monkeypatch.setattr(image, "save_path", stale_scan)
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2, "batch_size": 2}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "img"}}}
+    r = ex.run(wf)
+    assert [i["filename"] for i in r.outputs["2"]["images"]] == ["img_00002_.png", "img_00003_.png"]
+    assert (env.output_dir / "img_00001_.png").read_bytes() == b"theirs"
+
+
 def test_preview_image_goes_to_temp(ex, env):
     wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2}}, **preview()}
     r = ex.run(wf)

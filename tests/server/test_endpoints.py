@@ -42,6 +42,9 @@ def test_object_info_and_system_stats_shapes(live):
         for k in ("os", "python_version", "embedded_python", "comfyui_version", "pytorch_version", "argv",
                   "ram_total", "ram_free"):
             assert k in st["system"], k
+        fams = st["system"]["loom_model_families"]
+        assert {"sd1", "sdxl", "flux", "sd3", "zimage"} <= set(fams["diffusion_models"])
+        assert fams["clip_loader_types"]["lumina2"] == ["qwen3"]
         for dev in st["devices"]:
             assert all(isinstance(dev[k], (int, float)) for k in ("index", "vram_total", "vram_free",
                                                                   "torch_vram_total", "torch_vram_free"))
