@@ -48,8 +48,15 @@ class Header:
         return {k: v.shape for k, v in self.tensors.items()}
 
 
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+             "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
 def read_header(path: str | Path) -> Header:
-    """Parse the header of a ``.safetensors`` file (reads ~KB, not the weights)."""
+    """Parse the header of a ``.safetensors`` file (reads ~KB, not the weights). Every fault of a malformed
+    or hostile header (not an object, an entry that is not one, a missing dtype, shapes and byte ranges that
+    disagree or point past the file, list metadata, nesting 100,000 deep) is a CheckpointError naming the
+    file and the entry, never a raw TypeError/KeyError/RecursionError."""
     path = Path(path)
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -58,18 +65,50 @@ def read_header(path: str | Path) -> Header:
         (n,) = struct.unpack("<Q", raw)
         if n > 100_000_000:
             raise CheckpointError(f"{path.name}: not a safetensors file (header length {n})")
+        data_size = max(0, path.stat().st_size - 8 - n)
         try:
             hdr = json.loads(f.read(n))
-        except ValueError as e:
-            raise CheckpointError(f"{path.name}: corrupt safetensors header: {e}") from None
-    meta = {str(k): str(v) for k, v in (hdr.pop("__metadata__", None) or {}).items()}
+        except (ValueError, RecursionError) as e:  # RecursionError: nested arrays beyond the parser's depth
+            raise CheckpointError(f"{path.name}: corrupt safetensors header: {str(e)[:200] or type(e).__name__}") \
+                from None
+    if not isinstance(hdr, dict):
+        raise CheckpointError(f"{path.name}: corrupt safetensors header: a JSON {type(hdr).__name__}, "
+                              "expected an object of tensors")
+    meta = hdr.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path.name}: corrupt safetensors header: __metadata__ is a JSON "
+                              f"{type(meta).__name__}, expected an object of strings")
+    meta = {str(k): v if isinstance(v, str) else json.dumps(v)[:10_000] for k, v in meta.items()}
     tensors = {}
     for k, v in hdr.items():
-        if v["dtype"] not in _ST_DTYPES:
-            raise CheckpointError(f"{path.name}: unsupported dtype {v['dtype']} for {k}")
-        s, e = v["data_offsets"]
-        tensors[k] = TensorInfo(_ST_DTYPES[v["dtype"]], tuple(v["shape"]), s, e)
+        tensors[k] = _tensor_info(path.name, k, v, data_size)
     return Header(path, tensors, meta, 8 + n)
+
+
+def _tensor_info(fname: str, key: str, v, data_size: int) -> TensorInfo:
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{fname}: corrupt safetensors header: tensor {key[:200]!r}: {what}")
+
+    if not isinstance(v, dict):
+        raise bad(f"entry is a JSON {type(v).__name__}, expected an object with dtype, shape, data_offsets")
+    dt, shape, offs = v.get("dtype"), v.get("shape"), v.get("data_offsets")
+    if not isinstance(dt, str):
+        raise bad("missing dtype" if dt is None else f"dtype is {type(dt).__name__}, expected a string")
+    if dt not in _ST_DTYPES:
+        raise CheckpointError(f"{fname}: unsupported dtype {dt[:40]} for {key[:200]}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**48 for d in shape) or len(shape) > 16:
+        raise bad(f"shape {str(shape)[:80]} is not a list of non-negative integers")
+    if not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs) \
+            or not 0 <= offs[0] <= offs[1] <= data_size:
+        raise bad(f"data_offsets {str(offs)[:80]} is not [start, end] within the {data_size}-byte data block")
+    numel = 1
+    for d in shape:
+        numel *= d
+    torch_dtype = _ST_DTYPES[dt]
+    if numel * _ITEMSIZE[torch_dtype] != offs[1] - offs[0]:
+        raise bad(f"shape {shape} of {dt} needs {numel * _ITEMSIZE[torch_dtype]} bytes, data_offsets give "
+                  f"{offs[1] - offs[0]}")
+    return TensorInfo(torch_dtype, tuple(shape), offs[0], offs[1])
 
 
 def load_tensors(header: Header, names, dtype=None, device=None) -> dict:
