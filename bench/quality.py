@@ -109,7 +109,6 @@ def _engine_runner(ckpt: Path):
     try:
         from engine.context import Env
         from engine.executor import Executor
-        from engine.folders import ModelFolders
         from modelstore.models import ModelStore
         from nodes import default_registry
     except Exception as e:  # pragma: no cover - depends on the engine being present
@@ -119,7 +118,7 @@ def _engine_runner(ckpt: Path):
         raise SystemExit("--backend engine: the checkpoint must be in a <models>/checkpoints/ folder")
     io = Path(tempfile.mkdtemp(prefix="loom-quality-"))
     env = Env(input_dir=io / "in", output_dir=io / "out", temp_dir=io / "tmp", models_dir=ckpt.parent.parent,
-              model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir), device="cpu", dtype="fp32"))
+              model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
     ex = Executor(default_registry(), env)
 
     def _run(wf):

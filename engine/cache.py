@@ -52,12 +52,9 @@ def node_key(class_type: str, version: str, constants: dict, links: dict, finger
                sorted([(k, _canon(v)) for k, v in constants.items()]),
                sorted([(k, key, idx) for k, (key, idx) in links.items()]),
                _canon(fingerprint)]
-    return hashlib.blake2b(msgpack.packb(payload, use_bin_type=True), digest_size=16).digest()
-
-
-def component_digest(v: Any) -> bytes:
-    """Digest of one input's contribution to a key (for "which input changed" reasons)."""
-    return hashlib.blake2b(msgpack.packb(_canon(v), use_bin_type=True), digest_size=8).digest()
+    # surrogatepass: a lone surrogate in a string constant is not UTF-8 text, but it still needs a key
+    return hashlib.blake2b(msgpack.packb(payload, use_bin_type=True, unicode_errors="surrogatepass"),
+                           digest_size=16).digest()
 
 
 class OutputCache:
@@ -75,6 +72,11 @@ class OutputCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def count_misses(self, n: int) -> None:
+        """Record ``n`` needed outputs that were not in the cache (the executor's plan counts them;
+        ``hits`` counts the entries actually read)."""
+        self.misses += n
 
     def get(self, key: bytes) -> Entry | None:
         e = self._entries.get(key)

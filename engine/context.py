@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from .errors import Interrupted
 from .events import Event
+from .folders import ModelFolders
 
 
 class CancelToken:
@@ -31,7 +32,11 @@ class CancelToken:
 class Env:
     """Services handed to nodes. The engine does not interpret them; nodes and adapters do.
 
-    ``models`` is created lazily by ``model_store()`` so model-free workflows never import torch.
+    ``folders`` lists and resolves model files (torch-free, cheap: what validation and ``/object_info`` use for
+    combo options); it defaults to ``ModelFolders(models_dir)``. The model store is created on first use by
+    ``model_store()`` (once, behind a lock: the worker thread and a route may ask together), from
+    ``model_store_factory(env)``, which should build it over ``env.folders``. Validation never creates it, so
+    model-free work never imports torch.
     """
 
     input_dir: Path = Path("input")
@@ -40,17 +45,26 @@ class Env:
     models_dir: Path = Path("models")
     extra: dict = field(default_factory=dict)
     model_store_factory: Callable[["Env"], Any] | None = None
-    _models: Any = None
+    folders: ModelFolders | None = None
+    _models: Any = field(default=None, repr=False)
+    _models_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.folders is None:
+            self.folders = ModelFolders(self.models_dir)
 
     def model_store(self) -> Any:
-        if self._models is None:
-            if self.model_store_factory is None:
-                raise RuntimeError("this environment has no model store")
-            self._models = self.model_store_factory(self)
-        return self._models
+        """The model store, created on the first call (RuntimeError when this environment has none)."""
+        with self._models_lock:
+            if self._models is None:
+                if self.model_store_factory is None:
+                    raise RuntimeError("this environment has no model store")
+                self._models = self.model_store_factory(self)
+            return self._models
 
     @property
     def has_model_store(self) -> bool:
+        """Whether the store exists already (asking never creates it)."""
         return self._models is not None
 
 
@@ -78,3 +92,8 @@ class NodeContext:
         self.check_cancelled()
         self._emit(Event("progress", {"value": int(value), "max": int(total), "prompt_id": self.prompt_id,
                                       "node": self.node_id}, preview=preview))
+
+    def warn(self, message: str) -> None:
+        """Report a problem that did not stop the node (Loom's ``warning`` event: prompt, node, message)."""
+        self._emit(Event("warning", {"prompt_id": self.prompt_id, "node": self.node_id,
+                                     "class_type": self.class_type, "message": str(message)}))

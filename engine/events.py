@@ -3,8 +3,10 @@
 The executor emits ``Event(type, data)``; adapters (server.py, cli.py) decide how to deliver them.
 ComfyUI's types: execution_start, execution_cached, executing, progress, executed,
 execution_success, execution_error, execution_interrupted. Loom adds ``node_done`` (per-node
-duration and cache reason); ComfyUI clients never see it. Every event of a run carries a
-monotonic ``seq`` starting at 0. A progress event may carry ``preview``: a zero-argument callable
+duration and cache reason) and ``warning`` (a node's non-fatal problem: prompt_id, node, class_type, message);
+ComfyUI clients never see them. Events are delivered in order; the one
+sequence number is the server hub's per-prompt websocket ``seq`` (it also numbers the messages it
+synthesizes, such as ``progress_state``). A progress event may carry ``preview``: a zero-argument callable
 returning a PIL image, evaluated only by a consumer that wants it.
 """
 from __future__ import annotations
@@ -13,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-COMFY_TYPES = frozenset({"execution_start", "execution_cached", "executing", "progress", "executed",
-                         "execution_success", "execution_error", "execution_interrupted"})
 HISTORY_TYPES = frozenset({"execution_start", "execution_cached", "execution_success", "execution_error",
                            "execution_interrupted"})
 
@@ -23,7 +23,6 @@ HISTORY_TYPES = frozenset({"execution_start", "execution_cached", "execution_suc
 class Event:
     type: str
     data: dict
-    seq: int = 0
     preview: Callable[[], Any] | None = field(default=None, repr=False)
 
     def to_message(self) -> dict:

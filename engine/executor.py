@@ -1,14 +1,14 @@
 """The executor: validated workflow in, events and outputs out. Pure: no HTTP, no terminal.
 
-Order is a depth-first post-order from each requested output in turn (deterministic, linear, and
-the first output completes first). Keys are computed along that order; a backward pass from the
-outputs decides what runs: a cached node's upstream is never touched. Every walk is iterative.
+``plan`` decides everything before a node runs: the order (``graph.execution_order``: depth-first
+post-order from each requested output in turn, so the first output completes first), structural
+cache keys along it, and what runs versus what is read from the cache. ``_run`` walks the plan and
+emits events; ``_execute_node`` runs one node. Error envelopes come from ``errors``.
 """
 from __future__ import annotations
 
 import threading
 import time
-import traceback
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 from .cache import Entry, OutputCache, node_key
 from .context import CancelToken, Env, NodeContext
-from .errors import InputMutated, Interrupted
+from . import budget, graph
+from .errors import InputMutated, Interrupted, execution_error, type_name
 from .events import Event, EventSink, HISTORY_TYPES, discard, now_ms
 from .node import Node, Registry, Result
 from .validate import Validated, validate
@@ -58,37 +59,35 @@ def _overrides(cls: type[Node], name: str) -> bool:
     return getattr(cls, name).__func__ is not getattr(Node, name).__func__
 
 
-def execution_order(wf: Workflow, outputs: list[str], deps: dict[str, list[str]] | None = None) -> list[str]:
-    """Depth-first post-order over inputs, output by output (no recursion). ``deps`` maps each node
-    to the source node ids of its links (computed here if not given)."""
-    if deps is None:
-        deps = {nid: [v.node for v in spec.inputs.values() if type(v) is Link] for nid, spec in wf.nodes.items()}
-    order: list[str] = []
-    state: set[str] = set()
-    for o in outputs:
-        if o in state:
-            continue
-        state.add(o)
-        stack = [(o, iter(deps[o]))]
-        while stack:
-            nid, it = stack[-1]
-            for dep in it:
-                if dep not in state:
-                    state.add(dep)
-                    stack.append((dep, iter(deps[dep])))
-                    break
-            else:
-                stack.pop()
-                order.append(nid)
-    return order
+@dataclass
+class Plan:
+    """What a run will do, decided before anything runs.
+
+    ``keys`` are the structural cache keys along ``order``; ``parts`` what each key was made of
+    (for "why did it run" reasons); ``execute`` the nodes that run; ``cached`` every needed node whose
+    output is in the cache (ComfyUI lists them all); ``reads`` how many executing nodes read each
+    node's output (a value is freed when its count reaches 0); ``volatile`` the nodes never stored or
+    served (a NaN fingerprint); ``warnings`` what planning noticed (a fingerprint that raised).
+    """
+
+    order: list[str]
+    deps: dict[str, list[str]]
+    keys: dict[str, bytes]
+    parts: dict[str, tuple]
+    volatile: set[str]
+    execute: set[str]
+    cached: set[str]
+    reads: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
 
 
 class Executor:
     """Runs workflows against a registry, sharing one output cache across runs."""
 
     def __init__(self, registry: Registry, env: Env | None = None, cache: OutputCache | None = None,
-                 history_limit: int = 100_000):
+                 history_limit: int = 100_000, memory_budget: int | None = None):
         self.registry = registry
+        self.memory_budget = memory_budget if memory_budget is not None else budget.default_budget()
         self.env = env or Env()
         self.cache = cache if cache is not None else OutputCache()
         self._last: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # for "why did it run"
@@ -133,25 +132,18 @@ class Executor:
                 raise item
             yield item
 
-    def _run(self, v: Validated, prompt_id: str, sink: EventSink, cancel: CancelToken,
-             extra_data: dict) -> RunResult:
-        wf, classes = v.workflow, v.classes
-        nodes = wf.nodes
-        result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=v.warnings)
-        seq = [0]
-
-        def emit(ev: Event) -> None:
-            ev.seq = seq[0]
-            seq[0] += 1
-            if ev.type in HISTORY_TYPES:
-                result.messages.append([ev.type, ev.data])
-            sink(ev)
-
-        deps = {nid: [x.node for x in spec.inputs.values() if type(x) is Link] for nid, spec in nodes.items()}
-        order = execution_order(wf, v.outputs, deps)
+    # -- planning -----------------------------------------------------------------------------
+    def plan(self, v: Validated) -> Plan:
+        """Order, cache keys and the cache plan for a validated workflow. Keys are computed along
+        the order; a backward pass from the outputs that stops at cached nodes decides what runs, so
+        a cached node's upstream is never touched."""
+        nodes, classes = v.workflow.nodes, v.classes
+        deps = graph.dependencies(nodes)
+        order = graph.execution_order(deps, v.outputs)
         keys: dict[str, bytes] = {}
         parts: dict[str, tuple] = {}
-        volatile: set[str] = set()  # NaN fingerprint: never stored, never served
+        volatile: set[str] = set()
+        warnings: list[str] = []
         overriding: set[type] = set()
         plain: set[type] = set()
         for nid in order:
@@ -169,8 +161,10 @@ class Executor:
                 overriding.add(cls)
                 try:
                     fp = cls.fingerprint(self.env, **consts)
-                except Exception:
+                except Exception as e:  # like ComfyUI: treated as changed, but said out loud
                     fp = NAN
+                    warnings.append(f"node {nid} ({cls.class_type}): fingerprint raised {type_name(e)}: {e}; "
+                                    "the node runs and its output is not cached")
             else:
                 plain.add(cls)
             if isinstance(fp, float) and fp != fp:
@@ -180,41 +174,54 @@ class Executor:
             keys[nid] = node_key(cls.class_type, cls.version, consts, links, fp)
             parts[nid] = (cls.version, consts, links, fp)
 
-        # Backward pass: what runs, what is read from cache.
         cache = self.cache
-        execute: set[str] = set()
-        stack = list(v.outputs)
-        seen: set[str] = set()
-        while stack:
-            nid = stack.pop()
-            if nid in seen:
-                continue
-            seen.add(nid)
-            if keys[nid] in cache:
-                continue
-            execute.add(nid)
-            stack.extend(deps[nid])
-        # Every needed node whose output is in the cache counts as cached (ComfyUI lists them all),
-        # but only values actually read are fetched (which also refreshes their LRU position).
-        cached_set = {n for n in order if n not in execute and keys[n] in cache}
-        output_set = set(v.outputs)
-        consumers_left: dict[str, int] = {}
+        cached = {n for n in order if keys[n] in cache}
+        execute = {n for n in graph.upstream(deps, v.outputs, stop=cached) if n not in cached}
+        cache.count_misses(len(execute))
+        reads: dict[str, int] = {}
         for nid in execute:
             for src in deps[nid]:
-                consumers_left[src] = consumers_left.get(src, 0) + 1
-        values: dict[str, Any] = {}
-        for nid in order:
-            if nid in cached_set and (nid in output_set or nid in consumers_left):
-                values[nid] = cache.get(keys[nid])
+                reads[src] = reads.get(src, 0) + 1
+        return Plan(order, deps, keys, parts, volatile, execute, cached, reads, warnings)
 
-        emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))
+    # -- running ------------------------------------------------------------------------------
+    def _run(self, v: Validated, prompt_id: str, sink: EventSink, cancel: CancelToken,
+             extra_data: dict) -> RunResult:
+        wf, classes = v.workflow, v.classes
+        nodes = wf.nodes
+        result = RunResult(prompt_id, "success", node_errors=v.node_errors, warnings=list(v.warnings))
+
+        def emit(ev: Event) -> None:
+            if ev.type in HISTORY_TYPES:
+                result.messages.append([ev.type, ev.data])
+            elif ev.type == "warning":  # a node's run-time warning also lands in the result (history, CLI summary)
+                result.warnings.append(f"node {ev.data.get('node')} ({ev.data.get('class_type')}): "
+                                       f"{ev.data.get('message')}")
+            sink(ev)
+
+        emit(Event("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}))  # first, as ComfyUI
+        plan = self.plan(v)
+        order, cached_set, execute, reads = plan.order, plan.cached, plan.execute, plan.reads
+        result.warnings.extend(plan.warnings)
+        refused = budget.precheck(nodes, classes, [n for n in order if n in execute], self.memory_budget)
+
+        # Only cached values actually read are fetched (which also refreshes their LRU position).
+        output_set = set(v.outputs)
+        values: dict[str, Entry] = {}
+        for nid in order:
+            if nid in cached_set and (nid in output_set or nid in reads):
+                values[nid] = self.cache.get(plan.keys[nid])
+
         emit(Event("execution_cached", {"nodes": [n for n in order if n in cached_set], "prompt_id": prompt_id,
                                         "timestamp": now_ms()}))
         done: list[str] = []
         current = None
         try:
+            if refused is not None:  # a node with constant sizes cannot fit: refuse before anything allocates
+                current = refused[0]
+                raise refused[1]
             for nid in order:
-                spec, cls = nodes[nid], classes[nid]
+                cls = classes[nid]
                 if nid in cached_set:
                     result.nodes[nid] = NodeRecord(cls.class_type, "cached", "cached")
                     if nid in output_set:
@@ -230,40 +237,9 @@ class Executor:
                 if cancel.cancelled:
                     raise Interrupted("interrupted before node " + nid)
                 emit(Event("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}))
-                kwargs: dict[str, Any] = {}
-                linked: dict[str, Any] = {}
-                for name, val in spec.inputs.items():
-                    if isinstance(val, Link):
-                        kwargs[name] = linked[name] = isolate(values[val.node].outputs[val.output])
-                    else:
-                        kwargs[name] = isolate(val)
-                for h in cls.hidden:
-                    if h == "PROMPT":
-                        kwargs["prompt"] = wf.prompt
-                    elif h == "EXTRA_PNGINFO":
-                        kwargs["extra_pnginfo"] = extra_data.get("extra_pnginfo")
-                    elif h == "UNIQUE_ID":
-                        kwargs["unique_id"] = nid
-                versions = Versions(linked) if linked else None
-                ctx = NodeContext(self.env, prompt_id, nid, cls.class_type, cancel, emit)
-                t0 = time.perf_counter()
-                try:
-                    outputs, ui = _normalize(cls, cls().run(ctx, **kwargs))
-                finally:  # also when the node raised after writing into an input
-                    bad = versions.mutated() if versions is not None else ()
-                    for name in bad:  # the shared upstream value is corrupt: never serve it again
-                        src = spec.inputs[name].node
-                        cache.discard(keys[src])
-                        values.pop(src, None)
-                dt = (time.perf_counter() - t0) * 1000.0
-                if bad:
-                    raise InputMutated(f"{cls.class_type} modified its input(s) {', '.join(bad)} in place; "
-                                       "nodes must copy a value before changing it")
-                entry_size = nbytes(outputs) + (nbytes(ui) if ui else 0)
-                if nid not in volatile:
-                    cache.put(keys[nid], outputs, ui, entry_size)
-                values[nid] = Entry(outputs, ui, entry_size)
-                reason = self._reason(nid, cls, parts[nid], keys[nid])
+                entry, dt = self._execute_node(wf, nid, cls, plan, values, prompt_id, cancel, emit, extra_data)
+                ui = entry.ui
+                reason = self._reason(nid, cls, plan.parts[nid], plan.keys[nid])
                 result.nodes[nid] = NodeRecord(cls.class_type, "executed", reason, dt)
                 done.append(nid)
                 if ui is not None or nid in output_set:
@@ -272,12 +248,11 @@ class Executor:
                     emit(Event("executed", {"node": nid, "display_node": nid, "output": ui, "prompt_id": prompt_id}))
                 emit(Event("node_done", {"node": nid, "class_type": cls.class_type, "prompt_id": prompt_id,
                                          "duration_ms": round(dt, 3), "cached": False, "reason": reason}))
-                for val in spec.inputs.values():  # free intermediates nobody else will read
-                    if isinstance(val, Link):
-                        left = consumers_left[val.node] - 1
-                        consumers_left[val.node] = left
-                        if left == 0 and val.node not in output_set:
-                            values.pop(val.node, None)
+                for src in plan.deps[nid]:  # free intermediates nobody else will read
+                    left = reads[src] - 1
+                    reads[src] = left
+                    if left == 0 and src not in output_set:
+                        values.pop(src, None)
                 current = None
         except Interrupted:
             result.status = "interrupted"
@@ -294,19 +269,62 @@ class Executor:
             result.status = "error"
             spec, cls = nodes[current], classes[current]
             result.nodes[current] = NodeRecord(cls.class_type, "failed", f"{type(e).__name__}: {e}")
-            data = {"prompt_id": prompt_id, "node_id": current, "node_type": cls.class_type, "executed": list(done),
-                    "exception_message": f"{e}\n", "exception_type": _type_name(e),
-                    "traceback": traceback.format_tb(e.__traceback__),
-                    "current_inputs": {k: [_fmt(x) for x in (values[x.node].outputs[x.output] if isinstance(x, Link)
-                                                             and x.node in values else x,)]
-                                       for k, x in spec.inputs.items()},
-                    "current_outputs": list(order), "timestamp": now_ms()}
-            result.error = data
+            inputs = {k: [_fmt(values[x.node].outputs[x.output] if type(x) is Link and x.node in values else x)]
+                      for k, x in spec.inputs.items()}
+            result.error = execution_error(prompt_id, e, current, cls.class_type, done, inputs, order)
+            item = getattr(e, "error_item", None)  # a run-time check: validation's error shape too
+            if item is not None:
+                result.node_errors = {**result.node_errors, current: {
+                    "errors": [item.to_dict()], "dependent_outputs": [], "class_type": cls.class_type}}
             self._not_reached(result, order, classes, f"run failed at node {current}")
-            emit(Event("execution_error", data))
+            emit(Event("execution_error", result.error))
             return result
         emit(Event("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()}))
         return result
+
+    def _execute_node(self, wf: Workflow, nid: str, cls: type[Node], plan: Plan, values: dict[str, Entry],
+                      prompt_id: str, cancel: CancelToken, emit: EventSink, extra_data: dict) -> tuple[Entry, float]:
+        """Run one node: assemble its arguments (isolated copies of containers), call it, refuse an
+        input written in place (and drop that corrupt upstream value from the cache), store the
+        outputs. Returns the entry and the node's duration in ms; raises what the node raised."""
+        spec = wf.nodes[nid]
+        kwargs: dict[str, Any] = {}
+        linked: dict[str, Any] = {}
+        for name, val in spec.inputs.items():
+            if type(val) is Link:
+                kwargs[name] = linked[name] = isolate(values[val.node].outputs[val.output])
+            else:
+                kwargs[name] = isolate(val)
+        for h in cls.hidden:
+            if h == "PROMPT":
+                kwargs["prompt"] = wf.prompt
+            elif h == "EXTRA_PNGINFO":
+                kwargs["extra_pnginfo"] = extra_data.get("extra_pnginfo")
+            elif h == "UNIQUE_ID":
+                kwargs["unique_id"] = nid
+        if linked:
+            budget.check_linked(cls, linked)  # validation saw only constants
+        budget.check_memory(cls, kwargs, self.memory_budget, nid)  # before the node allocates
+        versions = Versions(linked) if linked else None
+        ctx = NodeContext(self.env, prompt_id, nid, cls.class_type, cancel, emit)
+        t0 = time.perf_counter()
+        try:
+            outputs, ui = _normalize(cls, cls().run(ctx, **kwargs))
+        finally:  # also when the node raised after writing into an input
+            bad = versions.mutated() if versions is not None else ()
+            for name in bad:  # the shared upstream value is corrupt: never serve it again
+                src = spec.inputs[name].node
+                self.cache.discard(plan.keys[src])
+                values.pop(src, None)
+        dt = (time.perf_counter() - t0) * 1000.0
+        if bad:
+            raise InputMutated(f"{cls.class_type} modified its input(s) {', '.join(bad)} in place; "
+                               "nodes must copy a value before changing it")
+        entry = Entry(outputs, ui, nbytes(outputs) + (nbytes(ui) if ui else 0))
+        if nid not in plan.volatile:
+            self.cache.put(plan.keys[nid], outputs, ui, entry.nbytes)
+        values[nid] = entry
+        return entry, dt
 
     @staticmethod
     def _not_reached(result: RunResult, order: list[str], classes: dict, why: str) -> None:
@@ -364,11 +382,6 @@ def _normalize(cls: type[Node], ret: Any) -> tuple[tuple, dict | None]:
     if len(ret) != len(cls.outputs):
         raise TypeError(f"{cls.class_type}.run returned {len(ret)} value(s); it declares {len(cls.outputs)} output(s)")
     return ret, ui
-
-
-def _type_name(e: BaseException) -> str:
-    t = type(e)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _fmt(x: Any) -> Any:

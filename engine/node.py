@@ -157,6 +157,13 @@ class Node:
         return cls._input_map.get(name)
 
     @classmethod
+    def estimate_bytes(cls, **inputs) -> int | None:
+        """Bytes of the outputs ``run`` would allocate for these arguments (the same ones ``run`` gets:
+        linked tensors and constants), or None when unknown. Tensor-creating nodes declare it, so the
+        engine refuses a node that cannot fit the memory budget before it allocates (engine.budget)."""
+        return None
+
+    @classmethod
     def fingerprint(cls, env: Any, **constants) -> Any:
         """Extra cache-key material for results that depend on something outside the inputs
         (a file's content). Return None for none, or ``float('nan')`` to always re-run."""
@@ -166,6 +173,12 @@ class Node:
     def check(cls, env: Any, **constants) -> dict[str, str] | None:
         """Custom validation on constant inputs: return ``{input_name: problem}`` or None."""
         return None
+
+    @classmethod
+    def warnings(cls, env: Any, **constants) -> list[str]:
+        """Validation warnings on constant inputs (the workflow still runs): e.g. a prompt naming an embedding
+        that is not installed. Return a list of messages."""
+        return []
 
     def run(self, ctx, **inputs):  # pragma: no cover - abstract
         raise NotImplementedError(f"{self.class_type}.run")

@@ -3,14 +3,16 @@
 Only nodes upstream of the requested output nodes are validated (ComfyUI's rule). Constants are
 coerced to their declared types; links are checked for existence, output index and type. An
 output whose ancestry holds any error is dropped; if every output is dropped the workflow fails
-with ``prompt_outputs_failed_validation``. No recursion: all walks use explicit stacks.
+with ``prompt_outputs_failed_validation``. Graph walks (upstream, consumers, cycles) are ``graph``'s.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import graph
 from .errors import ErrorItem, WorkflowError, input_error
 from .node import MISSING, Input, Node, Registry
 from .workflow import Link, NodeSpec, Workflow
@@ -70,6 +72,8 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             value = str(value)
         elif not isinstance(value, str):
             return wrong("a string")
+        elif has_lone_surrogate(value):
+            return wrong("text without lone UTF-16 surrogates (a \\ud800-\\udfff escape outside a pair)")
     elif t == "BOOLEAN":
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
@@ -79,6 +83,8 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
             return wrong("true or false")
     elif t == "COMBO":
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            return wrong("one of the listed options")
+        if isinstance(value, str) and has_lone_surrogate(value):
             return wrong("one of the listed options")
         if inp.check_options:
             key = id(inp)
@@ -105,6 +111,15 @@ def coerce(inp: Input, value: Any, env: Any, option_cache: dict) -> tuple[Any, E
     return value, None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(s: str) -> bool:
+    """True when ``s`` holds a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one): not a character,
+    so it cannot be written to a file name, a PNG chunk or a database."""
+    return not s.isascii() and _SURROGATE.search(s) is not None
+
+
 def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[str] | None = None) -> Validated:
     nodes = wf.nodes
     classes: dict[str, type[Node]] = {}
@@ -119,7 +134,7 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
         else:
             classes[nid] = cls
     # Unknown nodes do not stop validation: the editor's missing-nodes dialog needs `missing_node_type`, and the
-    # user needs every other error of the workflow at once (raised after the walk below).
+    # user needs every other error of the workflow at once (raised after the checks below).
     outputs = [nid for nid, c in classes.items() if c.output_node]
     if targets is not None:
         wanted = {str(t) for t in targets}
@@ -128,61 +143,77 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
         raise WorkflowError("prompt_no_outputs", "Prompt has no outputs",
                             "the workflow needs at least one output node (SaveImage, PreviewImage, ...)")
 
-    # Walk upstream of the outputs and of unknown nodes (iteratively) to find what must be validated.
-    needed: dict[str, None] = {}
-    stack = list(reversed(outputs + list(unknown)))
-    while stack:
-        nid = stack.pop()
-        if nid in needed or nid not in nodes:
-            continue
-        needed[nid] = None
-        for v in nodes[nid].inputs.values():
-            if isinstance(v, Link) and v.node in nodes and v.node not in needed:
-                stack.append(v.node)
+    # what must be validated: everything upstream of the outputs and of the unknown nodes
+    needed = graph.upstream(graph.dependencies(nodes), outputs + list(unknown))
 
     errors: dict[str, list[ErrorItem]] = {}
     warnings: list[str] = []
     option_cache: dict = {}
     new_nodes: dict[str, NodeSpec] = {}
+    links_of: dict[str, list[str]] = {}  # node -> sources of its valid links (all of them needed nodes)
     for nid in needed:
         if nid in unknown:
             continue
         spec, cls = nodes[nid], classes[nid]
+        given = spec.inputs
         errs: list[ErrorItem] = []
         out: dict[str, Any] = {}
         consts: dict[str, Any] = {}
+        sources: list[str] = []
+        matched = 0
         for inp in cls.inputs:
-            if inp.name not in spec.inputs:
+            name = inp.name
+            if name not in given:
                 if inp.optional:
                     continue
                 if inp.is_widget and inp.default is not MISSING:
-                    out[inp.name] = consts[inp.name] = inp.default
-                    warnings.append(f"node {nid} ({spec.class_type}): '{inp.name}' missing, using default {inp.default!r}")
+                    out[name] = consts[name] = inp.default
+                    warnings.append(f"node {nid} ({spec.class_type}): '{name}' missing, using default {inp.default!r}")
                     continue
-                errs.append(input_error("required_input_missing", "Required input is missing", inp.name,
-                                        f"{inp.name} ({inp.type})"))
+                errs.append(input_error("required_input_missing", "Required input is missing", name,
+                                        f"{name} ({inp.type})"))
                 continue
-            v = spec.inputs[inp.name]
-            if isinstance(v, Link):
+            matched += 1
+            v = given[name]
+            tv, t = type(v), inp.type
+            # Fast paths for the common, valid cases; everything else (and every error) goes the long way.
+            if tv is Link:
+                src = classes.get(v.node)
+                idx = v.output
+                if (src is not None and type(idx) is int and 0 <= idx < len(src.outputs)
+                        and src.outputs[idx].type == t and v.node in nodes):
+                    out[name] = v
+                    sources.append(v.node)
+                    continue
                 link, err = _check_link(nid, inp, v, nodes, classes)
                 if err:
                     errs.append(err)
                 else:
-                    out[inp.name] = link
+                    out[name] = link
+                    sources.append(v.node)
+                continue
+            if (tv is int and t == "INT") or (tv is float and t == "FLOAT" and v - v == 0):
+                lo, hi = inp.min, inp.max
+                if (lo is None or v >= lo) and (hi is None or v <= hi):
+                    out[name] = consts[name] = v
+                    continue
+            elif (tv is str and t == "STRING") or (tv is bool and t == "BOOLEAN"):
+                out[name] = consts[name] = v
+                continue
+            v2, err = coerce(inp, v, env, option_cache)
+            if err:
+                errs.append(err)
             else:
-                v2, err = coerce(inp, v, env, option_cache)
-                if err:
-                    errs.append(err)
-                else:
-                    out[inp.name] = consts[inp.name] = v2
-        for name, v in spec.inputs.items():
-            if cls.input(name) is None:
-                if isinstance(v, Link):
-                    errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
-                                            f"{spec.class_type} has no input '{name}'; inputs are "
-                                            + ", ".join(i.name for i in cls.inputs)))
-                else:
-                    warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
+                out[name] = consts[name] = v2
+        if matched < len(given):
+            for name, v in given.items():
+                if cls.input(name) is None:
+                    if type(v) is Link:
+                        errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
+                                                f"{spec.class_type} has no input '{name}'; inputs are "
+                                                + ", ".join(i.name for i in cls.inputs)))
+                    else:
+                        warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
         if not errs and cls.check.__func__ is not _BASE_CHECK:
             try:
                 custom = cls.check(env, **consts) or {}
@@ -191,27 +222,39 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             for name, msg in custom.items():
                 errs.append(input_error("custom_validation_failed", "Custom validation failed for node",
                                         name, f"{name} - {msg}"))
+        if not errs and cls.warnings.__func__ is not _BASE_WARNINGS:
+            try:
+                warnings += [f"node {nid} ({spec.class_type}): {w}" for w in cls.warnings(env, **consts) or ()]
+            except Exception as e:  # a buggy warning hook must not fail validation
+                warnings.append(f"node {nid} ({spec.class_type}): warning check failed: {type(e).__name__}: {e}")
         if errs:
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
+        links_of[nid] = sources
 
-    for nid in _cycle_nodes({n: None for n in needed if n in new_nodes}, new_nodes):
+    for nid in graph.cycle_nodes(links_of):  # sources that are unknown nodes are not keys: ignored
         errors.setdefault(nid, []).append(ErrorItem("dependency_cycle", "Workflow has a cycle",
                                                     f"Node ID '#{nid}' depends on itself through its inputs"))
 
     node_errors: dict[str, dict] = {}
     good = outputs
+    consumers = graph.consumers(graph.dependencies(nodes, needed)) if errors or unknown else {}
+
+    def entries(errs: dict) -> dict[str, dict]:
+        return {nid: {"errors": [e.to_dict() for e in items],
+                      "dependent_outputs": [o for o in outputs if o in graph.downstream(consumers, nid)],
+                      "class_type": nodes[nid].class_type} for nid, items in errs.items()}
+
     if unknown:
         nid = next(iter(unknown))
         ct = nodes[nid].class_type
         title = nodes[nid].title or ct
         raise WorkflowError("missing_node_type", f"Node '{title}' not found. The custom node may not be installed.",
-                            f"Node ID '#{nid}'", _node_errors({**unknown, **errors}, needed, nodes, outputs),
+                            f"Node ID '#{nid}'", entries({**unknown, **errors}),
                             {"node_id": nid, "class_type": ct, "node_title": title})
     if errors:
-        node_errors = _node_errors(errors, needed, nodes, outputs)
-        consumers = _consumers(needed, nodes)
-        bad_all = set().union(*(_reach(nid, consumers) for nid in errors))
+        node_errors = entries(errors)
+        bad_all = set().union(*(graph.downstream(consumers, nid) for nid in errors))
         good = [o for o in outputs if o not in bad_all]
         if not good:
             lines = [f"{e['message']}: {e['details']}" for ne in node_errors.values() for e in ne["errors"]]
@@ -222,26 +265,7 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
 
 
 _BASE_CHECK = Node.check.__func__
-
-
-def _consumers(needed: dict, nodes: dict) -> dict[str, list[str]]:
-    consumers: dict[str, list[str]] = {}
-    for nid in needed:
-        for v in nodes[nid].inputs.values():
-            if isinstance(v, Link) and v.node in needed:
-                consumers.setdefault(v.node, []).append(nid)
-    return consumers
-
-
-def _node_errors(errors: dict, needed: dict, nodes: dict, outputs: list[str]) -> dict[str, dict]:
-    """ComfyUI's node_errors entries, each with the outputs its error blocks."""
-    consumers = _consumers(needed, nodes)
-    out = {}
-    for nid, errs in errors.items():
-        reach = _reach(nid, consumers)
-        out[nid] = {"errors": [e.to_dict() for e in errs], "dependent_outputs": [o for o in outputs if o in reach],
-                    "class_type": nodes[nid].class_type}
-    return out
+_BASE_WARNINGS = Node.warnings.__func__
 
 
 def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tuple[Link | None, ErrorItem | None]:
@@ -274,44 +298,3 @@ def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tu
                                  f"{inp.name}, received_type({received}) mismatch input_type({expected})",
                                  received_type=received, linked_node=[src, idx])
     return Link(src, idx), None
-
-
-def _reach(start: str, consumers: dict[str, list[str]]) -> set[str]:
-    seen = {start}
-    stack = [start]
-    while stack:
-        for c in consumers.get(stack.pop(), ()):
-            if c not in seen:
-                seen.add(c)
-                stack.append(c)
-    return seen
-
-
-def _cycle_nodes(needed: dict, nodes: dict[str, NodeSpec]) -> list[str]:
-    """Nodes that lie on a cycle (Kahn's algorithm: whatever never becomes ready)."""
-    indeg = {n: 0 for n in needed}
-    consumers: dict[str, list[str]] = {}
-    for nid in needed:
-        for v in nodes[nid].inputs.values():
-            if isinstance(v, Link) and v.node in indeg:
-                indeg[nid] += 1
-                consumers.setdefault(v.node, []).append(nid)
-    ready = [n for n, d in indeg.items() if d == 0]
-    while ready:
-        n = ready.pop()
-        for c in consumers.get(n, ()):
-            indeg[c] -= 1
-            if indeg[c] == 0:
-                ready.append(c)
-    left = {n for n, d in indeg.items() if d > 0}
-    if not left:
-        return []
-    import networkx as nx  # only on the error path: report the nodes actually on a cycle
-
-    g = nx.DiGraph((v.node, nid) for nid in left for v in nodes[nid].inputs.values()
-                   if isinstance(v, Link) and v.node in left)
-    on_cycle = set()
-    for comp in nx.strongly_connected_components(g):
-        if len(comp) > 1 or any(g.has_edge(n, n) for n in comp):
-            on_cycle |= comp
-    return sorted(on_cycle)

@@ -102,7 +102,7 @@ class ClipVision:
         if self.model is None:
             raise ClipVisionError(f"{self.name} has no text tower (text_model.*); scoring against a text needs a "
                                   "full CLIPModel file")
-        from .models import TOKENIZER_DIR
+        from .loader import TOKENIZER_DIR
         tok = _tokenizer(str(TOKENIZER_DIR))
         ids = tok(list(texts), padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         pooled = self.model.text_model(input_ids=ids).pooler_output  # the first end token's state

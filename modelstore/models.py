@@ -1,51 +1,43 @@
-"""The model store: load checkpoints/VAEs/LoRAs once, share them, keep them within a memory budget.
+"""The model store: load checkpoints/VAEs/LoRAs/upscale models/TAESD decoders once, share them, keep them within
+a memory budget.
 
-Nodes never hold modules in outputs: loaders return
-``ModelRef`` objects (hashable, ~64 bytes) and call ``ref.get()`` when they run, or, when a node needs several
-models at once on the device, ``with store.using(model_ref, vae_ref) as (unet, vae): ...`` (pinned: not
-offloaded while the block runs). Modules handed out are shared: never mutate or ``.to()`` them.
+Nodes never hold modules in outputs: loaders return ``ModelRef`` objects (hashable, ~64 bytes, keyed by file
+identity) and call ``ref.get()`` when they run, or, when a node needs several models at once on the device,
+``with store.using(model_ref, vae_ref) as (unet, vae): ...`` (pinned: not offloaded while the block runs). Values
+handed out are shared: never mutate or ``.to()`` them.
 
 What ``get()`` returns: MODEL -> ``diffusers.UNet2DConditionModel``; VAE -> ``diffusers.AutoencoderKL``;
-CLIP -> ``TextEncoders`` (modules + tokenizers). ``ref.meta`` holds arch ('sd1'|'sd2'|'sdxl'),
-``prediction_type`` ('epsilon'|'v_prediction'), ``scaling_factor`` (latent scale of the MODEL: LATENT values
-stay unscaled like ComfyUI; the sampler multiplies by the MODEL's factor) and ``scheduler_config`` (diffusers
-kwargs for ``SomeScheduler.from_config``).
+CLIP -> ``TextEncoders`` (modules + tokenizers); UPSCALE_MODEL -> ``kinds.upscale.UpscaleModel``;
+TAESD_DECODER -> ``kinds.taesd.TAESDDecoder``. ``ref.meta`` of checkpoint refs holds arch ('sd1'|'sd2'|'sdxl'),
+``prediction_type`` ('epsilon'|'v_prediction'), ``scaling_factor`` (latent scale of the MODEL: LATENT values stay
+unscaled like ComfyUI; the sampler multiplies by the MODEL's factor) and ``scheduler_config`` (diffusers kwargs).
 
-The store is split by concept; every name below stays importable from here:
-``modelstore.refs`` (FileId, ModelKey, ModelRef, TextEncoders, module_nbytes), ``modelstore.devices`` (device/dtype
-policy, default budget, OutOfMemory), ``modelstore.residency`` (budget, offload/drop, free, OOM guard),
-``modelstore.loading`` (headers -> modules, LoRA-patched copies), ``modelstore.lora`` (LoRA files and patching).
-These are the engine's model-store modules, the only ones that may import torch at module level (``refs``
-does not); ``modelstore.checkpoint`` and ``engine.folders`` stay torch-free.
+Built by composition: ``ModelStore`` owns a ``Residency`` (entries, budget, offload/drop, pins, OOM guard, the
+lock) and a ``Loader`` (file sources, the kind loaders and checkpoint families of ``modelstore.kinds``,
+tokenizers). A new model kind or family is a module in ``modelstore/kinds/``; this file does not change.
 """
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import torch
-
-from .arch import scheduler_config
-from .devices import OutOfMemory, choose_device_dtype, default_budget
 from engine.folders import ModelFolders
-from .loading import Loading
+
+from .devices import OutOfMemory, choose_device_dtype, default_budget
+from .loader import TOKENIZER_DIR, Loader
 from .lora import apply_lora, load_lora_file, lora_delta, parse_lora
 from .refs import FileId, ModelKey, ModelRef, TextEncoders, module_nbytes
-from .residency import Residency, _Entry
-
-TOKENIZER_DIR = Path(__file__).parent / "model_configs" / "clip_tokenizer"
+from .residency import Residency
 
 __all__ = ["ModelStore", "TOKENIZER_DIR", "OutOfMemory", "choose_device_dtype", "default_budget", "FileId",
            "ModelKey", "ModelRef", "TextEncoders", "module_nbytes", "apply_lora", "load_lora_file", "lora_delta",
            "parse_lora"]
 
 
-class ModelStore(Loading, Residency):
+class ModelStore:
     """Loads and shares models, keyed by ``ModelKey``; thread-safe.
 
     ``budget_bytes``: models resident on the device; beyond it the least recently used unpinned entries are
@@ -56,47 +48,67 @@ class ModelStore(Loading, Residency):
     def __init__(self, folders: ModelFolders, device: str | None = None, dtype: str | None = None,
                  budget_bytes: int | None = None, allow_pickle: bool = False, channels_last: bool = False,
                  offload_budget_bytes: int | None = None):
-        cuda = torch.cuda.is_available()
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-        self.folders = folders
-        self.device, self.dtype = choose_device_dtype(cuda, bf16, device, dtype)
-        self.budget = budget_bytes if budget_bytes is not None else default_budget(self.device)
-        self.offload_to = "cpu" if self.device.startswith("cuda") else None
-        self.offload_budget = offload_budget_bytes if offload_budget_bytes is not None else self.budget
-        self.allow_pickle = allow_pickle
-        self.channels_last = channels_last
-        self._entries: OrderedDict[ModelKey, _Entry] = OrderedDict()
-        self._sources: dict[FileId, tuple] = {}
-        self._tokenizers: dict[tuple, Any] = {}
-        self._lock = threading.RLock()
-        self.stats = {"loads": 0, "hits": 0, "offloads": 0, "drops": 0, "load_seconds": 0.0}
+        import torch
 
-    # -- public loaders: cheap, read headers only ---------------------------------------------------
+        cuda = torch.cuda.is_available()
+        self.folders = folders
+        self.device, self.dtype = choose_device_dtype(cuda, cuda and torch.cuda.is_bf16_supported(), device, dtype)
+        budget = budget_bytes if budget_bytes is not None else default_budget(self.device)
+        self.residency = Residency(self.device, budget, "cpu" if self.device.startswith("cuda") else None,
+                                   offload_budget_bytes)
+        self.loader = Loader(self.device, allow_pickle, channels_last, pinned=self._pinned_key)
+
+    # -- settings and counters, owned by the parts ------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        return self.residency.budget
+
+    @property
+    def offload_to(self) -> str | None:
+        return self.residency.offload_to
+
+    @offload_to.setter
+    def offload_to(self, where: str | None) -> None:
+        self.residency.offload_to = where
+
+    @property
+    def stats(self) -> dict:
+        return self.residency.stats
+
+    @property
+    def allow_pickle(self) -> bool:
+        return self.loader.allow_pickle
+
+    # -- public loaders: cheap, read headers only -----------------------------------------------------
     def load_checkpoint(self, name: str, dtype: str | None = None) -> tuple[ModelRef, ModelRef | None,
                                                                             ModelRef | None]:
         """(MODEL, CLIP, VAE) refs for ``checkpoints/<name>`` (single file or diffusers folder). Weights load
         on first ``get()``. CLIP/VAE are None if the file has none."""
-        path = self.folders.resolve("checkpoints", name)
-        fid, (kind, header, plan) = self._source(path, "checkpoint")
+        src, _, plan = self.loader.checkpoint(self.folders.resolve("checkpoints", name))
         dt = self._dtype(dtype)
-        info = (("arch", plan.arch), ("name", name), ("prediction_type", plan.prediction_type),
-                ("scaling_factor", plan.scaling_factor), ("inpaint", plan.inpaint),
-                ("scheduler_config", tuple(sorted(scheduler_config(plan.prediction_type).items()))))
-        mk = lambda comp, k: ModelRef(k, ModelKey(fid, comp, dt, self.device), info, store=self)
-        clip = mk("clip", "CLIP") if plan.text_encoders else None
-        vae = mk("vae", "VAE") if plan.vae else None
-        return mk("unet", "MODEL"), clip, vae
+        info = (("name", name),) + tuple(plan.info())
+        comps = plan.components()
+        return tuple(ModelRef(kind, ModelKey(src.fid, comps[kind], dt, self.device), info, store=self)
+                     if kind in comps else None for kind in ("MODEL", "CLIP", "VAE"))
 
     def load_vae(self, name: str, dtype: str | None = None) -> ModelRef:
         """VAE ref for ``vae/<name>`` (LDM or diffusers key layout)."""
-        fid, _ = self._source(self.folders.resolve("vae", name), "vae")
-        return ModelRef("VAE", ModelKey(fid, "vaefile", self._dtype(dtype), self.device), (("name", name),), store=self)
+        return self.load("vaefile", name, dtype)
+
+    def load(self, component: str, name: str, dtype: str | None = None) -> ModelRef:
+        """A ref to ``<folder>/<name>`` built by the kind loader of ``component`` ('vaefile', 'upscale', 'taesd',
+        ...; its ``folder`` and ``socket`` say where the file lives and which socket type the ref feeds). Reads
+        the header now, so a file the kind cannot load fails here, in the loader node."""
+        kind = self.loader.loader(component)
+        src, info = self.loader.describe(component, self.folders.resolve(kind.folder, name))
+        return ModelRef(kind.socket, ModelKey(src.fid, component, self._dtype(dtype), self.device),
+                        (("name", name),) + info, store=self)
 
     def load_lora(self, model: ModelRef | None, clip: ModelRef | None, name: str, strength_model: float,
                   strength_clip: float) -> tuple[ModelRef | None, ModelRef | None]:
         """Refs to LoRA-patched copies of ``model``/``clip`` (``loras/<name>``); strength 0 returns the input."""
         fid = FileId.of(self.folders.resolve("loras", name))
-        self._refuse_pickle(Path(fid.path))
+        self.loader.sources.refuse_pickle(Path(fid.path))
         out = []
         for ref, s in ((model, strength_model), (clip, strength_clip)):
             if ref is None or float(s) == 0.0:
@@ -105,52 +117,71 @@ class ModelStore(Loading, Residency):
                 out.append(replace(ref, key=replace(ref.key, patches=ref.key.patches + ((fid, float(s)),))))
         return out[0], out[1]
 
-    # -- access -------------------------------------------------------------------------------------
+    # -- access -----------------------------------------------------------------------------------------
     def get(self, ref: ModelRef) -> Any:
         """The live object for ``ref`` on the store's device (loading, reloading or un-offloading it)."""
-        with self._lock:
-            e = self._entries.get(ref.key)
-            if e is None:
+        return self._get_key(ref.key)
+
+    def _get_key(self, key: ModelKey) -> Any:
+        with self.residency.lock:           # held across a miss: one key is built once
+            value = self.residency.lookup(key)
+            if value is None:
                 t0 = time.perf_counter()
-                value = self._build(ref.key)
-                nb = getattr(value, "_loom_own_bytes", None)
-                nb = module_nbytes(value) if nb is None else nb
-                e = self._entries[ref.key] = _Entry(value, nb, "device")
-                self.stats["loads"] += 1
-                self.stats["load_seconds"] += time.perf_counter() - t0
-            else:
-                self.stats["hits"] += 1
-                if e.where == "offloaded":
-                    self._move(e.value, self.device)
-                    e.where = "device"
-            self._entries.move_to_end(ref.key)
-            e.last_used = time.monotonic()
-            self._enforce_budget(keep=ref.key)
-            return e.value
+                value, nbytes = self.loader.build(key)
+                self.residency.admit(key, value, nbytes, time.perf_counter() - t0)
+            return value
 
     @contextlib.contextmanager
     def using(self, *refs: ModelRef):
         """Pin ``refs`` while the block runs; yields their live objects (a tuple)."""
-        values = []
-        with self._lock:
-            for r in refs:
-                values.append(self.get(r))
-                self._entries[r.key].pins += 1
+        with contextlib.ExitStack() as stack:
+            yield tuple(stack.enter_context(self._pinned_key(r.key)) for r in refs)
+
+    @contextlib.contextmanager
+    def _pinned_key(self, key: ModelKey):
+        with self.residency.lock:
+            value = self._get_key(key)
+            self.residency.pin(key, +1)
         try:
-            yield tuple(values)
+            yield value
         finally:
-            with self._lock:
-                for r in refs:
-                    if r.key in self._entries:
-                        self._entries[r.key].pins -= 1
+            self.residency.pin(key, -1)
 
     def tokenizer(self, pad_token: str = "<|endoftext|>", folder: str | None = None):
         """The CLIP BPE tokenizer (bundled files, or a diffusers folder's ``tokenizer*/``), cached."""
-        from transformers import CLIPTokenizer
+        return self.loader.tokenizer(pad_token, folder)
 
-        key = (pad_token, folder)
-        with self._lock:
-            if key not in self._tokenizers:
-                src = folder or TOKENIZER_DIR
-                self._tokenizers[key] = CLIPTokenizer.from_pretrained(src, local_files_only=True, pad_token=pad_token)
-            return self._tokenizers[key]
+    # -- memory -----------------------------------------------------------------------------------------
+    def resident_bytes(self, where: str = "device") -> int:
+        return self.residency.resident_bytes(where)
+
+    def loaded(self) -> list[tuple[ModelKey, str, int]]:
+        """(key, 'device'|'offloaded', nbytes) for every entry, least recently used first."""
+        return self.residency.loaded()
+
+    def free(self, keep_pinned: bool = True) -> None:
+        """Offload (CUDA) or drop (CPU) every unpinned model, then release allocator caches."""
+        self.residency.free(keep_pinned)
+
+    def unload_all(self) -> None:
+        """Drop every model (pinned ones too) and the cached file headers."""
+        with self.residency.lock:
+            self.residency.clear()
+            self.loader.clear()
+
+    def oom_guard(self, what: str = "this step"):
+        """See ``Residency.oom_guard``."""
+        return self.residency.oom_guard(what)
+
+    def retry_on_oom(self, fn: Callable, *args, what: str = "this step", **kwargs):
+        """See ``Residency.retry_on_oom``."""
+        return self.residency.retry_on_oom(fn, *args, what=what, **kwargs)
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _dtype(self, dtype: str | None) -> str:
+        if dtype is None:
+            return self.dtype
+        import torch
+
+        cuda = self.device.startswith("cuda")
+        return choose_device_dtype(cuda, cuda and torch.cuda.is_bf16_supported(), self.device, dtype)[1]

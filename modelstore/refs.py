@@ -6,10 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .models import ModelStore
+
+class RefSource(Protocol):
+    """What a ref needs from its store (declared here so refs never import the store: no import loop)."""
+
+    def get(self, ref: "ModelRef") -> Any: ...
+
+    def using(self, *refs: "ModelRef") -> Any:
+        """Context manager: pin ``refs`` while the block runs, yielding their live values."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,9 @@ class FileId:
 
 @dataclass(frozen=True)
 class ModelKey:
-    """Store key: file, component ('unet'|'vae'|'clip'|'vaefile' = standalone VAE file), dtype/device names and LoRA patches
-    (tuple of (FileId, strength))."""
+    """Store key: file, component (the name of the kind loader that builds it: 'unet'|'vae'|'clip' of a checkpoint,
+    'vaefile' = standalone VAE file, 'upscale', 'taesd', ... see ``modelstore.kinds``), dtype/device names and
+    patches (tuple of (FileId, strength), applied in order by the kind loader's ``patch``)."""
     file: FileId
     component: str
     dtype: str
@@ -39,13 +46,13 @@ class ModelKey:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A cheap, hashable handle to a model in a store. ``kind`` is 'MODEL'|'CLIP'|'VAE'.
-    ``meta``/``options`` are tuples of (name, value) pairs; the store is not part of equality."""
+    """A cheap, hashable handle to a model in a store. ``kind`` is the socket type it feeds ('MODEL'|'CLIP'|'VAE'|'UPSCALE_MODEL' ...).
+    ``info``/``options`` are tuples of (name, value) pairs; the store is not part of equality."""
     kind: str
     key: ModelKey
     info: tuple = ()
     options: tuple = ()
-    store: "ModelStore" = field(default=None, compare=False, hash=False, repr=False)
+    store: RefSource | None = field(default=None, compare=False, hash=False, repr=False)
 
     def get(self) -> Any:
         """The live module (reloaded if it was dropped; moved back if it was offloaded)."""

@@ -1,7 +1,8 @@
 """Loom's node catalogue, gathered from explicit per-module lists (no discovery by import *).
 
-Each module defines ``NODES = [...]``; add a module here to register its nodes. Modules that need
-torch import it at module level; diffusers and transformers are imported lazily inside run().
+Each module defines ``NODES = [...]``; add a module here to register its nodes. Node modules never import
+torch, numpy, PIL, diffusers or transformers at module level: they import them inside the functions that run,
+so listing the catalogue, ``/object_info`` and validation stay torch-free (tests/test_torch_free.py).
 """
 from __future__ import annotations
 
@@ -16,25 +17,34 @@ MODULES = [
     "nodes.conditioning",
     "nodes.latents",
     "nodes.sampling",
+    "nodes.sigmas",
+    "nodes.sampler_params",
+    "nodes.guiders",
+    "nodes.model_sampling",
     "nodes.vae",
     "nodes.masks",
     "nodes.mask_ops",
     "nodes.upscale",
+    "nodes.conditioning_ops",
+    "nodes.latent_ops",
+    "nodes.image_ops",
+    "nodes.mask_edit",
+    "nodes.preprocessors",
+    "nodes.string_ops",
+    "nodes.controlnet",
+    "nodes.model_merge",
     "nodes.clip_vision",
     "nodes.testing",
+    "nodes.loaders_split",
+    "nodes.text_encode_families",
+    "nodes.latent_formats",
 ]
 
 
 def all_nodes() -> list[type[Node]]:
     out: list[type[Node]] = []
-    for name in MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a module listed before it has landed
-                continue
-            raise
-        out.extend(mod.NODES)
+    for name in MODULES:  # a module that fails to import is an error, never silently skipped
+        out.extend(importlib.import_module(name).NODES)
     return out
 
 

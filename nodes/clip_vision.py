@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import torch
-
 from engine.node import Combo, Float, Int, Node, Output, Socket, String
 
-from .loaders import model_list, store_of
+from .loaders import model_list
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class CLIPVisionLoader(Node):
     @classmethod
     def fingerprint(cls, env, clip_name=None, **_):
         try:
-            st = store_of(env).folders.resolve("clip_vision", clip_name).stat()
+            st = env.folders.resolve("clip_vision", clip_name).stat()
             return (st.st_size, st.st_mtime_ns)
         except Exception:
             return None
@@ -59,7 +57,7 @@ class CLIPVisionLoader(Node):
     def run(self, ctx, clip_name):
         from modelstore.clip_vision import ClipVisionError
 
-        p = store_of(ctx.env).folders.resolve("clip_vision", clip_name)
+        p = ctx.env.folders.resolve("clip_vision", clip_name)
         ref = ClipVisionRef(str(p), p.stat().st_size, p.stat().st_mtime_ns, clip_name)
         try:
             ref.get()  # fail here, naming the file, rather than in a downstream node
@@ -121,6 +119,8 @@ class LoomCLIPRankImages(Node):
         if not cv.has_text:
             raise ValueError(f"LoomCLIPRankImages: {cv.name} has no text tower (text_model.*); load a full CLIPModel "
                              "file such as loom-shapes-clip.safetensors")
+        import torch  # lazily: the catalogue loads without torch
+
         sims = cv.similarity(images, text, crop)
         order = torch.argsort(sims, descending=True, stable=True)
         if top_k:

@@ -5,8 +5,6 @@ CONDITIONING is ComfyUI's list of ``[cond (B, 77*k, D), {"pooled_output": (B, P)
 """
 from __future__ import annotations
 
-import torch
-
 from engine.node import Boolean, Float, Int, Node, Output, Socket, String
 
 CHUNK = 75  # content tokens per 77-token window (BOS + 75 + EOS)
@@ -70,9 +68,10 @@ def _unescape(s: str) -> str:
     return s.replace("\\(", "(").replace("\\)", ")")
 
 
-def tokenize_weighted(tok, text: str) -> list[list[tuple[int, float]]]:
+def tokenize_weighted(tok, text: str, embeddings=None) -> list[list[tuple[int, float]]]:
     """Windows of 77 (token id, weight) pairs: BOS, up to 75 tokens, EOS, padding. Words are not split across
-    windows unless longer than 8 tokens; an empty prompt gives one window."""
+    windows unless longer than 8 tokens; an empty prompt gives one window. ``embeddings`` (nodes/embeddings.py
+    ``Resolver``) turns ``embedding:name`` words into one ``EmbeddingToken`` per vector."""
     bos, eos = tok.bos_token_id, tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     words: list[tuple[str, float]] = []
@@ -81,6 +80,9 @@ def tokenize_weighted(tok, text: str) -> list[list[tuple[int, float]]]:
             if word:
                 words.append((word, w))
     ids_per_word = tok([w for w, _ in words], add_special_tokens=False)["input_ids"] if words else []
+    if embeddings is not None:
+        ids_per_word = [embeddings(word) if word.startswith("embedding:") else ids
+                        for (word, _), ids in zip(words, ids_per_word)]
     windows: list[list[tuple[int, float]]] = []
     cur: list[tuple[int, float]] = []
     for (word, w), ids in zip(words, ids_per_word):
@@ -126,17 +128,29 @@ def _hidden(te, ids, layer: int, arch: str, index: int):
     return h, getattr(o, "pooler_output", None)
 
 
-def encode_text(clip_ref, text: str) -> list:
-    """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``)."""
+def encode_text(clip_ref, text, warn=None) -> list:
+    """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``).
+    ``text`` is one string, or one per encoder (CLIPTextEncodeSDXL: [text_l, text_g]). ``embedding:name`` words
+    use models/embeddings (nodes/embeddings.py); problems go to ``warn(message)``. A split-loader CLIP
+    (``FamilyClip``) is encoded by its family's rules (nodes/family_encode.py)."""
+    if hasattr(clip_ref, "encoders") and hasattr(clip_ref, "type"):
+        from .family_encode import encode
+
+        return encode(clip_ref, text)
+    import torch
+
+    from .embeddings import inject, resolver
+
     layer = int(clip_ref.option("clip_skip", -1))
     with clip_ref.store.using(clip_ref) as (tenc,):
         feats, pooled_out = [], None
         for i, (te, tok) in enumerate(zip(tenc.encoders, tenc.tokenizers)):
-            windows = tokenize_weighted(tok, text)
+            t = text[i] if isinstance(text, (list, tuple)) else text
+            windows = tokenize_weighted(tok, t, resolver(clip_ref, i, te, warn) if "embedding:" in t else None)
             dev = next(te.parameters()).device
             ids = torch.tensor([[t for t, _ in w] for w in windows], device=dev)
             weights = torch.tensor([[w for _, w in win] for win in windows], dtype=torch.float32)
-            with torch.no_grad():
+            with torch.no_grad(), inject(te, ids, windows):
                 z, pooled = _hidden(te, ids, layer, tenc.arch, i)
                 z = z.float().cpu()
                 if (weights != 1.0).any():
@@ -166,7 +180,13 @@ class CLIPTextEncode(Node):
         if clip is None:
             raise RuntimeError("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpoint loader node "
                                "your checkpoint does not contain a valid clip or text encoder model.")
-        return (encode_text(clip, text),)
+        return (encode_text(clip, text, warn=getattr(ctx, "warn", None)),)
+
+    @classmethod
+    def warnings(cls, env, text=None, **_):
+        from .embeddings import validation_warnings
+
+        return validation_warnings(env, text)
 
 
 class CLIPSetLastLayer(Node):
@@ -217,6 +237,8 @@ class ConditioningZeroOut(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, conditioning):
+        import torch
+
         out = []
         for c, o in conditioning:
             o = dict(o)

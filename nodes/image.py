@@ -15,9 +15,7 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from engine.budget import tensor_bytes
 from engine.folders import UnsafePathError, confine
 from engine.node import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Result, Socket, String
 
@@ -80,6 +78,10 @@ def _sha256(path: Path) -> str:
 
 def pil_to_tensor(img) -> torch.Tensor:
     """PIL image → (1, H, W, C) float32 in 0..1."""
+    import numpy as np
+
+    import torch
+
     arr = np.asarray(img).astype(np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -88,6 +90,8 @@ def pil_to_tensor(img) -> torch.Tensor:
 
 def tensor_to_pil(image: torch.Tensor):
     """(H, W, C) float tensor in 0..1 → 8-bit PIL image."""
+    import numpy as np
+
     from PIL import Image
 
     arr = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
@@ -97,6 +101,10 @@ def tensor_to_pil(image: torch.Tensor):
 
 
 def _open_frames(path: Path):
+    import numpy as np
+
+    import torch
+
     from PIL import Image, ImageOps, ImageSequence
 
     img = Image.open(path)
@@ -126,6 +134,8 @@ def _open_frames(path: Path):
 
 def upscale(image: torch.Tensor, method: str, width: int, height: int, crop: str = "disabled") -> torch.Tensor:
     """Resize a (B, H, W, C) image like ComfyUI's common_upscale (0 keeps the aspect ratio)."""
+    import torch
+
     b, h, w, c = image.shape
     if width == 0 and height == 0:
         return image
@@ -160,7 +170,13 @@ class EmptyImage(Node):
               Int("batch_size", 1, min=1, max=4096), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, height, width, 3)
+
     def run(self, ctx, width, height, batch_size, color):
+        import torch
+
         rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
         return (rgb.expand(batch_size, height, width, 3).clone(),)
 
@@ -182,6 +198,8 @@ class LoadImage(Node):
         return _sha256(annotated_path(env, image))
 
     def run(self, ctx, image):
+        import torch
+
         frames, masks = _open_frames(annotated_path(ctx.env, image))
         if len(masks) > 1 and any(m.shape != masks[0].shape for m in masks):
             masks = [m if m.shape == frames[0].shape[1:3] else torch.zeros(frames[0].shape[1:3]) for m in masks]
@@ -205,6 +223,10 @@ class LoadImageMask(Node):
         return _sha256(annotated_path(env, image))
 
     def run(self, ctx, image, channel):
+        import numpy as np
+
+        import torch
+
         from PIL import Image, ImageOps
 
         img = ImageOps.exif_transpose(Image.open(annotated_path(ctx.env, image)))
@@ -244,6 +266,11 @@ class ImageScale(Node):
               Combo("crop", ["disabled", "center"]))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, image, width, height, **_):
+        b, h, w, c = image.shape
+        return tensor_bytes(b, height or h, width or w, c)
+
     def run(self, ctx, image, upscale_method, width, height, crop):
         return (upscale(image, upscale_method, width, height, crop),)
 
@@ -255,6 +282,11 @@ class ImageScaleBy(Node):
     inputs = (Socket("image", "IMAGE"), Combo("upscale_method", UPSCALE_METHODS),
               Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, image, scale_by, **_):
+        b, h, w, c = image.shape
+        return tensor_bytes(b, round(h * scale_by), round(w * scale_by), c)
 
     def run(self, ctx, image, upscale_method, scale_by):
         h, w = image.shape[1:3]
@@ -325,10 +357,17 @@ class SaveImage(Node):
         results = []
         for i, image in enumerate(images):
             ctx.check_cancelled()
-            name = f"{stem.replace('%batch_num%', str(i))}_{counter:05}_.png"
-            tensor_to_pil(image).save(folder / name, pnginfo=meta, compress_level=self.compress_level)
+            pil = tensor_to_pil(image)
+            while True:  # create, never overwrite: another worker may be saving with the same prefix right now
+                name = f"{stem.replace('%batch_num%', str(i))}_{counter:05}_.png"
+                counter += 1
+                try:
+                    with open(folder / name, "xb") as fh:
+                        pil.save(fh, format="PNG", pnginfo=meta, compress_level=self.compress_level)
+                    break
+                except FileExistsError:
+                    continue
             results.append({"filename": name, "subfolder": subfolder, "type": self.folder_type})
-            counter += 1
         if self.write_manifest and prompt is not None and results:
             # Reproducibility record beside the images: model hashes, node versions, seeds, versions.
             from .manifest import build_manifest

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
+from engine.budget import tensor_bytes
 from engine.node import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Socket
 
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
@@ -16,6 +14,8 @@ CROP_METHODS = ["disabled", "center"]
 # ------------------------------------------------------------------------------------------ helpers
 def slerp(a: torch.Tensor, b: torch.Tensor, t, dim: int = 1, eps: float = 1e-7) -> torch.Tensor:
     """Spherical interpolation along ``dim`` (vectors normalised for the angle; magnitudes lerped)."""
+    import torch
+
     na, nb = a.norm(dim=dim, keepdim=True), b.norm(dim=dim, keepdim=True)
     ua, ub = a / na.clamp_min(eps), b / nb.clamp_min(eps)
     dot = (ua * ub).sum(dim, keepdim=True).clamp(-1.0, 1.0)
@@ -29,6 +29,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t, dim: int = 1, eps: float = 1e-7) 
 
 
 def _bislerp_axis(x: torch.Tensor, size: int, axis: int) -> torch.Tensor:
+    import torch
+
     n = x.shape[axis]
     pos = (torch.arange(size, dtype=torch.float32) + 0.5) * n / size - 0.5
     pos = pos.clamp(0, n - 1)
@@ -49,6 +51,8 @@ def bislerp(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
 
 def common_upscale(x: torch.Tensor, w: int, h: int, method: str, crop: str) -> torch.Tensor:
     """Resize (B,C,H,W) to (w, h) with ComfyUI's methods; ``crop='center'`` first crops to the target aspect."""
+    import torch.nn.functional as F
+
     if crop == "center":
         ow, oh = x.shape[3], x.shape[2]
         old_aspect, new_aspect = ow / oh, w / h
@@ -68,6 +72,8 @@ def common_upscale(x: torch.Tensor, w: int, h: int, method: str, crop: str) -> t
 
 def lanczos(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
     """Per-channel PIL Lanczos resize of (B,C,H,W) float images."""
+    import torch
+
     import numpy as np
     from PIL import Image
 
@@ -96,7 +102,13 @@ class EmptyLatentImage(Node):
               Int("batch_size", 1, min=1, max=4096, tooltip="The number of latent images in the batch."))
     outputs = (Output("LATENT", tooltip="The empty latent image batch."),)
 
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, 4, height // 8, width // 8)
+
     def run(self, ctx, width, height, batch_size):
+        import torch
+
         return ({"samples": torch.zeros([batch_size, 4, height // 8, width // 8])},)
 
 
@@ -108,6 +120,11 @@ class LatentUpscale(Node):
               Int("width", 512, min=0, max=MAX_RESOLUTION, step=8), Int("height", 512, min=0, max=MAX_RESOLUTION, step=8),
               Combo("crop", CROP_METHODS))
     outputs = (Output("LATENT"),)
+
+    @classmethod
+    def estimate_bytes(cls, samples, width, height, **_):
+        b, c, h, w = samples["samples"].shape[:4]
+        return tensor_bytes(b, c, height // 8 or h, width // 8 or w)
 
     def run(self, ctx, samples, upscale_method, width, height, crop):
         s = samples["samples"]
@@ -129,6 +146,11 @@ class LatentUpscaleBy(Node):
     inputs = (Socket("samples", "LATENT"), Combo("upscale_method", UPSCALE_METHODS),
               Float("scale_by", 1.5, min=0.01, max=8.0, step=0.01))
     outputs = (Output("LATENT"),)
+
+    @classmethod
+    def estimate_bytes(cls, samples, scale_by, **_):
+        b, c, h, w = samples["samples"].shape[:4]
+        return tensor_bytes(b, c, round(h * scale_by), round(w * scale_by))
 
     def run(self, ctx, samples, upscale_method, scale_by):
         s = samples["samples"]
@@ -161,6 +183,8 @@ class LatentComposite(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples_to, samples_from, x, y, feather):
+        import torch
+
         x, y, feather = x // 8, y // 8, feather // 8
         s = samples_to["samples"].clone()
         src = samples_from["samples"]

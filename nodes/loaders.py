@@ -1,5 +1,6 @@
 """Model loaders. They return references from the model store (modelstore/models.py); weights load on first use and
-are shared by every node and prompt that references the same file."""
+are shared by every node and prompt that references the same file. Their combo options come from the
+environment's folder service (``env.folders``): listing files never creates the store nor imports torch."""
 from __future__ import annotations
 
 from engine.node import Combo, Float, Node, Output, Socket
@@ -10,20 +11,9 @@ def store_of(env):
 
 
 def model_list(kind: str):
-    """Combo options: the files of a model folder kind (``checkpoints``, ``vae``, ...), via the env's store."""
+    """Combo options: the files of a model folder kind (``checkpoints``, ``vae``, ...) from ``env.folders``."""
     def options(env):
-        if env is None:
-            return []
-        try:
-            folders = store_of(env).folders
-        except RuntimeError:
-            from engine.folders import ModelFolders
-
-            folders = ModelFolders(env.models_dir)
-        try:
-            return folders.list(kind)
-        except KeyError:
-            return []
+        return [] if env is None else env.folders.list(kind)
     return options
 
 
@@ -87,7 +77,8 @@ class LoraLoaderModelOnly(Node):
 
 
 class UpscaleModelLoader(Node):
-    """Loads a super-resolution model (ESRGAN, SwinIR, ... via spandrel) from upscale_models/ (.safetensors only)."""
+    """Loads a super-resolution model (ESRGAN, SwinIR, ... via spandrel) from upscale_models/ (.safetensors only),
+    through the model store: keyed by file identity, counted in its memory budget, the header checked here."""
     display_name = "Load Upscale Model"
     category = "loaders"
     inputs = (Combo("model_name", model_list("upscale_models")),)
@@ -100,10 +91,7 @@ class UpscaleModelLoader(Node):
         return None
 
     def run(self, ctx, model_name):
-        from .upscale import load_upscale_model
-
-        path = store_of(ctx.env).folders.resolve("upscale_models", model_name)
-        return (load_upscale_model(path),)
+        return (store_of(ctx.env).load("upscale", model_name),)
 
 
 NODES = [CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly, UpscaleModelLoader]

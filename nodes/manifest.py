@@ -35,10 +35,19 @@ LOADER_FILES = {  # class_type -> ((input name, folder kind), ...)
 }
 SAMPLING_NODES = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced", "RandomNoise",
                   "DisableNoise", "NoiseInterpolate", "KSamplerSelect", "BasicScheduler", "KarrasScheduler",
-                  "SplitSigmas", "CFGGuider", "BasicGuider", "SchedulerStepRange"}
+                  "SplitSigmas", "CFGGuider", "BasicGuider", "SchedulerStepRange", "DualCFGGuider",
+                  "ExponentialScheduler", "PolyexponentialScheduler", "VPScheduler", "BetaSamplingScheduler",
+                  "LaplaceScheduler", "SDTurboScheduler", "AlignYourStepsScheduler", "SplitSigmasDenoise",
+                  "FlipSigmas", "SetFirstSigma", "ExtendIntermediateSigmas", "ModelSamplingDiscrete",
+                  "ModelSamplingContinuousEDM", "ModelSamplingContinuousV", "ModelSamplingSD3",
+                  "ModelSamplingAuraFlow", "ModelSamplingFlux", "RescaleCFG", "CFGNorm"}
+SAMPLING_NODES |= {n for n in ("SamplerEulerAncestral", "SamplerEulerAncestralCFGPP", "SamplerLMS",
+                               "SamplerDPMPP_3M_SDE", "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE",
+                               "SamplerDPMPP_2S_Ancestral", "SamplerDPMAdaptative", "SamplerER_SDE", "SamplerSASolver")}
 SEED_INPUTS = ("seed", "noise_seed", "seed_a", "seed_b")
-NOISE_RULE = ("CPU noise per batch item: item i is the i-th (1,C,H,W) torch.randn draw of "
-              "torch.Generator('cpu').manual_seed(seed) (with batch_index, the batch_index[i]-th draw)")
+NOISE_RULE = ("ComfyUI's: torch.manual_seed(seed) then one CPU torch.randn of the latent's shape (with batch_index, "
+              "max(index)+1 separate (1,C,H,W) draws picked by index); step noise from a CPU generator seeded with "
+              "the seed (a torchsde Brownian tree for the dpmpp_*sde samplers)")
 
 _hash_cache: dict[tuple, str] = {}
 _hash_lock = threading.Lock()
@@ -64,12 +73,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _folders(env):
-    try:
-        return env.model_store().folders
-    except Exception:
+    """The environment's folder service (listing/resolving never creates the model store)."""
+    folders = getattr(env, "folders", None)
+    if folders is None:
         from engine.folders import ModelFolders
 
-        return ModelFolders(getattr(env, "models_dir", "models"))
+        folders = ModelFolders(getattr(env, "models_dir", "models"))
+    return folders
 
 
 def _versions() -> dict:

@@ -2,9 +2,6 @@
 MaskToImage, GrowMask. MASK is (B,H,W) float 0..1 (1 = masked / repaint); IMAGE is (B,H,W,C) float 0..1."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Socket
 
 from .masks import _batch
@@ -15,6 +12,8 @@ CHANNELS = ["red", "green", "blue", "alpha"]
 
 def _mask3(mask: torch.Tensor) -> torch.Tensor:
     """Any MASK layout ((H,W), (B,H,W), (B,1,H,W)) as (B,H,W) float32."""
+    import torch
+
     return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).to(torch.float32)
 
 
@@ -26,6 +25,8 @@ class SolidMask(Node):
     outputs = (Output("MASK"),)
 
     def run(self, ctx, value, width, height):
+        import torch
+
         return (torch.full((1, height, width), float(value), dtype=torch.float32),)
 
 
@@ -50,6 +51,8 @@ class MaskComposite(Node):
     outputs = (Output("MASK"),)
 
     def run(self, ctx, destination, source, x, y, operation):
+        import torch
+
         dest, src = _mask3(destination), _mask3(source)
         n = max(dest.shape[0], src.shape[0])
         dest, src = _batch(dest, n).clone(), _batch(src, n)
@@ -79,6 +82,8 @@ class ImageToMask(Node):
     outputs = (Output("MASK"),)
 
     def run(self, ctx, image, channel):
+        import torch
+
         c = CHANNELS.index(channel)
         if c >= image.shape[-1]:
             raise ValueError(f"the image has {image.shape[-1]} channels, so it has no {channel} channel "
@@ -99,6 +104,9 @@ class MaskToImage(Node):
 
 def _max3x3(m: torch.Tensor, cross: bool) -> torch.Tensor:
     """One step of grey dilation of (B,1,H,W) with a 3x3 square, or a plus-shaped ("tapered corners") kernel."""
+    import torch
+    import torch.nn.functional as F
+
     if not cross:
         return F.max_pool2d(m, 3, stride=1, padding=1)
     p = F.pad(m, (1, 1, 1, 1), value=float("-inf"))

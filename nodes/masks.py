@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Socket
 
 from .latents import common_upscale
@@ -33,6 +30,9 @@ class ImageCompositeMasked(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, destination, source, x, y, resize_source, mask=None):
+        import torch
+        import torch.nn.functional as F
+
         dest = destination.movedim(-1, 1).clone()
         src = _batch(source.movedim(-1, 1), dest.shape[0])
         if resize_source:
@@ -63,6 +63,8 @@ class ImagePadForOutpaint(Node):
     outputs = (Output("IMAGE"), Output("MASK"))
 
     def run(self, ctx, image, left, top, right, bottom, feathering):
+        import torch
+
         B, H, W, C = image.shape
         out = torch.full((B, H + top + bottom, W + left + right, C), 0.5, dtype=torch.float32)
         out[:, top:top + H, left:left + W, :] = image
@@ -97,6 +99,9 @@ class ImageScaleToTotalPixels(Node):
 
 def gaussian_blur_mask(m: torch.Tensor, radius: float) -> torch.Tensor:
     """Separable Gaussian blur of (B,1,H,W) with sigma = radius / 2 (kernel 2*radius+1), edge-replicated."""
+    import torch
+    import torch.nn.functional as F
+
     if radius <= 0:
         return m
     r = int(math.ceil(radius))
@@ -121,6 +126,8 @@ class ImageMaskBlend(Node):
     outputs = (Output("IMAGE"), Output("MASK", "blend_mask"))
 
     def run(self, ctx, background, foreground, mask, feather, invert_mask):
+        import torch.nn.functional as F
+
         bg = background.movedim(-1, 1)
         B, _, H, W = bg.shape
         fg = _batch(foreground.movedim(-1, 1), B)

@@ -1,34 +1,32 @@
-"""The one denoise loop. KSampler, KSamplerAdvanced, SamplerCustom(Advanced) and the step-range node all call
-``sample()``; nothing else in Loom steps a scheduler.
+"""The one sampling entry point of the node catalogue. KSampler, KSamplerAdvanced, SamplerCustom(Advanced) and the
+step-range node all call ``sample_sigmas()`` (or ``sample()`` for a named schedule and a step range); the
+numerical work is Loom's ``sampling`` package (k-diffusion's sigma-space formulation, ComfyUI's numbers).
 
-Semantics (ComfyUI's, realised on diffusers schedulers; see nodes/samplers.py for the name mapping):
-- A fresh diffusers scheduler per run, ``set_timesteps`` for the *full* schedule (``Plan.steps``); the run covers
-  steps ``[start, end)`` of it (denoise < 1 -> the last ``steps`` of ``int(steps/denoise)``).
-- Noise: a CPU ``torch.Generator`` seeded with the seed draws one ``(1,C,H,W)`` tensor per batch item in order
-  (with ``batch_index``, item i gets the i-th draw), so a seed gives the same image on any device and item i can be
-  re-made alone. Stochastic schedulers continue drawing from that generator (as diffusers pipelines do).
-- Start: at step 0 ``x = latent + noise * init_noise_sigma``; later steps ``scheduler.add_noise(latent, noise, t)``;
-  with noise disabled the latent is taken as is (leftover noise from an earlier range).
-- CFG ``uncond + cfg * (cond - uncond)`` in one batched UNet call; cfg == 1 skips the unconditional pass.
-  Several conditioning entries (ConditioningCombine) and areas (ConditioningSetArea) are evaluated separately and
-  averaged with ComfyUI's area weights (strength, 8-latent-pixel feathered edges).
-- ``noise_mask``: after each step the re-noised original is blended back outside the mask (diffusers' inpaint
-  order); the result keeps the original outside the mask.
-- Ranges that stop early return the latent with leftover noise in ComfyUI's k-space convention (x0 + sigma*n),
-  whatever the scheduler's own space; ``force_full_denoise`` returns the last x0 prediction instead.
-- Progress every step, with a lazy latent->RGB preview of the first item's x0 (TAESD if its decoder is present).
+Semantics (ComfyUI 0.3.75's, pinned by tests/sampling):
+- The MODEL's model sampling (checkpoint default: discrete EPS or V; ModelSampling* nodes override it) maps
+  sigma <-> timestep (discrete models get the nearest integer timestep) and scales input/noise/output.
+- Latents: LATENT values are unscaled like ComfyUI's; the sampler works on (latent - shift) * scaling_factor.
+- Noise: ``torch.manual_seed(seed)`` then one CPU randn of the latent's shape (``batch_index``: one draw per
+  index up to the largest); step noise of ancestral/SDE samplers comes from a generator seeded with the same
+  seed (Brownian tree for the dpmpp_*sde samplers).
+- Start: noise * sqrt(1 + sigma_0^2) + latent at full denoise (EPS/V), noise * sigma_0 + latent otherwise;
+  rectified flow sigma_0 * noise + (1 - sigma_0) * latent. No noise: the latent as is.
+- CFG in x0 space ``uncond + cfg * (cond - uncond)`` in one batched network call; cfg == 1 skips the
+  unconditional pass (except for the CFG++ samplers, which need it). Several conditioning entries and areas are
+  evaluated separately and averaged with ComfyUI's area weights (strength, 8-latent-pixel feathered edges).
+- ``noise_mask``: outside the mask the latent is re-noised to the current sigma before each model call and its x0
+  estimate pinned to the original; the result keeps the original outside the mask.
+- Progress every step with a lazy latent->RGB preview of the first item's x0 (TAESD if its decoder is
+  present); cancellation is checked at each step.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from .samplers import Plan, is_k_space, make_scheduler
+from .cond_regions import mask_weight, resolve_area
+from .samplers import Plan
 
 # latent -> RGB projections (rows: latent channels, columns: R, G, B) and biases, per model family
 LATENT_RGB = {
@@ -49,68 +47,54 @@ class Noise:
     factor: float = 0.0
     method: str = "slerp"
 
-    def make(self, shape, batch_index=None):
-        noise, gen = make_noise(self.seed, shape, batch_index)
+    def make(self, shape, batch_index=None) -> torch.Tensor:
+        noise = make_noise(self.seed, shape, batch_index)[0]
         if self.seed2 is not None and self.factor != 0.0:
-            other, _ = make_noise(self.seed2, shape, batch_index)
+            other = make_noise(self.seed2, shape, batch_index)[0]
             if self.method == "lerp":
                 noise = noise * (1 - self.factor) + other * self.factor
             else:
                 from .latents import slerp
 
                 noise = slerp(noise.flatten(1), other.flatten(1), self.factor, dim=1).reshape(noise.shape)
-        return noise, gen
+        return noise
 
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """SAMPLER: a sampler name from nodes.samplers.SAMPLER_NAMES."""
+    """SAMPLER: a sampler name from sampling.SAMPLER_NAMES plus its options (Sampler* parameter nodes)."""
     name: str
-
-
-@dataclass
-class Sigmas:
-    """SIGMAS: ``values`` (1-D float tensor, descending, like ComfyUI's) plus how to rebuild them on a diffusers
-    scheduler: a ``Plan`` (named scheduler and full step count) and the step range ``[start, end)`` it covers.
-    Custom lists (KarrasScheduler) carry ``plan.sigmas``."""
-    values: torch.Tensor
-    plan: Plan
-    start: int
-    end: int
-
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
+    options: tuple = ()
 
 
 @dataclass
 class Guider:
-    """GUIDER: model + conditionings + cfg (BasicGuider: negative None, cfg 1)."""
+    """GUIDER: model + conditionings + cfg (BasicGuider: negative None, cfg 1). DualCFGGuider: ``cond2`` and
+    ``cfg2`` (cfg between cond2 and negative), ``nested`` for its nested style."""
     model: Any
     positive: list
     negative: list | None
     cfg: float
+    cond2: list | None = None
+    cfg2: float = 1.0
+    nested: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ noise
-def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, torch.Generator]:
-    """Per-item CPU noise: item k gets the ``batch_index[k]``-th (1,C,H,W) draw of a generator seeded with
-    ``seed``; returns the noise and the generator (positioned after the last draw needed)."""
-    gen = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-    b = shape[0]
-    idx = list(batch_index) if batch_index is not None else list(range(b))
-    if len(idx) != b:
-        idx = (idx + list(range(idx[-1] + 1 if idx else 0, 10**9)))[:b]
-    draws: dict[int, torch.Tensor] = {}
-    for i in range(max(idx) + 1):
-        n = torch.randn((1, *shape[1:]), generator=gen, dtype=torch.float32)
-        if i in idx:
-            draws[i] = n
-    return torch.cat([draws[i] for i in idx], 0), gen
+def make_noise(seed: int, shape, batch_index=None) -> tuple[torch.Tensor, None]:
+    """ComfyUI's initial noise (sampling.noise.prepare_noise) for a latent of ``shape``; returns (noise, None)."""
+    import torch
+
+    from sampling import noise as snoise
+
+    return snoise.prepare_noise(torch.empty(shape), int(seed) & 0xFFFF_FFFF_FFFF_FFFF, batch_index), None
 
 
 # ------------------------------------------------------------------------------------------------ conds
 def _area_weight(area, strength, h, w, device, dtype):
     """(1,1,h_area,w_area) weight: strength, with edges not on the latent border faded over 8 latent pixels."""
+    import torch
+
     ah, aw, ay, ax = area
     m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
     rr = 8
@@ -136,17 +120,17 @@ class _Job:
     area: tuple | None  # (h, w, y, x) latent units, clipped
     strength: float
     extra: dict = field(default_factory=dict)
-
-
-def _lcm(a, b):
-    return a * b // math.gcd(a, b)
+    mask: torch.Tensor | None = None  # (B,1,ah,aw) weight (ConditioningSetMask), already cut to the area
+    start: float = 0.0  # active range in ComfyUI's schedule percentages (ConditioningSetTimestepRange)
+    end: float = 1.0
+    control: Any = None  # nodes.controlnet.ControlApply chain, or None
 
 
 class Denoiser:
     """Model + conditionings -> guided model output (same parametrisation as the UNet: eps or v)."""
 
     def __init__(self, unet, positive, negative, cfg: float, batch: int, latent_hw, device, scaling_factor,
-                 arch: str = "sd1"):
+                 arch: str = "sd1", need_uncond: bool = False, model_sampling=None):
         self.unet = unet
         self.cfg = float(cfg)
         self.dtype = next(unet.parameters()).dtype
@@ -156,7 +140,8 @@ class Denoiser:
         self.in_ch = unet.config.in_channels
         h, w = latent_hw
         self.h, self.w = h, w
-        groups = [1] if negative is None or self.cfg == 1.0 else [0, 1]
+        self.ms = model_sampling  # ComfyUI's timestep ranges are percents of the model's sigma schedule
+        groups = [1] if negative is None or (self.cfg == 1.0 and not need_uncond) else [0, 1]
         self.jobs: list[_Job] = []
         for which in groups:
             conds = positive if which == 1 else negative
@@ -167,19 +152,19 @@ class Denoiser:
         # batch jobs that share area and token length into one UNet call (uncond first, like the pipelines)
         self.groups: dict[tuple, list[_Job]] = {}
         for j in self.jobs:
-            self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra))), []).append(j)
+            self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra)), id(j.control)), []).append(j)
+        self.simple = all(j.mask is None and j.control is None and (j.start, j.end) == (0.0, 1.0) for j in self.jobs)
 
     def _job(self, which, emb, opts, batch, sf):
+        import torch
+
         emb = emb.to(self.device, self.dtype)
         if emb.shape[0] != batch:
             emb = emb[:1].expand(batch, -1, -1) if emb.shape[0] == 1 else emb.repeat(math.ceil(batch / emb.shape[0]), 1, 1)[:batch]
-        area = opts.get("area")
-        if area is not None:
-            ah, aw, ay, ax = (int(v) for v in area)
-            ay, ax = min(ay, self.h - 1), min(ax, self.w - 1)
-            area = (max(1, min(ah, self.h - ay)), max(1, min(aw, self.w - ax)), ay, ax)
-            if area == (self.h, self.w, 0, 0):
-                area = None if float(opts.get("strength", 1.0)) == 1.0 else area
+        area = resolve_area(opts, self.h, self.w)
+        if area == (self.h, self.w, 0, 0):
+            area = None if float(opts.get("strength", 1.0)) == 1.0 else area
+        mask = mask_weight(opts, self.h, self.w, area, batch)
         extra = {}
         if self.in_ch == 9:
             extra["concat"] = self._concat(opts, batch, sf)
@@ -193,11 +178,18 @@ class Denoiser:
             H, W = self.h * 8, self.w * 8
             tid = [opts.get("height", H), opts.get("width", W), opts.get("crop_h", 0), opts.get("crop_w", 0),
                    opts.get("target_height", H), opts.get("target_width", W)]
+            cfg = self.unet.config
+            if (cfg.projection_class_embeddings_input_dim - pooled.shape[-1]) // cfg.addition_time_embed_dim == 5:
+                tid = tid[:4] + [opts.get("aesthetic_score", 6.0)]  # SDXL refiner: size, crop, aesthetic score
             extra["text_embeds"] = pooled
             extra["time_ids"] = torch.tensor([tid], device=self.device, dtype=self.dtype).expand(batch, -1)
-        return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra)
+        return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra, mask,
+                    float(opts.get("start_percent", 0.0)), float(opts.get("end_percent", 1.0)), opts.get("control"))
 
     def _concat(self, opts, batch, sf):
+        import torch
+        import torch.nn.functional as F
+
         lat = opts.get("concat_latent_image")
         mask = opts.get("concat_mask")
         if lat is None:
@@ -215,12 +207,16 @@ class Denoiser:
         return torch.cat([rep(mask), rep(lat)], 1).to(self.device, self.dtype)
 
     def _call(self, x_in, t, jobs: list[_Job]):
+        import torch
+
         n = len(jobs)
         area = jobs[0].area
         if area is not None:
             ah, aw, ay, ax = area
             x_in = x_in[:, :, ay:ay + ah, ax:ax + aw]
         xs = x_in if n == 1 else torch.cat([x_in] * n)
+        if torch.is_tensor(t) and t.ndim == 1 and n > 1:
+            t = torch.cat([t] * n)
         emb = jobs[0].emb if n == 1 else torch.cat([j.emb for j in jobs])
         if "concat" in jobs[0].extra:
             c = [j.extra["concat"] for j in jobs]
@@ -231,55 +227,79 @@ class Denoiser:
         if self.sdxl:
             added = {"text_embeds": torch.cat([j.extra["text_embeds"] for j in jobs]),
                      "time_ids": torch.cat([j.extra["time_ids"] for j in jobs])}
+        residuals = {}
+        if jobs[0].control is not None:  # ControlNet residuals for this call's batch (nodes/controlnet.py)
+            residuals = jobs[0].control.residuals(xs, t, emb, added, area, (self.h, self.w), self.dtype)
         out = self.unet(xs.to(self.dtype), t, encoder_hidden_states=emb, timestep_cond=None,
-                        cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False)[0]
+                        cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False, **residuals)[0]
         return out.to(x_in.dtype).chunk(n) if n > 1 else (out.to(x_in.dtype),)
 
-    def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
-        if len(self.groups) == 1:  # the common case: one batched call, no averaging (bit-exact with pipelines)
+    def _active(self, j, t, sigma):
+        if j.start <= 0.0 and j.end >= 1.0:
+            return True
+        if self.ms is None or sigma is None:
+            from .cond_regions import active
+
+            return active(j.start, j.end, t)
+        s = float(sigma.reshape(-1)[0])
+        return self.ms.percent_to_sigma(j.end) <= s <= self.ms.percent_to_sigma(j.start)
+
+    def outputs(self, x_in: torch.Tensor, t, sigma=None) -> tuple:
+        """(uncond output or None, cond output) of the network for input ``x_in`` at timestep ``t`` (sigma
+        ``sigma``, for timestep ranges), each averaged over entries/areas/masks with ComfyUI's weights
+        (parameterisation of the network: eps, v or flow velocity)."""
+        import torch
+
+        if len(self.groups) == 1 and self.simple:  # the common case: one batched call, no averaging
             jobs = next(iter(self.groups.values()))
             if jobs[0].area is None and len(jobs) == len({j.which for j in jobs}):
                 preds = dict(zip((j.which for j in jobs), self._call(x_in, t, jobs)))
-                return self._cfg(preds.get(0), preds[1])
+                return preds.get(0), preds[1]
         acc = [None, None]
         cnt = [None, None]
         for jobs in self.groups.values():
+            jobs = [j for j in jobs if self.simple or self._active(j, t, sigma)]
+            if not jobs:
+                continue
             for j, pred in zip(jobs, self._call(x_in, t, jobs)):
                 if acc[j.which] is None:
                     acc[j.which] = torch.zeros_like(x_in)
                     cnt[j.which] = torch.zeros_like(x_in[:, :1])
-                if j.area is None:
+                if j.area is None and j.mask is None:
                     acc[j.which] += pred * j.strength
                     cnt[j.which] += j.strength
                 else:
-                    ah, aw, ay, ax = j.area
-                    m = _area_weight(j.area, j.strength, self.h, self.w, x_in.device, x_in.dtype)
+                    ah, aw, ay, ax = j.area if j.area is not None else (self.h, self.w, 0, 0)
+                    m = _area_weight((ah, aw, ay, ax), j.strength, self.h, self.w, x_in.device, x_in.dtype)
+                    if j.mask is not None:
+                        m = m * j.mask.to(x_in.device, x_in.dtype)
                     acc[j.which][:, :, ay:ay + ah, ax:ax + aw] += pred * m
                     cnt[j.which][:, :, ay:ay + ah, ax:ax + aw] += m
+        if acc[1] is None:  # no positive entry active at this step: a zero prediction, as ComfyUI gives
+            acc[1], cnt[1] = torch.zeros_like(x_in), torch.ones_like(x_in[:, :1])
         res = []
         for a, c in zip(acc, cnt):
             res.append(None if a is None else a / torch.where(c == 0, torch.ones_like(c), c))
-        return self._cfg(res[0], res[1])
+        return res[0], res[1]
 
-    def _cfg(self, u, c):
-        if u is None:
-            return c
-        return u + self.cfg * (c - u)
+    def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
+        u, c = self.outputs(x_in, t)
+        return c if u is None else u + self.cfg * (c - u)
 
 
 # ------------------------------------------------------------------------------------------------ preview
-_TAESD: dict = {}
-
-
 def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
     """PIL image of the first item of ``x0`` (model space: VAE latent x scaling factor, like ComfyUI's x0):
     TAESD decoder from models/vae_approx if present (full resolution), else latent2rgb (latent resolution)."""
+    import torch
+
     from PIL import Image
 
     dec = _taesd(env, arch)
     if dec is not None:
         with torch.no_grad():
-            img = dec(x0[:1].float().cpu())[0].clamp(0, 1).permute(1, 2, 0)
+            p = next(dec.parameters())
+            img = dec(x0[:1].to(p.device, p.dtype))[0].float().cpu().clamp(0, 1).permute(1, 2, 0)
         return Image.fromarray((img * 255).round().to(torch.uint8).numpy())
     factors, bias = LATENT_RGB.get(arch, LATENT_RGB["sd1"])
     fac = torch.tensor(factors, dtype=torch.float32)
@@ -294,136 +314,155 @@ def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
 
 
 def _taesd(env, arch):
-    if env is None:
-        return None
-    try:
-        from .taesd import find_decoder, load_decoder
-    except ImportError:
-        return None
-    path = find_decoder(env, arch)
-    if path is None:
-        return None
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _TAESD:
-        _TAESD.clear()
-        try:
-            _TAESD[key] = load_decoder(path)
-        except Exception:  # a broken file must not break sampling; fall back to latent2rgb
-            _TAESD[key] = None
-    return _TAESD[key]
+    from .taesd import preview_decoder
+
+    return preview_decoder(env, arch)
 
 
-# ------------------------------------------------------------------------------------------------ loop
-def _x0(sched, x, t, out, kspace: bool, pred_type: str):
-    """The clean-latent prediction for model output ``out`` at ``x`` (scheduler space)."""
-    if kspace:
-        s = sched.sigmas[sched.step_index].to(x.dtype) if getattr(sched, "step_index", None) is not None \
-            else torch.tensor(float(sched.init_noise_sigma))
-        s = s.to(x.device)
-        if pred_type == "v_prediction":
-            return out * (-s / (s ** 2 + 1) ** 0.5) + x / (s ** 2 + 1)
-        return x - s * out
-    a = sched.alphas_cumprod[int(round(float(t)))].to(x.device, x.dtype)
-    if pred_type == "v_prediction":
-        return a.sqrt() * x - (1 - a).sqrt() * out
-    return (x - (1 - a).sqrt() * out) / a.sqrt()
+# ------------------------------------------------------------------------------------------------ model sampling
+def model_sampling_of(model_ref):
+    """The MODEL's ModelSampling: a ModelSampling* node's spec (ref option ``model_sampling``), else the
+    checkpoint's own (meta ``model_sampling`` spec, else discrete with its prediction type)."""
+    spec = model_ref.option("model_sampling")
+    meta = model_ref.meta
+    if spec is None:
+        spec = meta.get("model_sampling")
+    pred = dict(meta.get("scheduler_config") or ()).get("prediction_type", meta.get("prediction_type", "epsilon"))
+    from sampling.model_sampling import from_spec
+
+    return from_spec(spec, pred)
 
 
-def _alpha(sched, t):
-    return float(sched.alphas_cumprod[int(round(float(t)))])
+def _hooks(model_ref):
+    from sampling.guidance import cfg_norm, rescale_cfg
+
+    cfg_fn = None
+    rescale = model_ref.option("rescale_cfg")
+    if rescale is not None:
+        cfg_fn = rescale_cfg(float(rescale))
+    post = tuple(cfg_norm(float(v)) for v in (model_ref.option("cfg_norm"),) if v is not None)
+    return cfg_fn, post
 
 
 @dataclass
 class SampleResult:
-    samples: torch.Tensor      # (B,C,h,w) CPU float32
-    denoised: torch.Tensor     # last x0 prediction, CPU float32
+    samples: torch.Tensor      # (B,C,h,w) CPU float32, LATENT space (unscaled)
+    denoised: torch.Tensor     # last x0 estimate, CPU float32, LATENT space
     info: dict
 
 
+def schedule_sigmas(model_ref, plan: Plan, denoise: float = 1.0) -> torch.Tensor:
+    """KSampler's sigmas for a plan (named scheduler, ComfyUI's denoise and discard-penultimate rules), or the
+    plan's custom list."""
+    import torch
+
+    from sampling.schedulers import ksampler_sigmas
+
+    if plan.sigmas is not None:
+        return torch.tensor(plan.sigmas, dtype=torch.float32)
+    return ksampler_sigmas(model_sampling_of(model_ref), plan.scheduler_name, plan.sampler_name, plan.steps, denoise)
+
+
 def sample(ctx, model_ref, positive, negative, latent: dict, plan: Plan, start: int, end: int, *,
-           cfg: float, noise: Noise | None, force_full_denoise: bool = True) -> SampleResult:
-    """Run steps ``[start, end)`` of ``plan`` on ``latent`` (a LATENT dict). ``noise`` None (or a Noise with
-    seed None) disables noise."""
-    store = model_ref.store
+           cfg: float, noise: Noise | None, force_full_denoise: bool = True, denoise: float = 1.0) -> SampleResult:
+    """KSamplerAdvanced's semantics: steps ``[start, end)`` of ``plan``'s schedule; a range that ends early ends at
+    sigma 0 when ``force_full_denoise`` (else it keeps its leftover noise). ``noise`` None (or seed None): none
+    added. ``denoise`` < 1: KSampler's rule (the last plan.steps of int(steps/denoise))."""
+    sigmas = schedule_sigmas(model_ref, plan, denoise)
+    if end < len(sigmas) - 1:
+        sigmas = sigmas[:end + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start > 0:
+        if start >= len(sigmas) - 1:
+            return SampleResult(latent["samples"], latent["samples"], {"start": start, "end": end})
+        sigmas = sigmas[start:]
+    return sample_sigmas(ctx, Guider(model_ref, positive, negative, cfg), plan.sampler_name, sigmas, latent,
+                         noise=noise)
+
+
+def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: dict, *,
+                  noise: Noise | None) -> SampleResult:
+    """Run ``sampler`` (a name or SamplerChoice) along ``sigmas`` with ``guider`` on a LATENT dict."""
+    import torch
+    import torch.nn.functional as F
+
+    from sampling.guidance import GuidedDenoiser
+    from sampling.ksampler import run as run_sampler
+
+    choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
+    model_ref = guider.model
     meta = model_ref.meta
-    sched_cfg = dict(meta.get("scheduler_config") or ())
-    pred_type = sched_cfg.get("prediction_type", meta.get("prediction_type", "epsilon"))
     sf = float(meta.get("scaling_factor", 0.18215))
+    shift = float(meta.get("shift_factor", 0.0) or 0.0)
     arch = meta.get("arch", "sd1")
     env = getattr(ctx, "env", None)
     lat0 = latent["samples"].to(torch.float32)
     B = lat0.shape[0]
     seed = noise.seed if noise is not None else None
-    info = {"seed": seed, "batch_index": list(latent.get("batch_index") or range(B)), "sampler": plan.sampler_name,
-            "scheduler": plan.scheduler_name, "steps": plan.steps, "start": start, "end": end, "cfg": cfg}
+    info = {"seed": seed, "batch_index": list(latent.get("batch_index") or range(B)), "sampler": choice.name,
+            "sigmas": [float(v) for v in sigmas], "cfg": guider.cfg}
+    if len(sigmas) <= 1:
+        return SampleResult(latent["samples"], latent["samples"], info)
+    ms = model_sampling_of(model_ref)
+    # no noise = zero noise through the model sampling's noise scaling (as ComfyUI; for rectified flow this
+    # rescales a latent that carries leftover noise back into flow space)
+    noise_t = noise.make(lat0.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat0)
+    need_uncond = "cfg_pp" in choice.name
+    cfg_fn, post = _hooks(model_ref)
+    with model_ref.store.using(model_ref) as (net,):
+        device = next(net.parameters()).device
+        z0 = ((lat0 - shift) * sf).to(device)
+        mask = latent.get("noise_mask")
+        m = None
+        if mask is not None:
+            m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(torch.float32)
+            m = F.interpolate(m, size=z0.shape[-2:], mode="bilinear")
+            m = m if m.shape[0] == B else m[:1].expand(B, -1, -1, -1) if m.shape[0] == 1 \
+                else m.repeat(math.ceil(B / m.shape[0]), 1, 1, 1)[:B]
+            m = m.to(device)
+        net_den = Denoiser(net, guider.positive, guider.negative, guider.cfg, B, z0.shape[-2:], device, sf, arch,
+                           need_uncond=need_uncond, model_sampling=ms)
+        den2 = None
+        if guider.cond2 is not None:  # DualCFGGuider: a second positive, guided against the negative
+            den2 = Denoiser(net, guider.cond2, guider.negative, guider.cfg2, B, z0.shape[-2:], device, sf, arch,
+                            model_sampling=ms)
 
-    if seed is not None:
-        noise_t, gen = noise.make(lat0.shape, latent.get("batch_index"))
-    else:
-        noise_t, gen = torch.zeros_like(lat0), torch.Generator("cpu").manual_seed(0)
+        def predict(x, sigma):
+            x_in = ms.calculate_input(sigma, x)
+            t = ms.timestep(sigma)
+            u, c = net_den.outputs(x_in, t, sigma)
+            cond = ms.calculate_denoised(sigma, c, x)
+            unc = None if u is None else ms.calculate_denoised(sigma, u, x)
+            if den2 is not None:
+                u2, c2 = den2.outputs(x_in, t, sigma)
+                c2 = ms.calculate_denoised(sigma, c2, x)
+                u2 = cond if u2 is None else ms.calculate_denoised(sigma, u2, x)
+                if guider.nested:  # ((cond1 vs cond2) then vs negative)
+                    inner = c2 + (cond - c2) * guider.cfg
+                    return inner, u2 if guider.cfg2 != 1.0 else None
+                # regular: negative -> cond2 by cfg2, cond2 -> cond1 by cfg
+                base = u2 + (c2 - u2) * guider.cfg2
+                return base + (cond - c2) * guider.cfg, None
+            return cond, unc
 
-    with store.using(model_ref) as (unet,):
-        device = next(unet.parameters()).device
-        sched = make_scheduler(plan, sched_cfg, device=device)
-        order = getattr(sched, "order", 1)
-        all_ts = sched.timesteps
-        n_full = plan.steps
-        end = min(end, n_full)
-        if start >= end:
-            return SampleResult(latent["samples"], latent["samples"], info)
-        i0 = start * order
-        i1 = len(all_ts) if end >= n_full else end * order
-        ts = all_ts[i0:i1]
-        if i0 > 0 and hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(i0)
-        kspace = is_k_space(sched)
-        z0 = (lat0 * sf).to(device)
-        nz = noise_t.to(device)
+        cfg_used = guider.cfg if den2 is None else (guider.cfg2 if guider.nested else 1.0)
+        gd = GuidedDenoiser(predict, cfg_used, cfg_fn, post, ms)
+        last = {"x0": z0}
+        total = len(sigmas) - 1
+
+        def callback(i, denoised, x, n):
+            last["x0"] = denoised
+            if ctx is not None:
+                ctx.progress(min(i + 1, total), total,
+                             preview=lambda d=denoised: latent_preview(d, arch, env))
+
         with torch.no_grad():
-            if seed is None:  # no noise: the latent is taken as is (k-space; moved into VP space if needed)
-                x = z0 if kspace else z0 * math.sqrt(_alpha(sched, ts[0]))
-            elif start == 0 and (kspace or not bool(z0.any())):
-                x = z0 + nz * sched.init_noise_sigma  # txt2img exactly as the pipelines; ComfyUI's full denoise
-            else:
-                x = sched.add_noise(z0, nz, ts[:1])  # img2img; VP schedulers at full denoise of a non-empty latent
-            mask = latent.get("noise_mask")
-            m = None
-            if mask is not None:
-                m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(torch.float32)
-                m = F.interpolate(m, size=x.shape[-2:], mode="bilinear")
-                m = m if m.shape[0] == B else m[:1].expand(B, -1, -1, -1) if m.shape[0] == 1 \
-                    else m.repeat(math.ceil(B / m.shape[0]), 1, 1, 1)[:B]
-                m = m.to(device)
-            den = Denoiser(unet, positive, negative, cfg, B, x.shape[-2:], device, sf, arch)
-            step_params = set(inspect.signature(sched.step).parameters)
-            extra = {}
-            if "generator" in step_params:
-                extra["generator"] = gen
-            if "eta" in step_params:
-                extra["eta"] = 0.0
-            total = len(ts)
-            x0 = z0
-            for k, t in enumerate(ts):
-                xin = sched.scale_model_input(x, t)
-                out = den(xin, t)
-                x0 = _x0(sched, x, t, out, kspace, pred_type)
-                x = sched.step(out, t, x, **extra, return_dict=False)[0]
-                if m is not None:
-                    gi = i0 + k
-                    if gi + 1 < len(all_ts):
-                        ref = sched.add_noise(z0, nz, all_ts[gi + 1:gi + 2])
-                    else:
-                        ref = z0
-                    x = (1 - m) * ref + m * x
-                if ctx is not None:
-                    ctx.progress(k + 1, total, preview=lambda x0=x0: latent_preview(x0, arch, env))
-            if end < n_full:
-                if force_full_denoise:
-                    x = x0 if m is None else (1 - m) * z0 + m * x0
-                elif not kspace:  # leave in ComfyUI's k-space convention: x0 + sigma*noise
-                    x = x / math.sqrt(_alpha(sched, all_ts[i1]))
-    samples = (x / sf).to("cpu", torch.float32).contiguous()
-    return SampleResult(samples, (x0 / sf).to("cpu", torch.float32).contiguous(), info)
+            x = run_sampler(gd, ms, choice.name, sigmas.to(device), z0, noise_t.to(device),
+                            seed if seed is not None else 0, callback=callback, mask=m, options=dict(choice.options))
+    out = (x / sf + shift).to("cpu", torch.float32).contiguous()
+    x0 = (last["x0"] / sf + shift).to("cpu", torch.float32).contiguous()
+    return SampleResult(out, x0, info)
 
 
 def out_latent(latent: dict, samples: torch.Tensor) -> dict:

@@ -1,13 +1,11 @@
-"""Sampling nodes: KSampler, KSamplerAdvanced, the decomposed SamplerCustom(Advanced) set, and Loom's
-SchedulerStepRange and NoiseInterpolate. All of them run nodes/sampler_core.sample()."""
+"""Sampling nodes: KSampler, KSamplerAdvanced, SamplerCustom(Advanced), the NOISE nodes and Loom's
+SchedulerStepRange and NoiseInterpolate. All of them run nodes/sampler_core (the ``sampling`` package)."""
 from __future__ import annotations
-
-import torch
 
 from engine.node import Boolean, Combo, Float, Int, Node, Output, Seed, Socket
 
-from .sampler_core import Guider, Noise, SamplerChoice, Sigmas, out_latent, sample
-from .samplers import SAMPLER_NAMES, SCHEDULER_NAMES, Plan, plan_sigmas, unsupported_reason
+from .sampler_core import Guider, Noise, SamplerChoice, out_latent, sample, sample_sigmas
+from .samplers import SAMPLER_NAMES, SCHEDULER_NAMES, Plan, unsupported_reason
 
 CFG = dict(min=0.0, max=100.0, step=0.1, round=0.01)
 
@@ -17,12 +15,8 @@ def _pair_check(sampler_name, scheduler):
         return None  # linked inputs are checked when the node runs
     why = unsupported_reason(sampler_name, scheduler)
     if why:
-        return {"scheduler" if "scheduler '" in why and why.startswith("scheduler") else "sampler_name": why}
+        return {"scheduler" if why.startswith("unknown scheduler") else "sampler_name": why}
     return None
-
-
-def _sched_cfg(model) -> dict:
-    return dict(model.meta.get("scheduler_config") or ())
 
 
 def _check_run(sampler_name, scheduler):
@@ -59,13 +53,19 @@ class KSampler(Node):
 
     def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
             denoise=1.0):
+        from .family_sampling import is_flow_model
+
+        if is_flow_model(model):  # SD3 / FLUX.1 / Z-Image on the sigma-space core
+            from .family_sampling import sample as flow_sample
+
+            samples = flow_sample(ctx, model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
+                                  sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
+            return (out_latent(latent_image, samples),)
         _check_run(sampler_name, scheduler)
         if denoise <= 0.0:
             return (out_latent(latent_image, latent_image["samples"]),)
-        total = steps if denoise >= 0.9999 else int(steps / denoise)
-        plan = Plan(sampler_name, scheduler, total)
-        r = sample(ctx, model, positive, negative, latent_image, plan, total - steps, total, cfg=cfg,
-                   noise=Noise(seed), force_full_denoise=True)
+        r = sample(ctx, model, positive, negative, latent_image, Plan(sampler_name, scheduler, steps), 0, 10 ** 9,
+                   cfg=cfg, noise=Noise(seed), denoise=denoise)
         return (out_latent(latent_image, r.samples),)
 
 
@@ -74,7 +74,7 @@ class KSamplerAdvanced(Node):
     optionally without adding noise and returning the leftover noise for a later sampler."""
     display_name = "KSampler (Advanced)"
     category = "sampling"
-    inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]), Seed("noise_seed"),
+    inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]), Seed("noise_seed", tooltip=""),
               Int("steps", 20, min=1, max=10000), Float("cfg", 8.0, **CFG),
               Combo("sampler_name", SAMPLER_NAMES), Combo("scheduler", SCHEDULER_NAMES),
               Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
@@ -90,17 +90,25 @@ class KSamplerAdvanced(Node):
     def run(self, ctx, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
             latent_image, start_at_step, end_at_step, return_with_leftover_noise):
         _check_run(sampler_name, scheduler)
-        end = min(end_at_step, steps)
-        if start_at_step >= end:
-            return (out_latent(latent_image, latent_image["samples"]),)
+        # ComfyUI: disabled noise still seeds the samplers' step noise with noise_seed
+        noise = Noise(noise_seed) if add_noise == "enable" else _ZeroNoise(noise_seed)
         r = sample(ctx, model, positive, negative, latent_image, Plan(sampler_name, scheduler, steps),
-                   start_at_step, end, cfg=cfg, noise=Noise(noise_seed if add_noise == "enable" else None),
+                   start_at_step, end_at_step, cfg=cfg, noise=noise,
                    force_full_denoise=return_with_leftover_noise == "disable")
         return (out_latent(latent_image, r.samples),)
 
 
+class _ZeroNoise(Noise):
+    """No initial noise, but step noise seeded with ``seed`` (KSamplerAdvanced add_noise=disable)."""
+
+    def make(self, shape, batch_index=None):
+        import torch
+
+        return torch.zeros(shape)
+
+
 class RandomNoise(Node):
-    """Noise drawn on the CPU from a seed (per batch item)."""
+    """Noise drawn on the CPU from a seed, exactly as ComfyUI draws it."""
     category = "sampling/custom_sampling/noise"
     inputs = (Seed("noise_seed", tooltip=""),)
     outputs = (Output("NOISE"),)
@@ -131,110 +139,13 @@ class NoiseInterpolate(Node):
         return (Noise(int(seed_a), int(seed_b), float(factor), method),)
 
 
-class KSamplerSelect(Node):
-    """Selects a sampler by name."""
-    category = "sampling/custom_sampling/samplers"
-    inputs = (Combo("sampler_name", SAMPLER_NAMES),)
-    outputs = (Output("SAMPLER"),)
-
-    @classmethod
-    def check(cls, env, sampler_name=None, **_):
-        if isinstance(sampler_name, str):
-            why = unsupported_reason(sampler_name, None)
-            return {"sampler_name": why} if why else None
-        return None
-
-    def run(self, ctx, sampler_name):
-        return (SamplerChoice(sampler_name),)
-
-
-class BasicScheduler(Node):
-    """The sigmas of a named scheduler for a model (denoise < 1 keeps the last ``steps`` of int(steps/denoise))."""
-    category = "sampling/custom_sampling/schedulers"
-    inputs = (Socket("model", "MODEL"), Combo("scheduler", SCHEDULER_NAMES), Int("steps", 20, min=1, max=10000),
-              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
-    outputs = (Output("SIGMAS"),)
-
-    @classmethod
-    def check(cls, env, scheduler=None, **_):
-        if isinstance(scheduler, str):
-            why = unsupported_reason("euler", scheduler)
-            return {"scheduler": why} if why else None
-        return None
-
-    def run(self, ctx, model, scheduler, steps, denoise):
-        if denoise <= 0.0:
-            return (Sigmas(torch.zeros(0), Plan("euler", scheduler, steps), steps, steps),)
-        total = steps if denoise >= 0.9999 else int(steps / denoise)
-        plan = Plan("euler", scheduler, total)
-        sig = torch.tensor(plan_sigmas(plan, _sched_cfg(model)), dtype=torch.float32)
-        return (Sigmas(sig[total - steps:], Plan(None, scheduler, total), total - steps, total),)
-
-
-class KarrasScheduler(Node):
-    """Karras et al. (2022) sigmas: rho-spaced between sigma_max and sigma_min, then 0. Only samplers that follow
-    a custom sigma list in diffusers (euler, euler_ancestral, lms) can run them."""
-    category = "sampling/custom_sampling/schedulers"
-    inputs = (Int("steps", 20, min=1, max=10000),
-              Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01, round=False),
-              Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
-              Float("rho", 7.0, min=0.0, max=100.0, step=0.01, round=False))
-    outputs = (Output("SIGMAS"),)
-
-    def run(self, ctx, steps, sigma_max, sigma_min, rho):
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-        s = (hi + ramp * (lo - hi)) ** rho
-        s = torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
-        return (Sigmas(s, Plan(None, None, steps, tuple(float(v) for v in s)), 0, steps),)
-
-
-class SplitSigmas(Node):
-    """Splits sigmas at ``step``: high_sigmas = steps [0, step), low_sigmas = the rest (they share sigma[step])."""
-    category = "sampling/custom_sampling/sigmas"
-    inputs = (Socket("sigmas", "SIGMAS"), Int("step", 0, min=0, max=10000))
-    outputs = (Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas"))
-
-    def run(self, ctx, sigmas, step):
-        v = sigmas.values
-        k = min(step, max(len(v) - 1, 0))
-        mid = min(sigmas.start + k, sigmas.end)
-        hi = Sigmas(v[:step + 1].clone(), sigmas.plan, sigmas.start, mid)
-        lo = Sigmas(v[step:].clone(), sigmas.plan, mid, sigmas.end)
-        return (hi, lo)
-
-
-class CFGGuider(Node):
-    """Classifier-free guidance: model + positive/negative conditioning + cfg scale."""
-    category = "sampling/custom_sampling/guiders"
-    inputs = (Socket("model", "MODEL"), Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
-              Float("cfg", 8.0, **CFG))
-    outputs = (Output("GUIDER"),)
-
-    def run(self, ctx, model, positive, negative, cfg):
-        return (Guider(model, positive, negative, float(cfg)),)
-
-
-class BasicGuider(Node):
-    """Conditioning only, no negative (cfg 1)."""
-    category = "sampling/custom_sampling/guiders"
-    inputs = (Socket("model", "MODEL"), Socket("conditioning", "CONDITIONING"))
-    outputs = (Output("GUIDER"),)
-
-    def run(self, ctx, model, conditioning):
-        return (Guider(model, conditioning, None, 1.0),)
-
-
-def _custom(ctx, guider: Guider, noise: Noise, sampler: SamplerChoice, sigmas: Sigmas, latent: dict):
-    if len(sigmas.values) <= 1 or sigmas.start >= sigmas.end:
-        return out_latent(latent, latent["samples"]), out_latent(latent, latent["samples"])
-    p = sigmas.plan
-    plan = Plan(sampler.name, p.scheduler_name, p.steps, p.sigmas)
-    why = unsupported_reason(sampler.name, p.scheduler_name, custom_sigmas=p.sigmas is not None)
+def _custom(ctx, guider: Guider, noise: Noise, sampler: SamplerChoice, sigmas, latent: dict):
+    why = unsupported_reason(sampler.name, None)
     if why:
         raise ValueError(why)
-    r = sample(ctx, guider.model, guider.positive, guider.negative, latent, plan, sigmas.start, sigmas.end,
-               cfg=guider.cfg, noise=noise, force_full_denoise=False)
+    if sigmas is None or len(sigmas) <= 1:
+        return out_latent(latent, latent["samples"]), out_latent(latent, latent["samples"])
+    r = sample_sigmas(ctx, guider, sampler, sigmas, latent, noise=noise)
     return out_latent(latent, r.samples), out_latent(latent, r.denoised)
 
 
@@ -247,8 +158,8 @@ class SamplerCustom(Node):
     outputs = (Output("LATENT", "output"), Output("LATENT", "denoised_output"))
 
     def run(self, ctx, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
-        return _custom(ctx, Guider(model, positive, negative, cfg), Noise(noise_seed if add_noise else None),
-                       sampler, sigmas, latent_image)
+        noise = Noise(noise_seed) if add_noise else _ZeroNoise(noise_seed)
+        return _custom(ctx, Guider(model, positive, negative, cfg), noise, sampler, sigmas, latent_image)
 
 
 class SamplerCustomAdvanced(Node):
@@ -267,8 +178,8 @@ class SchedulerStepRange(Node):
     model or mask between ranges. Noise is added only when the range starts at step 0 (and add_noise is on);
     a range that ends before the last step returns the latent with its leftover noise, ready for the next range;
     the range that ends at the last step returns the finished latent. Chained ranges with the same seed, sampler
-    and scheduler reproduce a single full run for single-step samplers (euler, euler_ancestral, ddim, ...);
-    multistep solvers restart their history at each range."""
+    and scheduler reproduce a single full run for single-step deterministic samplers (euler, heun, dpm_2, ...);
+    multistep solvers restart their history at each range, and ancestral/SDE samplers restart their step noise."""
     display_name = "Scheduler Step Range"
     category = "sampling"
     inputs = (Socket("model", "MODEL"), Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
@@ -288,12 +199,11 @@ class SchedulerStepRange(Node):
         end = min(end_step, steps)
         if start_step >= end:
             return (out_latent(latent_image, latent_image["samples"]),)
-        noise = Noise(noise_seed) if add_noise and start_step == 0 else None
+        noise = Noise(noise_seed) if add_noise and start_step == 0 else _ZeroNoise(noise_seed)
         r = sample(ctx, model, positive, negative, latent_image, Plan(sampler_name, scheduler, steps), start_step,
                    end, cfg=cfg, noise=noise, force_full_denoise=False)
         return (out_latent(latent_image, r.samples),)
 
 
-NODES = [KSampler, KSamplerAdvanced, RandomNoise, DisableNoise, NoiseInterpolate, KSamplerSelect, BasicScheduler,
-         KarrasScheduler, SplitSigmas, CFGGuider, BasicGuider, SamplerCustom, SamplerCustomAdvanced,
-         SchedulerStepRange]
+NODES = [KSampler, KSamplerAdvanced, RandomNoise, DisableNoise, NoiseInterpolate, SamplerCustom,
+         SamplerCustomAdvanced, SchedulerStepRange]

@@ -1,62 +1,48 @@
-"""TAESD preview decoder (tiny autoencoder by madebyollin, MIT): used for sampler previews when its decoder weights
-are present locally in models/vae_approx (``taesd_decoder.*`` for SD1/2, ``taesdxl_decoder.*`` for SDXL), in the
-original ``nn.Sequential`` key layout (``1.weight``, ``3.conv.0.weight`` ...). Never downloaded."""
+"""TAESD preview decoders for sampler previews: chosen from ``vae_approx/`` (``taesd_decoder.*`` for SD1/2,
+``taesdxl_decoder.*`` for SDXL) and loaded through the model store (kind 'taesd', see
+``modelstore.kinds.taesd``): keyed by file identity, counted in its budget. A file that fails to load is logged
+once per file identity (name and reason) and the preview falls back to latent2rgb: a broken preview file never
+fails a sampling run, and never fails silently. No torch at import."""
 from __future__ import annotations
 
-from pathlib import Path
+import logging
+import threading
 
-import torch
-import torch.nn as nn
+log = logging.getLogger("loom.preview")
 
 PREFIX = {"sd1": "taesd_decoder", "sd2": "taesd_decoder", "sdxl": "taesdxl_decoder"}
 
-
-def _conv(n_in, n_out, **kw):
-    return nn.Conv2d(n_in, n_out, 3, padding=1, **kw)
-
-
-class _Clamp(nn.Module):
-    def forward(self, x):
-        return torch.tanh(x / 3) * 3
+_reported: set = set()
+_reported_lock = threading.Lock()
 
 
-class _Block(nn.Module):
-    def __init__(self, n_in, n_out):
-        super().__init__()
-        self.conv = nn.Sequential(_conv(n_in, n_out), nn.ReLU(), _conv(n_out, n_out), nn.ReLU(), _conv(n_out, n_out))
-        self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
-        self.fuse = nn.ReLU()
-
-    def forward(self, x):
-        return self.fuse(self.conv(x) + self.skip(x))
-
-
-def decoder(latent_channels: int = 4) -> nn.Sequential:
-    layers = [_Clamp(), _conv(latent_channels, 64), nn.ReLU()]
-    for _ in range(3):
-        layers += [_Block(64, 64), _Block(64, 64), _Block(64, 64), nn.Upsample(scale_factor=2), _conv(64, 64, bias=False)]
-    layers += [_Block(64, 64), _conv(64, 3)]
-    return nn.Sequential(*layers)
-
-
-def find_decoder(env, arch: str) -> Path | None:
-    base = Path(getattr(env, "models_dir", "models")) / "vae_approx"
-    if not base.is_dir():
-        return None
+def find_decoder(env, arch: str) -> str | None:
+    """The name (relative to ``vae_approx/``) of the TAESD decoder for ``arch``, or None when there is none."""
     prefix = PREFIX.get(arch, "taesd_decoder")
-    for f in sorted(base.iterdir()):
-        if f.name.startswith(prefix) and f.suffix.lower() in (".safetensors", ".sft"):
-            return f
+    for name in env.folders.list("vae_approx"):
+        if name.rpartition("/")[2].startswith(prefix) and name.lower().endswith((".safetensors", ".sft")):
+            return name
     return None
 
 
-def load_decoder(path: Path):
-    """A callable: model-space latent (B,4,h,w) -> image (B,3,8h,8w) in 0..1."""
-    from safetensors.torch import load_file
-
-    sd = load_file(str(path))
-    sd = {k[len("decoder.layers."):] if k.startswith("decoder.layers.") else k: v for k, v in sd.items()}
-    net = decoder(sd["1.weight"].shape[1])
-    net.load_state_dict(sd, strict=True)
-    net.eval().requires_grad_(False)
-    return lambda z: net(z).clamp(0, 1)
+def preview_decoder(env, arch: str):
+    """The store's TAESD decoder for ``arch`` (callable: model-space latent (B,4,h,w) -> image (B,3,8h,8w) in
+    0..1), or None when the environment has no store, no decoder file, or the file failed to load (logged)."""
+    if env is None or getattr(env, "model_store_factory", None) is None:
+        return None
+    name = find_decoder(env, arch)
+    if name is None:
+        return None
+    ref = None
+    try:
+        ref = env.model_store().load("taesd", name)
+        return ref.get()
+    except Exception as err:  # reported once per file identity, then latent2rgb previews
+        ident = ref.key.file if ref is not None else (name, str(err))
+        with _reported_lock:
+            first = ident not in _reported
+            _reported.add(ident)
+        if first:
+            log.warning("TAESD preview decoder vae_approx/%s could not be loaded (%s: %s); previews use latent2rgb",
+                        name, type(err).__name__, err)
+        return None

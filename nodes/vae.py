@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
+from engine.budget import tensor_bytes
 from engine.node import Int, Node, Output, Socket
 
 RATIO = 8
@@ -28,6 +26,8 @@ def _dev_dtype(m):
 
 def encode(vae_ref, pixels: torch.Tensor) -> torch.Tensor:
     """(B,H,W,C) 0..1 -> raw latent (B,4,H/8,W/8), CPU float32."""
+    import torch
+
     pixels = crop_to_multiple(pixels)[..., :3]
     with vae_ref.store.using(vae_ref) as (vae,):
         dev, dt = _dev_dtype(vae)
@@ -39,6 +39,8 @@ def encode(vae_ref, pixels: torch.Tensor) -> torch.Tensor:
 
 def decode(vae_ref, samples: torch.Tensor) -> torch.Tensor:
     """raw latent -> (B,H,W,3) float32 0..1 on the CPU."""
+    import torch
+
     with vae_ref.store.using(vae_ref) as (vae,):
         dev, dt = _dev_dtype(vae)
         with torch.no_grad():
@@ -47,6 +49,8 @@ def decode(vae_ref, samples: torch.Tensor) -> torch.Tensor:
 
 
 def _ramp(n: int, overlap: int, lo: bool, hi: bool) -> torch.Tensor:
+    import torch
+
     w = torch.ones(n)
     o = min(overlap, n // 2)
     if o > 0:
@@ -61,6 +65,8 @@ def _ramp(n: int, overlap: int, lo: bool, hi: bool) -> torch.Tensor:
 def tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale: float, out_ch: int) -> torch.Tensor:
     """Apply ``fn`` (B,C,h,w)->(B,out_ch,h*scale,w*scale) over overlapping tiles of x, blending overlaps with
     linear ramps. ``tile``/``overlap`` are in x's pixels."""
+    import torch
+
     B, _, H, W = x.shape
     tile = max(1, min(tile, max(H, W)))
     overlap = max(0, min(overlap, tile // 2))
@@ -96,6 +102,11 @@ class VAEDecode(Node):
               Socket("vae", "VAE", tooltip="The VAE model used for decoding the latent."))
     outputs = (Output("IMAGE", tooltip="The decoded image."),)
 
+    @classmethod
+    def estimate_bytes(cls, samples, **_):
+        s = samples["samples"].shape  # decoded images: 8x the latent's size, 3 channels (video: per frame)
+        return tensor_bytes(s[0] * (s[2] if len(s) == 5 else 1), s[-2] * 8, s[-1] * 8, 3)
+
     def run(self, ctx, samples, vae):
         s = samples["samples"]
         if s.ndim == 5:  # video latents: frames into the batch
@@ -125,6 +136,11 @@ class VAEDecodeTiled(Node):
               Int("temporal_overlap", 8, min=4, max=4096, step=4,
                   tooltip="Only used for video VAEs: Amount of frames to overlap."))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, samples, **_):
+        s = samples["samples"].shape
+        return tensor_bytes(s[0] * (s[2] if len(s) == 5 else 1), s[-2] * 8, s[-1] * 8, 3)
 
     def run(self, ctx, samples, vae, tile_size, overlap, temporal_size=64, temporal_overlap=8):
         if tile_size < overlap * 4:
@@ -164,6 +180,9 @@ class VAEEncodeForInpaint(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, pixels, vae, mask, grow_mask_by):
+        import torch
+        import torch.nn.functional as F
+
         H, W = pixels.shape[1], pixels.shape[2]
         m = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(), size=(H, W), mode="bilinear")
         px = crop_to_multiple(pixels)[..., :3]

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
 
 def is_loopback_host(host: str) -> bool:
     h = (host or "").strip().lower().strip("[]")
@@ -48,13 +46,26 @@ class Config:
     requeue_interrupted: bool = False  # on restart: re-queue a prompt that was running (default: mark failed)
     preview_interval_s: float = 0.1  # at most this often a preview image is encoded per prompt
     preview_size: int = 512
+    preview_method: str = "none"  # live previews for prompts that do not ask (ComfyUI's --preview-method)
     frontend_root: Path | None = None  # default: comfyui_frontend_package's static dir, if installed
     replay_prompts: int = 32  # per-prompt event buffers kept in memory for /prompt/{id}/events
     replay_events: int = 200_000  # total events kept over all replay buffers (and per prompt)
     ws_queue_limit: int = 200_000  # messages buffered for one slow websocket before it is dropped
+    head_timeout_s: float = 30.0  # a request head must arrive within this (slowloris)
+    max_connections: int | None = None  # open connections at once; None: half the file limit, at most 1,000
+    cache_bytes: int = 2 * 1024**3  # output-cache budget (`loom serve --cache-mb`)
+    memory_budget_bytes: int | None = None  # what nodes may allocate per tensor (`--memory-mb`); None: RAM
+    base_lock: Any = None  # service.store.BaseLock taken by `loom serve` before the app starts
     registry: Any = None  # engine.node.Registry; default nodes.default_registry()
     env: Any = None  # engine.context.Env; default built from the folders above
     version: str = "0.1.0"
+    # worker pool on Ray (None: the in-process worker): 'local' | 'auto' | a cluster address
+    ray: str | None = None
+    workers: int = 1  # pool actors (one per GPU where the cluster has GPUs)
+    ray_policy: str = "affinity"  # or 'round_robin' (the baseline, for comparison)
+    ray_registry: str | None = None  # "module:function" building the actors' registry (default: Loom's nodes)
+    ray_num_cpus: int | None = None  # CPUs of a 'local' Ray instance (default: all)
+    worker_model_budget_bytes: int | None = None  # each actor's model-store budget (default: the store's)
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir)

@@ -8,8 +8,8 @@ does). Loom additions: every prompt message carries a per-prompt ``seq`` (top le
 ``type`` and ``data``) and is kept in a bounded replay buffer (GET /prompt/{id}/events?after=N);
 ``progress_state`` carries only the node that changed (the frontend replaces its map with what it
 receives, so the running node still shows its progress while traffic stays linear in the graph);
-``?format=msgpack`` switches a socket to msgpack binary frames; Loom's ``node_done`` event goes
-only to sockets that ask for it (``?events=loom`` or feature flag ``loom_events``).
+``?format=msgpack`` switches a socket to msgpack binary frames; Loom's ``node_done`` and ``warning`` events go
+only to sockets that ask for them (``?events=loom`` or feature flag ``loom_events``).
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import msgpack
 
-_enc = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ComfyUI sends ``json.dumps(message)``: ASCII-escaped, with ", " and ": " separators. Clients match
+# message prefixes such as '{"type": "progress_state"', so the byte form is part of the protocol.
+_enc = json.JSONEncoder().encode
 
-TO_CLIENT_ONLY = frozenset({"execution_start", "execution_cached", "executing", "executed", "execution_success",
-                            "execution_error"})
 BROADCAST_IF_NO_CLIENT = frozenset({"progress", "progress_state", "execution_interrupted"})
-LOOM_ONLY = frozenset({"node_done"})
+LOOM_ONLY = frozenset({"node_done", "warning"})
 SERVER_FLAGS = {"supports_preview_metadata": True}
 
 
@@ -107,8 +107,9 @@ class Hub:
         c.task = asyncio.create_task(self._writer(c))
         self._put(c, Message({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": self.remaining}},
                                                          "sid": sid}}))
-        run = self.current
-        if run is not None and run.client_id == sid and run.last_node is not None:
+        for run in list(self.runs.values()):  # several run at once on a worker pool
+            if run.client_id != sid or run.last_node is None:
+                continue
             self._put(c, Message({"type": "executing", "data": {"node": run.last_node,
                                                                 "display_node": run.last_node}}))
             if run.node_state is not None:
@@ -128,7 +129,7 @@ class Hub:
                 else:
                     try:
                         obj = json.loads(text) if text and len(text) < 65536 else None
-                    except ValueError:
+                    except (ValueError, RecursionError):  # 30,000 nested arrays fit in 64 KiB
                         obj = None
                 first, c._first = c._first, False
                 if first and isinstance(obj, dict) and obj.get("type") == "feature_flags" \

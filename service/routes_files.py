@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, Response
 
 from engine.folders import UnsafePathError, confine
 
-from .http import JSON, read_body, svc
+from .http import JSON, svc
 
 UNSAFE_TYPES = ("text/html", "application/javascript", "text/javascript", "text/css", "application/xhtml+xml",
                 "image/svg+xml", "text/xml", "application/xml")
@@ -87,6 +87,7 @@ async def view(request: Request) -> Response:
 def _reencode(path: Path, preview: str | None, channel: str, limit: int) -> tuple[bytes, str]:
     from PIL import Image, UnidentifiedImageError
 
+    _png_text_limit()
     try:
         img = Image.open(path)
     except (UnidentifiedImageError, OSError):
@@ -117,42 +118,92 @@ def _reencode(path: Path, preview: str | None, channel: str, limit: int) -> tupl
     return buf.getvalue(), "image/png"
 
 
-# -- multipart -----------------------------------------------------------------------------------
-_PARAM = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+# -- multipart ---------------------------------------------------------------------------------------
+MAX_PARTS = 16  # image, type, subfolder, overwrite, original_ref, and room for clients that send more
+MAX_FIELD_BYTES = 64 * 1024  # a non-file field (subfolder, original_ref JSON)
 
 
-def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
-    """Minimal, exact multipart/form-data parser: {field: (filename or None, bytes)}."""
-    if not content_type.lower().startswith("multipart/form-data"):
+async def read_multipart(request: Request, max_file_bytes: int) -> dict[str, tuple[str | None, bytes]]:
+    """Stream a multipart/form-data body through python-multipart (the parser Starlette uses) with limits
+    enforced while the bytes arrive: at most ``max_file_bytes`` per file part, MAX_FIELD_BYTES per other
+    field, MAX_PARTS parts, and the whole body at most the file limit plus 64 KiB. Returns
+    {field: (filename or None, bytes)}; the first part of a name wins. Faults are 400/413."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
         raise HTTPException(400, "expected multipart/form-data")
-    params = {k.lower(): (a or b) for k, a, b in _PARAM.findall(content_type)}
-    boundary = params.get("boundary")
+    boundary = params.get(b"boundary")
     if not boundary or len(boundary) > 200:
         raise HTTPException(400, "multipart boundary missing")
     out: dict[str, tuple[str | None, bytes]] = {}
-    delim = b"--" + boundary.encode("latin-1")
-    parts = body.split(delim)
-    if len(parts) < 3:
-        raise HTTPException(400, "malformed multipart body")
-    for p in parts[1:]:
-        if p.startswith(b"--"):
-            break
-        if p.startswith(b"\r\n"):
-            p = p[2:]
-        head, sep, data = p.partition(b"\r\n\r\n")
-        if not sep:
-            raise HTTPException(400, "malformed multipart part")
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
-        name = filename = None
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            k, _, v = line.partition(":")
-            if k.strip().lower() == "content-disposition":
-                ps = {pk.lower(): (qa.replace('\\"', '"') if qa else ub) for pk, qa, ub in _PARAM.findall(v)}
-                name, filename = ps.get("name"), ps.get("filename")
-        if name is not None and name not in out:
-            out[name] = (filename, data)
+    st = {"parts": 0, "field": b"", "value": b"", "headers": {}, "data": [], "size": 0, "limit": 0, "error": None}
+
+    def fail(status: int, message: str) -> None:
+        if st["error"] is None:
+            st["error"] = (status, message)
+        raise _Abort
+
+    def on_part_begin():
+        st["parts"] += 1
+        if st["parts"] > MAX_PARTS:
+            fail(413, f"more than {MAX_PARTS} parts")
+        st["headers"], st["data"], st["size"] = {}, [], 0
+
+    def on_header_field(data, start, end):
+        st["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        st["value"] += data[start:end]
+
+    def on_header_end():
+        st["headers"][st["field"].strip().lower()] = st["value"]
+        st["field"], st["value"] = b"", b""
+        if len(st["headers"]) > 16:
+            fail(400, "too many part headers")
+
+    def on_headers_finished():
+        disp, opts = parse_options_header(st["headers"].get(b"content-disposition", b""))
+        st["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
+        fn = opts.get(b"filename")
+        st["filename"] = fn.decode("utf-8", "replace") if fn is not None else None
+        st["limit"] = max_file_bytes if fn is not None else MAX_FIELD_BYTES
+
+    def on_part_data(data, start, end):
+        st["size"] += end - start
+        if st["size"] > st["limit"]:
+            fail(413, f"part {st['name']!r} larger than {st['limit']} bytes")
+        st["data"].append(data[start:end])
+
+    def on_part_end():
+        if st["name"] and st["name"] not in out:
+            out[st["name"]] = (st["filename"], b"".join(st["data"]))
+        st["data"] = []
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished})
+    total, cap = 0, max_file_bytes + 65536
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                raise HTTPException(413, f"body larger than {cap} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except _Abort:
+        raise HTTPException(*st["error"])
+    except MultipartParseError as e:
+        raise HTTPException(400, f"malformed multipart body: {str(e)[:200]}")
+    if not out:
+        raise HTTPException(400, "malformed multipart body: no parts")
     return out
+
+
+class _Abort(Exception):
+    """Raised from a parser callback to stop at a limit (the reason is kept beside it)."""
 
 
 def _field(form, name: str, default: str = "") -> str:
@@ -167,8 +218,21 @@ def _safe_name(filename: str | None) -> str:
     return name
 
 
+def _png_text_limit() -> None:
+    """One limit for workflow text in PNGs, compressed or not. PIL caps a zTXt/iTXt chunk at 1 MiB
+    decompressed but an uncompressed tEXt chunk only by its 64 MiB total, so a large workflow saved
+    compressed was "not an image" while the same text uncompressed was fine. Raise the per-chunk cap to
+    the total (engine.pnginfo.MAX_TEXT is the same 64 MiB); the total still bounds a zip bomb."""
+    from PIL import PngImagePlugin
+
+    if PngImagePlugin.MAX_TEXT_CHUNK < PngImagePlugin.MAX_TEXT_MEMORY:
+        PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY
+
+
 def _open_image(data: bytes, limit: int):
     from PIL import Image, UnidentifiedImageError
+
+    _png_text_limit()
 
     try:
         img = Image.open(io.BytesIO(data))
@@ -181,30 +245,88 @@ def _open_image(data: bytes, limit: int):
 
 
 def _place(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
-    """Pick the final name: reuse when identical content exists, else ``name (1).ext``."""
+    """Write ``data`` under ``name`` in ``folder`` and return the name used. Without ``overwrite`` an existing
+    file keeps its bytes: identical content reuses its name, different content gets ``name (1).ext``,
+    ``name (2).ext``... Choosing the name and creating the file is one atomic step (a hard link of the
+    finished temp file, which fails when the name exists), so concurrent uploads of one name each get
+    their own file, and a file is never visible half written."""
     folder.mkdir(parents=True, exist_ok=True)
     target = confine(folder, name)
-    if not overwrite and target.exists():
-        digest = hashlib.sha256(data).digest()
+    tmp = _temp_file(folder, data, ".upload-")
+    try:
+        if overwrite:
+            os.replace(tmp, target)
+            return target.name
+        digest = None
         stem, ext = os.path.splitext(name)
         i = 0
-        while target.exists():
-            if target.is_file() and hashlib.sha256(target.read_bytes()).digest() == digest:
+        while True:
+            try:
+                _link_new(tmp, target, data)
                 return target.name
+            except FileExistsError:
+                pass
+            if digest is None:
+                digest = hashlib.sha256(data).digest()
+            try:
+                if target.is_file() and hashlib.sha256(target.read_bytes()).digest() == digest:
+                    return target.name
+            except OSError:
+                pass
             i += 1
             target = confine(folder, f"{stem} ({i}){ext}")
-    atomic_write(target, data, prefix=".upload-")
-    return target.name
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _link_new(tmp: str, target: Path, data: bytes) -> None:
+    """Create ``target`` holding ``tmp``'s bytes; FileExistsError if the name is taken."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: exclusive create, then write
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() gives: uploads get the same mode as outputs (0644 usually)
+
+
+def _temp_file(folder: Path, data: bytes, prefix: str) -> str:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)  # mkstemp makes it 0600
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def atomic_write(path: Path, data: bytes, prefix: str = ".tmp-") -> None:
     """Write ``data`` to ``path`` via a temp file (``prefix``) in the same folder and ``os.replace``, so readers
-    never see a partial file; the folder is created if needed, the temp file removed on any failure."""
+    never see a partial file; the folder is created if needed, the temp file removed on any failure. The
+    file gets the ordinary mode for new files (as open() would make it), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix)
+    tmp = _temp_file(path.parent, data, prefix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -214,14 +336,11 @@ def atomic_write(path: Path, data: bytes, prefix: str = ".tmp-") -> None:
 
 async def _upload(request: Request, mask: bool) -> Response:
     s = svc(request)
-    body = await read_body(request, s.config.max_upload_bytes + 65536)
-    form = parse_multipart(body, request.headers.get("content-type", ""))
+    form = await read_multipart(request, s.config.max_upload_bytes)
     if "image" not in form or form["image"][0] is None:
         raise HTTPException(400, "no image file in the upload")
     filename, data = form["image"]
     name = _safe_name(filename)
-    if len(data) > s.config.max_upload_bytes:
-        raise HTTPException(413, "upload too large")
     type_ = _field(form, "type", "input") or "input"
     root = _root(s, type_)
     subfolder = _field(form, "subfolder")
@@ -308,7 +427,7 @@ async def view_metadata(request: Request) -> Response:
             if n > 100 * 1024 * 1024:
                 raise ValueError("header too large")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, struct.error, RecursionError):  # RecursionError: a header nested 100,000 deep
         raise HTTPException(404, "unreadable safetensors header")
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not meta:

@@ -1,89 +1,79 @@
 """Prompt, queue, history, jobs, interrupt and free: ComfyUI's shapes, over the durable store."""
 from __future__ import annotations
 
+import logging
 import uuid
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.errors import WorkflowError
+from engine.errors import WorkflowError, envelope, internal_error
 
+from .bodies import ClearDelete, PromptBody, parse
 from .http import JSON, dumps, qint, read_json, svc
 from .store import Item, now_ms
 
+log = logging.getLogger("loom.server")
 STRIP_EXTRA = ("auth_token_comfy_org", "api_key_comfy_org")
 JOB_STATUS = {"pending": "pending", "running": "in_progress", "success": "completed", "error": "failed",
               "crashed": "failed", "interrupted": "cancelled"}
 
 
 def _bad_prompt(type_: str, message: str, details: str = "") -> JSON:
-    return JSON({"error": {"type": type_, "message": message, "details": details, "extra_info": {}},
-                 "node_errors": {}}, status_code=400)
+    return JSON(envelope(type_, message, details), status_code=400)
 
 
 async def post_prompt(request: Request) -> Response:
     s = svc(request)
-    body = await read_json(request, s.config.max_json_bytes)
-    if not isinstance(body, dict):
-        return _bad_prompt("invalid_prompt", "Request body must be a JSON object", type(body).__name__)
-    if "prompt" not in body:
-        return _bad_prompt("no_prompt", "No prompt provided", "No prompt provided")
-    prompt = body["prompt"]
-    if not isinstance(prompt, dict):
-        return _bad_prompt("invalid_prompt", "prompt must be a JSON object of nodes", type(prompt).__name__)
-    number = body.get("number")
-    if number is not None:
-        try:
-            number = float(number)
-            if number != number or number in (float("inf"), float("-inf")):
-                raise ValueError
-        except (TypeError, ValueError):
-            return _bad_prompt("invalid_prompt", "number must be a finite number", repr(number)[:80])
-    pid = body.get("prompt_id")
-    if pid is None:
-        pid = str(uuid.uuid4())
-    elif not isinstance(pid, str) or not 0 < len(pid) <= 128 or not pid.isprintable():
-        return _bad_prompt("invalid_prompt", "prompt_id must be a short printable string", repr(pid)[:80])
-    targets = body.get("partial_execution_targets")
-    if targets is not None:
-        if not isinstance(targets, list) or not all(isinstance(t, (str, int)) for t in targets):
-            return _bad_prompt("invalid_prompt", "partial_execution_targets must be a list of node ids")
-        targets = [str(t) for t in targets]
-    extra = body.get("extra_data")
-    extra = dict(extra) if isinstance(extra, dict) else {}
+    try:
+        raw = await read_json(request, s.config.max_json_bytes)
+        if isinstance(raw, dict) and "prompt" not in raw:
+            return _bad_prompt("no_prompt", "No prompt provided", "No prompt provided")
+        body = parse(PromptBody, raw, "invalid_prompt")
+    except HTTPException as e:  # ComfyUI's shape: {"error": {...}, "node_errors": {}}
+        if isinstance(e.detail, dict):
+            return JSON({"error": e.detail, "node_errors": {}}, status_code=e.status_code)
+        if e.status_code == 400:
+            return _bad_prompt("invalid_prompt", e.detail)
+        raise
+    prompt, number = body.prompt, body.number
+    pid = body.prompt_id or str(uuid.uuid4())
+    targets = None if body.partial_execution_targets is None else [str(t) for t in body.partial_execution_targets]
+    extra = dict(body.extra_data or {})
     for k in STRIP_EXTRA:
         extra.pop(k, None)
-    client_id = body.get("client_id")
+    client_id = body.client_id
     if client_id is not None:
-        if not isinstance(client_id, str) or len(client_id) > 128:
-            return _bad_prompt("invalid_prompt", "client_id must be a string")
         extra["client_id"] = client_id
     extra["create_time"] = now_ms()
+    front = bool(body.front)
     try:
-        if len(prompt) > 200:  # big graphs validate off the event loop
-            v = await run_in_threadpool(s.executor.prepare, prompt, targets)
-        else:
-            v = s.executor.prepare(prompt, targets)
+        v, number = await run_in_threadpool(_admit, s, pid, prompt, targets, extra, number, front, client_id)
     except WorkflowError as e:
         return JSON(e.to_dict(), status_code=400)
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
-        return _bad_prompt("invalid_prompt", "Workflow could not be validated", f"{type(e).__name__}: {e}"[:500])
-    if s.store.exists(pid):
+    except Exception as e:  # a bug in Loom, not in the workflow: say so, and keep the traceback
+        log.exception("POST /prompt %s: internal error while validating or queueing", pid)
+        return JSON(internal_error(e, "validation"), status_code=500)
+    if v is None:
         return _bad_prompt("invalid_prompt", "prompt_id already used", pid)
-    s.worker.prepared[pid] = v
-    try:
-        number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=bool(body.get("front")),
-                             client_id=client_id)
-    except Exception:
-        s.worker.prepared.pop(pid, None)
-        raise
     s.hub.status(s.store.remaining())
-    s.worker.wake()
     return JSON({"prompt_id": pid, "number": int(number) if float(number).is_integer() else number,
                  "node_errors": v.node_errors})
+
+
+def _admit(s, pid: str, prompt: dict, targets, extra: dict, number, front: bool, client_id) -> tuple:
+    """Validate and enqueue one prompt, in a worker thread (never on the event loop): (Validated,
+    queue number), or (None, None) when ``pid`` is taken. Raises ``WorkflowError`` for an invalid
+    workflow; anything else it raises is a Loom bug."""
+    v = s.executor.prepare(prompt, targets)
+    if s.store.exists(pid):
+        return None, None
+    number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=front,
+                         client_id=client_id)
+    s.worker.submit(pid, v)
+    return v, number
 
 
 async def get_prompt(request: Request) -> Response:
@@ -96,36 +86,23 @@ async def get_queue(request: Request) -> Response:
                  "queue_pending": [i.queue_tuple() for i in st.pending()]})
 
 
-def _ids(body: Any) -> list[str] | None:
-    d = body.get("delete") if isinstance(body, dict) else None
-    if d is None:
-        return None
-    if not isinstance(d, list):
-        d = [d]
-    return [str(x) for x in d if isinstance(x, (str, int))]
-
-
 async def _clear_and_delete(request: Request, s) -> tuple[bool, list[str] | None]:
     """What POST /queue and POST /history ask for: (``clear`` set, ``delete`` ids or None); an empty body asks
-    nothing. A body that is not an object is a 400."""
+    nothing. A body of another shape is a structured 400."""
     body = await read_json(request, s.config.max_json_bytes, allow_empty=True)
-    if body is not None and not isinstance(body, dict):
-        raise HTTPException(400, "expected an object with clear and/or delete")
-    body = body or {}
-    return bool(body.get("clear")), _ids(body)
+    b = parse(ClearDelete, {} if body is None else body)
+    return bool(b.clear), b.ids()
 
 
 async def post_queue(request: Request) -> Response:
     s = svc(request)
     clear, ids = await _clear_and_delete(request, s)
     if clear:
-        for i in s.store.pending():
-            s.worker.prepared.pop(i.id, None)
         s.store.delete_pending(None)
+        s.worker.forget(None)
     if ids:
         s.store.delete_pending(ids)
-        for pid in ids:
-            s.worker.prepared.pop(pid, None)
+        s.worker.forget(ids)
     s.hub.status(s.store.remaining())
     return Response(status_code=200)
 
@@ -269,7 +246,7 @@ async def get_job(request: Request) -> Response:
 
 def _cancel(s, pid: str) -> bool:
     if s.store.delete_pending([pid]):
-        s.worker.prepared.pop(pid, None)
+        s.worker.forget([pid])
         return True
     return s.worker.interrupt(pid)
 

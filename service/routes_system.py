@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from engine.schema import COMFYUI_API_VERSION, node_info, object_info
 
+from .devices import local_devices, ram
 from .http import JSON, svc
 from .routes_templates import templates_version
 
@@ -28,31 +29,7 @@ def _torch_version() -> str:
         return "none"
 
 
-def _ram() -> tuple[int, int]:
-    try:
-        info = {}
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                info[k] = int(v.split()[0]) * 1024
-        return info.get("MemTotal", 0), info.get("MemAvailable", 0)
-    except (OSError, ValueError):
-        return 0, 0
-
-
-def _devices() -> list[dict]:
-    t = sys.modules.get("torch")  # never import torch just to answer this
-    if t is not None and t.cuda.is_available():
-        out = []
-        for i in range(t.cuda.device_count()):
-            free, total = t.cuda.mem_get_info(i)
-            out.append({"name": t.cuda.get_device_name(i), "type": "cuda", "index": i, "vram_total": total,
-                        "vram_free": free, "torch_vram_total": t.cuda.memory_reserved(i),
-                        "torch_vram_free": t.cuda.memory_reserved(i) - t.cuda.memory_allocated(i)})
-        return out
-    total, free = _ram()
-    return [{"name": "cpu", "type": "cpu", "index": 0, "vram_total": total, "vram_free": free,
-             "torch_vram_total": 0, "torch_vram_free": 0}]
+_ram = ram
 
 
 async def system_stats(request: Request) -> Response:
@@ -67,8 +44,31 @@ async def system_stats(request: Request) -> Response:
                             "required_frontend_version": fe, "installed_templates_version": templates_version(),
                             "required_templates_version": "", "python_version": sys.version,
                             "pytorch_version": _torch_version(), "embedded_python": False,
-                            "argv": ["loom", "serve"], "platform": platform.platform()},
-                 "devices": _devices()})
+                            "argv": ["loom", "serve"], "platform": platform.platform(),
+                            "loom_model_families": _families()},
+                 "devices": _devices(s)})
+
+
+def _devices(s) -> list[dict]:
+    """Every worker's devices (one list for the in-process worker; each pool worker's, tagged with its id)."""
+    workers = s.worker.workers() if s.worker is not None else []
+    if len(workers) <= 1 or workers[0].get("id") == "local":
+        return local_devices()
+    return [{**d, "worker": w["id"]} for w in workers for d in w.get("devices") or ()]
+
+
+async def get_workers(request: Request) -> Response:
+    """Loom: the workers that run prompts (id, node, pid, devices, resident models, busy prompt, prompts done,
+    last error)."""
+    s = svc(request)
+    return JSON({"workers": s.worker.workers() if s.worker is not None else []})
+
+
+def _families() -> dict:
+    """The model families this server can load (torch-free catalogue), for the editor's missing-models view."""
+    from modelstore.families.catalog import summary
+
+    return summary()
 
 
 async def get_object_info(request: Request) -> Response:
@@ -170,6 +170,7 @@ ROUTES = [
     ("/object_info", get_object_info, ["GET"]),
     ("/object_info/{node_class}", get_object_info_one, ["GET"]),
     ("/system_stats", system_stats, ["GET"]),
+    ("/loom/workers", get_workers, ["GET"]),
     ("/embeddings", get_embeddings, ["GET"]),
     ("/extensions", empty_list, ["GET"]),
     ("/features", features, ["GET"]),

@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 
 from engine.folders import UnsafePathError, confine
 
+from .bodies import Settings, parse
 from .http import JSON, read_body, read_json, svc
 from .routes_files import atomic_write
 
@@ -71,9 +72,7 @@ async def get_setting(request: Request) -> Response:
 
 async def post_settings(request: Request) -> Response:
     s = svc(request)
-    body = await read_json(request, s.config.max_json_bytes)
-    if not isinstance(body, dict):
-        raise HTTPException(400, "settings must be a JSON object")
+    body = parse(Settings, await read_json(request, s.config.max_json_bytes)).root
     with _settings_lock:
         d = _load_settings(s)
         d.update(body)

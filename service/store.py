@@ -9,12 +9,18 @@ when ``prune_outputs`` is set.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+from .jsontext import dumps
+
+log = logging.getLogger("loom.server")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -39,15 +45,60 @@ CREATE INDEX IF NOT EXISTS prompts_end ON prompts(end_time);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+class BaseInUse(RuntimeError):
+    """Another live server holds this queue database."""
 
 
-def dumps(v: Any) -> str:
+class BaseLock:
+    """An exclusive OS lock on ``<database>.lock``, held for a server's life.
+
+    Two servers on one queue would both run it and mark each other's running prompt failed. The
+    lock is ``flock`` (``msvcrt.locking`` on Windows): the OS releases it when the process dies,
+    even by kill -9, so a crash never leaves a stale lock behind. The file holds the owner's pid,
+    for the message only.
+    """
+
+    def __init__(self, db_path: str | Path):
+        self.path = Path(str(db_path) + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "BaseLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock_fd(fd)
+        except OSError:
+            try:
+                owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise BaseInUse(f"another Loom server (pid {owner}) is using the queue database "
+                            f"{self.path.with_suffix('')}; stop it first, or give this one another --base or --db")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _lock_fd(fd: int) -> None:
     try:
-        return _dumps(v)
-    except ValueError:  # NaN/inf from a node's ui: store them as null rather than invalid JSON
-        return json.dumps(v, default=str, separators=(",", ":")).replace("NaN", "null").replace(
-            "-Infinity", "null").replace("Infinity", "null")
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def now_ms() -> int:
@@ -187,6 +238,28 @@ class Store:
         item.state, item.start_time = "running", ts
         return item
 
+    def pending_ids(self, limit: int) -> list[str]:
+        """Ids of the first ``limit`` pending prompts in queue order, left pending (a pool's scheduling window)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM prompts WHERE state='pending' ORDER BY number, "
+                                                   "seq LIMIT ?", (max(0, int(limit)),))]
+
+    def take(self, prompt_id: str) -> Item | None:
+        """Mark one pending prompt running and return it (None if it is no longer pending)."""
+        with self._lock:
+            ts = now_ms()
+            n = self._db.execute("UPDATE prompts SET state='running', start_time=? WHERE id=? AND state='pending'",
+                                 (ts, prompt_id)).rowcount
+        if not n:
+            return None
+        return self.get(prompt_id)
+
+    def requeue(self, prompt_id: str) -> bool:
+        """Put a running prompt back at its place in the queue (its worker was lost)."""
+        with self._lock:
+            return self._db.execute("UPDATE prompts SET state='pending', start_time=NULL WHERE id=? AND "
+                                    "state='running'", (prompt_id,)).rowcount > 0
+
     def pending(self) -> list[Item]:
         return self._rows("WHERE state='pending' ORDER BY number, seq")
 
@@ -208,13 +281,21 @@ class Store:
             return n
 
     # -- completion and history ------------------------------------------------------------------
-    def finish(self, prompt_id: str, outcome: str, result: dict) -> None:
+    def finish(self, prompt_id: str, outcome: str, result: dict) -> bool:
+        """Record a prompt's result. A row that recovery marked ``crashed`` meanwhile (it had no way to
+        know the prompt was still running) gets the real result. Returns False, and logs an error, only
+        when the row is gone altogether (another process deleted it): never silently."""
         text = dumps(result)  # a 10k-node entry is megabytes: encode it outside the lock
         with self._lock:
-            self._finish_locked(prompt_id, outcome, text, now_ms())
+            ok = self._finish_locked(prompt_id, outcome, text, now_ms(), replace_crashed=True)
             self.prune()
+        if not ok:
+            log.error("prompt %s finished (%s) but its queue row no longer exists; result not recorded: %s",
+                      prompt_id, outcome, text[:2000])
+        return ok
 
-    def _finish_locked(self, prompt_id: str, outcome: str, result: dict | str, ts: int) -> None:
+    def _finish_locked(self, prompt_id: str, outcome: str, result: dict | str, ts: int,
+                       replace_crashed: bool = False) -> bool:
         if not isinstance(result, str):
             result = dumps(result)
         self._db.execute("BEGIN IMMEDIATE")
@@ -222,11 +303,15 @@ class Store:
             done = self._counter("done")
             n = self._db.execute("UPDATE prompts SET state='done', outcome=?, end_time=?, done_seq=?, result=? "
                                  "WHERE id=? AND state!='done'", (outcome, ts, done, result, prompt_id)).rowcount
-            self._db.execute("COMMIT")
             self._done_count += n
+            if n == 0 and replace_crashed:  # already counted as done: replace the "crashed" guess
+                n = self._db.execute("UPDATE prompts SET outcome=?, end_time=?, result=? WHERE id=? AND "
+                                     "state='done' AND outcome='crashed'", (outcome, ts, result, prompt_id)).rowcount
+            self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        return n > 0
 
     def prune(self) -> int:
         """Apply the count and age bounds to history; returns the number of rows removed. Cheap enough

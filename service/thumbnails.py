@@ -35,7 +35,8 @@ def make(names: list[str] | None = None, out_dir: Path | None = None) -> dict[st
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         env = Env(input_dir=t / "input", output_dir=t / "output", temp_dir=t / "temp", models_dir=ROOT / "models",
-                  model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir), device="cpu", dtype="fp32"))
+                  folders=ModelFolders(ROOT / "models"),
+                  model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
         ex = Executor(default_registry(), env)
         for name in names:
             r = ex.run(json.loads((ROOT / "workflows" / f"{name}.json").read_text()))

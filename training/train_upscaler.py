@@ -73,7 +73,7 @@ def train(out: Path, steps: int = 600, batch: int = 8, lr: float = 2e-3, n: int 
           log=print) -> dict:
     from safetensors.torch import save_file
 
-    from nodes.upscale import RRDBNet
+    from modelstore.kinds.upscale import RRDBNet
 
     torch.manual_seed(seed)
     lo, hi = pairs(n, seed + 31)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from engine import Executor
+from engine import Executor, Registry
 from engine.cache import OutputCache, node_key
 
 from . import stubs
@@ -168,3 +168,41 @@ def test_a_failing_fingerprint_means_always_rerun(tmp_path):
     r = ex.run(wf)  # fingerprint raises -> NaN; run() then fails: a node error, not a crash
     assert r.status == "error" and r.error["node_id"] == "1"
     assert r.error["exception_type"] == "FileNotFoundError"
+    assert "fingerprint raised FileNotFoundError" in r.warnings[-1]
+
+
+def test_a_raising_fingerprint_is_reported_and_its_output_never_cached(tmp_path):
+    f = tmp_path / "v.txt"
+    f.write_text("5")
+
+    class Flaky(stubs.FileValue):
+        """FileValue whose fingerprint always raises."""
+
+        @classmethod
+        def fingerprint(cls, env, path):
+            raise ValueError("no hash today")
+
+    ex = Executor(Registry([Flaky, stubs.Show]))
+    wf = {"1": {"class_type": "Flaky", "inputs": {"path": str(f)}},
+          "2": {"class_type": "Show", "inputs": {"value": ["1", 0], "label": "x"}}}
+    first, second = ex.run(wf), ex.run(wf)
+    assert first.status == second.status == "success"
+    assert second.executed == ["1", "2"] and second.cached == []  # a NaN key never repeats downstream either
+    assert ex.cache.misses == 4 and len(ex.cache) == 2  # Show stored (twice, other keys), Flaky never
+    assert second.warnings == ["node 1 (Flaky): fingerprint raised ValueError: no hash today; the node runs "
+                               "and its output is not cached"]
+
+
+def test_cache_counts_misses_for_needed_outputs_and_hits_for_reads():
+    ex = Executor(stubs.registry())
+    wf = {"1": {"class_type": "Number", "inputs": {"value": 2}},
+          "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "k": 1}},
+          "3": {"class_type": "Show", "inputs": {"value": ["2", 0], "label": "x"}}}
+    ex.run(wf)
+    assert (ex.cache.hits, ex.cache.misses) == (0, 3)
+    ex.run(wf)  # the output is cached: only its entry is read, nothing upstream is looked at
+    assert (ex.cache.hits, ex.cache.misses) == (1, 3)
+    wf["3"]["inputs"]["label"] = "y"  # Show reruns and reads Add's cached value
+    ex.run(wf)
+    assert (ex.cache.hits, ex.cache.misses) == (2, 4)
+    assert ex.cache.stats()["misses"] == 4

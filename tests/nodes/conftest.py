@@ -44,11 +44,10 @@ def models_dir(tmp_path_factory, tiny):
 
 def make_env(models_dir, tmp_path):
     from engine.context import Env
-    from engine.folders import ModelFolders
     from modelstore.models import ModelStore
 
     return Env(input_dir=tmp_path / "input", output_dir=tmp_path / "output", temp_dir=tmp_path / "temp",
-               models_dir=models_dir, model_store_factory=lambda env: ModelStore(ModelFolders(env.models_dir),
+               models_dir=models_dir, model_store_factory=lambda env: ModelStore(env.folders,
                                                                                  device="cpu", dtype="fp32"))
 
 

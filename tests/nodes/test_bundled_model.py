@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from engine import Env, Executor, Node, Result, Socket
-from engine.folders import ModelFolders
 from nodes import default_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +30,7 @@ def ex(tmp_path_factory):
 
     io = tmp_path_factory.mktemp("bundled")
     env = Env(input_dir=io / "input", output_dir=io / "output", temp_dir=io / "temp", models_dir=ROOT / "models",
-              model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir), device="cpu", dtype="fp32"))
+              model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
     env.input_dir.mkdir(parents=True)
     return Executor(default_registry(), env)
 

@@ -47,7 +47,7 @@ def env(tmp_path):
     from engine.folders import ModelFolders
     from modelstore.models import ModelStore
     e = Env(input_dir=tmp_path / "in", output_dir=tmp_path / "out", temp_dir=tmp_path / "tmp", models_dir=models,
-            model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir), device="cpu", dtype="fp32"))
+            folders=ModelFolders(models), model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
     e.tiny = m
     return e
 

@@ -1,10 +1,21 @@
-"""The oracle: txt2img, img2img and inpaint workflows run through the engine give the same pixels as the
-corresponding diffusers pipeline with the same seed and scheduler, on a tiny SD1 single-file checkpoint.
+"""A second oracle besides ComfyUI's own numbers (tests/sampling): txt2img, img2img and inpaint workflows run
+through the engine give the same pixels as the corresponding diffusers pipeline with the same seed and
+scheduler, on a tiny SD1 single-file checkpoint, wherever ComfyUI and diffusers compute the same thing.
 
 Both sides use the same loaded modules and one torch thread. Noise: ComfyUI/Loom draw ``randn`` on the CPU from
-``manual_seed(seed)`` per item; the pipeline draws from ``Generator('cpu').manual_seed(seed)`` - for batch 1 the
-same tensor. img2img/inpaint hand the pipeline Loom's VAE latent (posterior mode) directly, because Loom's
-VAEEncode is deterministic while the pipeline samples the posterior."""
+``manual_seed(seed)``; the pipeline draws from ``Generator('cpu').manual_seed(seed)`` - for batch 1 the same
+tensor. img2img/inpaint hand the pipeline Loom's VAE latent (posterior mode) directly, because Loom's
+VAEEncode is deterministic while the pipeline samples the posterior.
+
+Where ComfyUI's numbers differ from diffusers', ComfyUI wins (Loom follows ComfyUI 0.3.75), and the cases here
+account for it:
+- txt2img at full denoise ComfyUI starts from noise * sqrt(1 + sigma_max^2) (the VP prior), diffusers' Euler-family
+  schedulers from noise * sigma_max: the pipeline is handed ComfyUI's start latent (``latents=``).
+- euler_ancestral: ComfyUI draws step noise from a fresh generator seeded with the seed, diffusers continues the
+  initial-noise generator: not comparable (pinned by the fixtures instead).
+- ddim: ComfyUI's ddim is Euler in sigma space, not diffusers' DDIM update: not comparable.
+- lms/normal: ComfyUI feeds the UNet the nearest integer timestep and interpolates log-sigma; diffusers feeds
+  fractional timesteps and interpolates sigma: bounded difference, asserted below as such."""
 from __future__ import annotations
 
 import numpy as np
@@ -100,32 +111,41 @@ def _latent_of(refs, pixels):
     return z * vae.config.scaling_factor
 
 
-CASES = [  # (sampler, scheduler, diffusers class, config overrides)
-    ("euler", "simple", "EulerDiscreteScheduler", {"timestep_spacing": "trailing", "steps_offset": 0}),
-    ("euler_ancestral", "normal", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace", "steps_offset": 0}),
+CASES = [  # (sampler, scheduler, diffusers class, config overrides, tolerance)
+    ("euler", "simple", "EulerDiscreteScheduler", {"timestep_spacing": "trailing", "steps_offset": 0}, 1e-4),
     ("dpmpp_2m", "karras", "DPMSolverMultistepScheduler",
-     {"timestep_spacing": "linspace", "steps_offset": 0, "use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}),
-    ("ddim", "ddim_uniform", "DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
-    ("lms", "normal", "LMSDiscreteScheduler", {"timestep_spacing": "linspace", "steps_offset": 0}),
+     {"timestep_spacing": "linspace", "steps_offset": 0, "use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},
+     1e-4),
+    # integer vs fractional timesteps and log- vs linear sigma interpolation (see the module docstring)
+    ("lms", "normal", "LMSDiscreteScheduler", {"timestep_spacing": "linspace", "steps_offset": 0}, 2e-3),
 ]
 
 
-@pytest.mark.parametrize("sampler,scheduler,cls,over", CASES, ids=[c[0] + "-" + c[1] for c in CASES])
-def test_txt2img_matches_pipeline(ex, refs, sampler, scheduler, cls, over):
+@pytest.mark.parametrize("sampler,scheduler,cls,over,tol", CASES, ids=[c[0] + "-" + c[1] for c in CASES])
+def test_txt2img_matches_pipeline(ex, refs, sampler, scheduler, cls, over, tol):
+    from sampling.noise import prepare_noise
+
     wf = _base(sampler, scheduler, 20, 1.0, ["4", 0])
     wf["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
     loom = _run(ex, wf)
+    sched = _sched(refs, cls, **over)
+    sched.set_timesteps(20)
+    noise = prepare_noise(torch.zeros(1, 4, 8, 8), SEED)
+    init = float(sched.init_noise_sigma)
+    smax = float(((1 - sched.alphas_cumprod[-1]) / sched.alphas_cumprod[-1]) ** 0.5)
+    # ComfyUI's start x = noise * sqrt(1 + sigma_max^2); VP-space schedulers (init 1) hold x / sqrt(1 + sigma^2)
+    latents = noise if init == 1.0 else noise * (1 + smax ** 2) ** 0.5 / init
     pipe = _pipe(refs, "StableDiffusionPipeline", _sched(refs, cls, **over))
     ref = pipe(PROMPT, negative_prompt="", height=64, width=64, num_inference_steps=20, guidance_scale=7.5,
-               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+               latents=latents, output_type="pt").images
     diff = (loom - ref).abs().max().item()
     print(f"txt2img {sampler}/{scheduler}: max abs diff {diff:.3g}")
     assert loom.shape == ref.shape
-    assert diff <= 1e-4
+    assert diff <= tol
 
 
-@pytest.mark.parametrize("sampler,scheduler,cls,over", CASES[:2] + CASES[3:4], ids=["euler", "euler_a", "ddim"])
-def test_img2img_matches_pipeline(ex, refs, session_env, sampler, scheduler, cls, over):
+@pytest.mark.parametrize("sampler,scheduler,cls,over,tol", CASES[:1], ids=["euler"])
+def test_img2img_matches_pipeline(ex, refs, session_env, sampler, scheduler, cls, over, tol):
     name, pixels = _image(session_env)
     steps, denoise = 12, 0.6
     assert int(steps / denoise) == 20
@@ -141,8 +161,8 @@ def test_img2img_matches_pipeline(ex, refs, session_env, sampler, scheduler, cls
     assert diff <= 1e-4
 
 
-@pytest.mark.parametrize("sampler,scheduler,cls,over", [CASES[0], CASES[3]], ids=["euler", "ddim"])
-def test_inpaint_matches_pipeline(ex, refs, session_env, sampler, scheduler, cls, over):
+@pytest.mark.parametrize("sampler,scheduler,cls,over,tol", CASES[:1], ids=["euler"])
+def test_inpaint_matches_pipeline(ex, refs, session_env, sampler, scheduler, cls, over, tol):
     name, pixels = _image(session_env, "masked.png", alpha=True)
     steps, denoise = 16, 0.8
     assert int(steps / denoise) == 20

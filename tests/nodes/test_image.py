@@ -15,8 +15,8 @@ from engine.schema import object_info
 from engine.workflow import load
 from nodes import default_registry
 from nodes.image import input_images, upscale
+from tests.comfy_spec import comfy_object_info
 
-REF = Path("/work/shared/spec/object_info-comfyui-0.3.75.json")
 
 
 @pytest.fixture
@@ -51,9 +51,8 @@ def grab(ex, wf):
 
 # --- schema vs ComfyUI ----------------------------------------------------------------------------
 
-@pytest.mark.skipif(not REF.exists(), reason="reference object_info not available")
 def test_object_info_matches_comfyui_for_names_inputs_defaults_and_ranges():
-    ref = json.loads(REF.read_text())
+    ref = comfy_object_info()
     mine = object_info(default_registry())
     names = {"EmptyImage", "LoadImage", "LoadImageMask", "ImageInvert", "ImageScale", "ImageScaleBy", "SaveImage",
              "PreviewImage", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString", "PrimitiveStringMultiline",
@@ -199,6 +198,26 @@ def test_save_image_counter_subfolders_and_confinement(ex, env):
     r = ex.run(wf)
     assert r.status == "error" and r.error["exception_type"] == "engine.folders.UnsafePathError"
     assert not (env.output_dir.parent / "escape_00001_.png").exists()
+
+
+def test_save_image_never_overwrites_a_file_created_after_its_scan(ex, env, monkeypatch):
+    """Pool workers share the output folder: a name taken between the counter scan and the write is skipped."""
+    import nodes.image as image
+
+    scan = image.save_path
+
+    def stale_scan(*a, **kw):  # as if another worker wrote img_00001_ right after this scan
+        folder, stem, sub, counter = scan(*a, **kw)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}_{counter:05}_.png").write_bytes(b"theirs")
+        return folder, stem, sub, counter
+
+    monkeypatch.setattr(image, "save_path", stale_scan)
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2, "batch_size": 2}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "img"}}}
+    r = ex.run(wf)
+    assert [i["filename"] for i in r.outputs["2"]["images"]] == ["img_00002_.png", "img_00003_.png"]
+    assert (env.output_dir / "img_00001_.png").read_bytes() == b"theirs"
 
 
 def test_preview_image_goes_to_temp(ex, env):

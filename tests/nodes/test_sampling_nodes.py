@@ -1,9 +1,8 @@
-"""Semantics of the diffusion nodes on the tiny SD1 checkpoint: schema parity with ComfyUI, sampler/scheduler
-validation, per-item noise, step ranges, cfg=1, text encoding, areas, latent/VAE/mask/upscale nodes."""
+"""Semantics of the diffusion nodes on the tiny SD1 checkpoint: schema parity with ComfyUI, every sampler/scheduler
+pair, ComfyUI's noise and start scaling, step ranges, cfg=1, model-sampling nodes, sigma nodes, text encoding,
+areas, latent/VAE/mask/upscale nodes. (The numbers of the sampling core itself: tests/sampling.)"""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +14,21 @@ from nodes import latents as L
 from nodes import default_registry
 from nodes.sampler_core import Noise, make_noise, sample
 from nodes.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, Plan, supported_pairs, unsupported_reason
+from tests.comfy_spec import comfy_object_info
 
-SPEC = Path("/work/shared/spec/object_info-comfyui-0.3.75.json")
 MINE = ["CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "UpscaleModelLoader",
         "CLIPTextEncode", "CLIPSetLastLayer", "ConditioningCombine", "ConditioningSetArea", "ConditioningZeroOut",
         "InpaintModelConditioning", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "LatentBlend",
         "LatentComposite", "LatentFromBatch", "RepeatLatentBatch", "SetLatentNoiseMask", "KSampler",
         "KSamplerAdvanced", "RandomNoise", "DisableNoise", "KSamplerSelect", "BasicScheduler", "KarrasScheduler",
         "CFGGuider", "BasicGuider", "SamplerCustom", "SamplerCustomAdvanced", "SplitSigmas", "VAEDecode",
+        "DualCFGGuider", "ExponentialScheduler", "PolyexponentialScheduler", "VPScheduler", "BetaSamplingScheduler",
+        "LaplaceScheduler", "SDTurboScheduler", "AlignYourStepsScheduler", "SplitSigmasDenoise", "FlipSigmas",
+        "SetFirstSigma", "ExtendIntermediateSigmas", "SamplerEulerAncestral", "SamplerEulerAncestralCFGPP",
+        "SamplerLMS", "SamplerDPMPP_3M_SDE", "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerDPMPP_2S_Ancestral",
+        "SamplerDPMAdaptative", "SamplerER_SDE", "SamplerSASolver", "ModelSamplingDiscrete",
+        "ModelSamplingContinuousEDM", "ModelSamplingContinuousV", "ModelSamplingSD3", "ModelSamplingAuraFlow",
+        "ModelSamplingFlux", "RescaleCFG", "CFGNorm",
         "VAEEncode", "VAEDecodeTiled", "VAEEncodeTiled", "VAEEncodeForInpaint", "ImageCompositeMasked",
         "ImagePadForOutpaint", "ImageScaleToTotalPixels", "ImageUpscaleWithModel"]
 
@@ -54,10 +60,9 @@ def _norm_spec(v):
 
 
 # ------------------------------------------------------------------------------------------ schema
-@pytest.mark.skipif(not SPEC.exists(), reason="ComfyUI object_info snapshot not available")
 @pytest.mark.parametrize("name", MINE)
 def test_schema_matches_comfyui(name, session_env):
-    spec = json.loads(SPEC.read_text())[name]
+    spec = comfy_object_info()[name]
     ours = object_info(default_registry(), session_env)[name]
     assert ours["input_order"] == spec["input_order"]
     assert ours["output"] == spec["output"]
@@ -80,7 +85,7 @@ def test_schema_matches_comfyui(name, session_env):
 
 
 def test_name_tables_in_comfyui_order():
-    spec = json.loads(SPEC.read_text())["KSampler"]["input"]["required"]
+    spec = comfy_object_info()["KSampler"]["input"]["required"]
     assert SAMPLER_NAMES == spec["sampler_name"][0]
     assert SCHEDULER_NAMES == spec["scheduler"][0]
 
@@ -101,29 +106,24 @@ def _wf(sampler="euler", scheduler="normal", steps=4, cfg=7.0, batch=1, denoise=
     }
 
 
-@pytest.mark.parametrize("sampler,scheduler,needle", [
-    ("res_multistep", "normal", "no diffusers equivalent"),
-    ("euler", "beta", "not supported"),
-    ("ddim", "karras", "supports only"),
-    ("dpmpp_sde", "normal", "torchsde"),
-])
-def test_unsupported_pairs_fail_validation(executor, sampler, scheduler, needle):
-    if needle == "torchsde" and unsupported_reason(sampler, scheduler) is None:
-        pytest.skip("torchsde is installed")
-    with pytest.raises(WorkflowError) as e:
-        executor.prepare(_wf(sampler, scheduler))
-    errs = e.value.node_errors["5"]["errors"]
-    assert errs[0]["type"] == "custom_validation_failed"
-    assert needle in errs[0]["details"]
-
-
-def test_every_name_is_supported_or_rejected():
-    pairs = supported_pairs()
+def test_all_378_name_pairs_validate(executor):
+    """`loom validate` accepts every KSampler sampler x scheduler pair on an SD1 checkpoint."""
+    assert len(SAMPLER_NAMES) * len(SCHEDULER_NAMES) == 378
     for s in SAMPLER_NAMES:
         for sch in SCHEDULER_NAMES:
-            why = unsupported_reason(s, sch)
-            assert (why is None) == (s in pairs and sch in pairs[s]), (s, sch, why)
-            assert why is None or len(why) > 20
+            assert unsupported_reason(s, sch) is None, (s, sch)
+        executor.prepare(_wf(s, "karras"))
+    for sch in SCHEDULER_NAMES:
+        executor.prepare(_wf("euler", sch))
+    assert supported_pairs() == {s: SCHEDULER_NAMES for s in SAMPLER_NAMES}
+
+
+def test_unknown_names_fail_validation(executor):
+    for sampler, scheduler in (("euler_fast", "normal"), ("euler", "linear")):
+        with pytest.raises(WorkflowError) as e:
+            executor.prepare(_wf(sampler, scheduler))
+        assert e.value.node_errors["5"]["errors"], e.value.node_errors
+    assert "unknown sampler" in unsupported_reason("euler_fast", None)
 
 
 def test_runs_and_reports_progress(executor):
@@ -176,7 +176,7 @@ def test_force_full_denoise_returns_clean_latent(refs):
     plan = Plan("euler", "normal", 10)
     noisy = sample(None, refs[0], pos, neg, lat, plan, 0, 5, cfg=5.0, noise=Noise(3), force_full_denoise=False)
     clean = sample(None, refs[0], pos, neg, lat, plan, 0, 5, cfg=5.0, noise=Noise(3), force_full_denoise=True)
-    assert torch.allclose(clean.samples, noisy.denoised)
+    assert close(clean.samples, noisy.denoised, 1e-5)  # ComfyUI: the range's last sigma becomes 0
     assert not close(clean.samples, noisy.samples, 1e-2)
 
 
@@ -213,25 +213,107 @@ def test_noise_mask_keeps_outside(refs):
 
 
 def test_sampler_custom_advanced_matches_ksampler(executor, refs):
+    from nodes import guiders as G
+    from nodes import sampler_params as P
+    from nodes import sampling as S
+    from nodes import sigmas as SG
+
     pos, neg = _conds(refs)
     lat = {"samples": torch.zeros(1, 4, 8, 8)}
-    from nodes import sampling as S
-
-    sig = S.BasicScheduler().run(None, refs[0], "karras", 6, 1.0)[0]
-    hi, lo = S.SplitSigmas().run(None, sig, 3)
-    g = S.CFGGuider().run(None, refs[0], pos, neg, 5.0)[0]
-    smp = S.KSamplerSelect().run(None, "euler")[0]
+    sig = SG.BasicScheduler().run(None, refs[0], "karras", 6, 1.0)[0]
+    hi, lo = SG.SplitSigmas().run(None, sig, 3)
+    g = G.CFGGuider().run(None, refs[0], pos, neg, 5.0)[0]
+    smp = P.KSamplerSelect().run(None, "euler")[0]
     full = S.KSampler().run(None, refs[0], 9, 6, 5.0, "euler", "karras", pos, neg, lat, 1.0)[0]["samples"]
     a = S.SamplerCustomAdvanced().run(None, S.RandomNoise().run(None, 9)[0], g, smp, hi, lat)[0]
     b = S.SamplerCustomAdvanced().run(None, S.DisableNoise().run(None)[0], g, smp, lo, a)[0]
     assert len(sig) == 7 and len(hi) == 4 and len(lo) == 4
     assert close(b["samples"], full)
-    k = S.KarrasScheduler().run(None, 6, 14.614642, 0.0291675, 7.0)[0]
-    out = S.SamplerCustom().run(None, refs[0], True, 9, 5.0, pos, neg, smp, k, lat)
-    assert torch.isfinite(out[0]["samples"]).all() and torch.isfinite(out[1]["samples"]).all()
-    with pytest.raises(ValueError, match="custom sigma"):
-        S.SamplerCustom().run(None, refs[0], True, 9, 5.0, pos, neg, S.KSamplerSelect().run(None, "dpmpp_2m")[0], k,
-                              lat)
+
+
+def test_sampler_custom_runs_every_sampler_with_external_sigmas(refs):
+    from nodes import sampler_params as P
+    from nodes import sampling as S
+    from nodes import sigmas as SG
+
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    k = SG.KarrasScheduler().run(None, 4, 14.614642, 0.0291675, 7.0)[0]
+    outs = {}
+    for name in SAMPLER_NAMES:
+        out, den = S.SamplerCustom().run(None, refs[0], True, 9, 5.0, pos, neg, P.KSamplerSelect().run(None, name)[0],
+                                         k, lat)
+        assert torch.isfinite(out["samples"]).all() and torch.isfinite(den["samples"]).all(), name
+        outs[name] = out["samples"]
+    assert not close(outs["euler"], outs["euler_ancestral"])  # step noise is used
+    assert close(outs["euler"], outs["ddim"])  # ComfyUI's ddim is euler in sigma space
+
+
+def test_start_state_and_integer_timestep_match_comfyui(refs):
+    """One euler step at cfg 1 by hand: x = noise sqrt(1 + sigma_max^2) (ComfyUI's full-denoise scaling), the UNet
+    fed x / sqrt(sigma^2 + 1) at integer timestep 999, result = x0 estimate / scaling factor."""
+    from nodes import sampling as S
+    from sampling.noise import prepare_noise
+
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    got = S.KSampler().run(None, refs[0], 77, 1, 1.0, "euler", "normal", pos, neg, lat, 1.0)[0]["samples"]
+    unet = refs[0].get()
+    s0 = 14.614641189575195
+    x = prepare_noise(lat["samples"], 77) * (1 + s0 ** 2) ** 0.5
+    with torch.no_grad():
+        eps = unet(x / (s0 ** 2 + 1) ** 0.5, torch.tensor([999]), encoder_hidden_states=pos[0][0]).sample
+    want = (x - s0 * eps) / refs[0].meta.get("scaling_factor", 0.18215)
+    assert close(got, want, 1e-5)
+
+
+def test_model_sampling_nodes_change_the_schedule(refs):
+    from nodes import model_sampling as M
+    from nodes import sampling as S
+    from nodes import sigmas as SG
+    from tests.sampling.fixtures import floats, sigmas_json
+
+    sd3 = M.ModelSamplingSD3().run(None, refs[0], 3.0)[0]
+    got = SG.BasicScheduler().run(None, sd3, "simple", 10, 1.0)[0]
+    want = floats(sigmas_json()["models"]["flow_shift3"]["calculate_sigmas"]["simple"]["10"])
+    assert torch.allclose(got, torch.tensor(want), rtol=1e-6, atol=0)
+    flux = M.ModelSamplingFlux().run(None, refs[0], 1.15, 0.5, 1024, 1024)[0]
+    got = SG.BasicScheduler().run(None, flux, "normal", 4, 1.0)[0]
+    want = floats(sigmas_json()["models"]["flux_shift1.15"]["calculate_sigmas"]["normal"]["4"])
+    assert torch.allclose(got, torch.tensor(want), rtol=1e-6, atol=0)
+    v = M.ModelSamplingDiscrete().run(None, refs[0], "v_prediction", False)[0]
+    pos, neg = _conds(refs)
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    outs = [S.KSampler().run(None, m, 3, 4, 5.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+            for m in (refs[0], sd3, v, M.ModelSamplingAuraFlow().run(None, refs[0], 1.73)[0])]
+    assert all(torch.isfinite(o).all() for o in outs)
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            assert not close(outs[i], outs[j]), (i, j)
+    resc = M.RescaleCFG().run(None, v, 0.7)[0]
+    norm = M.CFGNorm().run(None, refs[0], 1.0)[0]
+    for m, base in ((resc, outs[2]), (norm, outs[0])):
+        o = S.KSampler().run(None, m, 3, 4, 5.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+        assert torch.isfinite(o).all() and not close(o, base)
+
+
+def test_sigma_nodes():
+    from nodes import sigmas as SG
+
+    s = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0])
+    hi, lo = SG.SplitSigmasDenoise().run(None, s, 0.5)
+    assert hi.tolist() == [10.0, 5.0, 2.0] and lo.tolist() == [2.0, 1.0, 0.0]
+    assert SG.FlipSigmas().run(None, s)[0].tolist()[0] == pytest.approx(1e-4)
+    assert SG.SetFirstSigma().run(None, s, 7.0)[0].tolist()[0] == 7.0
+    ext = SG.ExtendIntermediateSigmas().run(None, s, 1, -1.0, 4.0, "linear")[0]
+    assert ext.tolist() == [10.0, 7.5, 5.0, 3.5, 2.0, 1.0, 0.0]
+    ays = SG.AlignYourStepsScheduler().run(None, "SD1", 10, 1.0)[0]
+    assert len(ays) == 11 and ays[-1] == 0 and ays[0] == pytest.approx(14.6146, rel=1e-4)
+    assert len(SG.AlignYourStepsScheduler().run(None, "SDXL", 20, 0.5)[0]) == 11
+    for node, args in ((SG.ExponentialScheduler(), (5, 14.6, 0.03)), (SG.PolyexponentialScheduler(), (5, 14.6, 0.03, 1.0)),
+                       (SG.VPScheduler(), (5, 19.9, 0.1, 0.001)), (SG.LaplaceScheduler(), (5, 14.6, 0.03, 0.0, 0.5))):
+        out = node.run(None, *args)[0]
+        assert len(out) == 6 and out[-1] == 0 and bool((out[:-1] > 0).all()), node
 
 
 def test_step_range_chain_equals_full(refs):
@@ -397,13 +479,19 @@ def test_mask_nodes():
 def test_upscale_with_model(tmp_path):
     from safetensors.torch import save_file
 
-    from nodes.upscale import ImageUpscaleWithModel, RRDBNet, load_upscale_model
+    from engine.folders import ModelFolders
+    from modelstore.kinds.upscale import RRDBNet
+    from modelstore.models import ModelStore
+    from modelstore.tensorfile import CheckpointError
+    from nodes.upscale import ImageUpscaleWithModel
 
     torch.manual_seed(0)
     net = RRDBNet(nf=8, nb=1, gc=4, scale=4)
-    save_file(net.state_dict(), str(tmp_path / "tiny-x4.safetensors"))
-    um = load_upscale_model(tmp_path / "tiny-x4.safetensors")
-    assert um.scale == 4
+    (tmp_path / "upscale_models").mkdir()
+    save_file(net.state_dict(), str(tmp_path / "upscale_models" / "tiny-x4.safetensors"))
+    store = ModelStore(ModelFolders(tmp_path), device="cpu", dtype="fp32")
+    um = store.load("upscale", "tiny-x4.safetensors")
+    assert um.kind == "UPSCALE_MODEL" and um.meta["scale"] == 4 and um.__loom_nbytes__() <= 64
     out = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 12, 10, 3))[0]
     assert out.shape == (1, 48, 40, 3)
     with torch.no_grad():
@@ -411,20 +499,45 @@ def test_upscale_with_model(tmp_path):
         got = ImageUpscaleWithModel().run(_Ctx(), um, torch.rand(1, 3, 12, 10, generator=torch.manual_seed(3))
                                           .movedim(1, -1))[0]
     assert torch.allclose(got.movedim(-1, 1), ref, atol=1e-5)
+    # through the store: one load shared, counted in its budget, a changed file is a new model
+    assert store.stats["loads"] == 1 and um.get() is um.get()
+    ((key, where, nbytes),) = store.loaded()
+    assert key.component == "upscale" and where == "device"
+    assert nbytes == sum(p.numel() * 4 for p in net.parameters())
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "upscale_models" / "not-esrgan.safetensors"))
+    with pytest.raises(CheckpointError, match="unsupported upscale model architecture"):
+        store.load("upscale", "not-esrgan.safetensors")     # refused in the loader node, not later
 
 
-def test_preview_latent2rgb_and_taesd(tmp_path):
-    from types import SimpleNamespace
-
+def test_preview_latent2rgb_and_taesd(tmp_path, caplog):
     from safetensors.torch import save_file
 
+    from engine.context import Env
+    from modelstore.kinds.taesd import decoder
+    from modelstore.models import ModelStore
     from nodes.sampler_core import latent_preview
-    from nodes.taesd import decoder
 
     x0 = torch.randn(2, 4, 8, 8)
-    env = SimpleNamespace(models_dir=tmp_path)
+    env = Env(models_dir=tmp_path, model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
     assert latent_preview(x0, "sd1", env).size == (8, 8)  # no decoder file: latent2rgb at latent resolution
+    assert not env.has_model_store
     (tmp_path / "vae_approx").mkdir()
-    save_file(decoder().state_dict(), str(tmp_path / "vae_approx" / "taesd_decoder.safetensors"))
+    net = decoder()
+    save_file(net.state_dict(), str(tmp_path / "vae_approx" / "taesd_decoder.safetensors"))
     img = latent_preview(x0, "sd1", env)
     assert img.size == (64, 64) and img.mode == "RGB"
+    store = env.model_store()
+    ((key, _, nbytes),) = store.loaded()           # loaded through the store, counted in its budget
+    assert key.component == "taesd" and nbytes == sum(p.numel() * 4 for p in net.parameters())
+    with torch.no_grad():
+        want = (net(x0[:1]).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert (want == __import__("numpy").asarray(img)).all()
+    latent_preview(x0, "sd1", env)
+    assert store.stats["loads"] == 1
+    # a broken decoder file is reported (name and reason) and previews fall back to latent2rgb
+    save_file({"1.weight": torch.zeros(64, 4, 3, 3)}, str(tmp_path / "vae_approx" / "taesdxl_decoder.safetensors"))
+    with caplog.at_level("WARNING", logger="loom.preview"):
+        assert latent_preview(x0, "sdxl", env).size == (8, 8)
+    assert "taesdxl_decoder.safetensors could not be loaded" in caplog.text
+
+

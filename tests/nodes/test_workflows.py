@@ -34,7 +34,8 @@ def wf_env(tmp_path_factory):
 
     io = tmp_path_factory.mktemp("wfio")
     return Env(input_dir=io / "input", output_dir=io / "output", temp_dir=io / "temp", models_dir=MODELS,
-               model_store_factory=lambda e: ModelStore(ModelFolders(e.models_dir), device="cpu", dtype="fp32"))
+               folders=ModelFolders(MODELS),
+               model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)

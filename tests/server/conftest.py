@@ -14,7 +14,7 @@ from . import stubs
 
 
 class LiveServer:
-    def __init__(self, tmp: Path, registry=None, **cfg):
+    def __init__(self, tmp: Path, registry=None, start_timeout: float = 20.0, **cfg):
         import uvicorn
 
         from server import create_app
@@ -28,15 +28,17 @@ class LiveServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, ws="websockets-sansio", log_level="warning", lifespan="on",
-                                                    ws_max_size=1 << 20))
+        from service.serving import uvicorn_config
+
+        self.server = uvicorn.Server(uvicorn_config(self.app, self.config, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.start_timeout = start_timeout
 
     def __enter__(self):
         self.thread.start()
         t0 = time.time()
         while not self.server.started:
-            if time.time() - t0 > 20 or not self.thread.is_alive():
+            if time.time() - t0 > self.start_timeout or not self.thread.is_alive():
                 raise RuntimeError("server did not start")
             time.sleep(0.02)
         return self

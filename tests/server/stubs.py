@@ -66,7 +66,23 @@ class ServerShow(Node):
         return Result((), {"text": [str(value)], "done_at": [time.time()]})
 
 
-STUBS = [ServerSteps, ServerFail, ServerChain, ServerShow]
+class ServerKillWorker(Node):
+    """Kills the process running it with SIGKILL after ``delay`` seconds: a pool worker lost mid-prompt (the Ray
+    pool tests only; in-process it would kill the server)."""
+    category = "testing"
+    inputs = (Float("delay", 0.0, min=0.0, max=60.0, step=0.001), Int("seed", 0, min=0, max=10**9))
+    outputs = ()
+    output_node = True
+
+    def run(self, ctx, delay, seed):
+        import os
+        import signal
+
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+STUBS = [ServerSteps, ServerFail, ServerChain, ServerShow, ServerKillWorker]
 
 
 def registry():

@@ -66,7 +66,8 @@ def test_official_frontend_end_to_end(tmp_path):
     ud = _prepare(tmp_path)
     from playwright.sync_api import sync_playwright
 
-    with LiveServer(tmp_path) as srv, sync_playwright() as p:
+    # the editor sends no preview_method while its setting is "default": the server flag turns previews on
+    with LiveServer(tmp_path, preview_method="auto") as srv, sync_playwright() as p:
         browser = _launch(p)
         try:
             page = browser.new_page()

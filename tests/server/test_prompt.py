@@ -32,7 +32,8 @@ def test_full_prompt_progress_and_image(live):
         async with httpx.AsyncClient(base_url=live.url) as c:
             wf = {**IMAGE_WF, "4": {"class_type": "ServerSteps", "inputs": {"steps": 5, "delay": 0.06, "preview": 1,
                                                                             "seed": 1}}}
-            r = await c.post("/prompt", json={"prompt": wf, "client_id": sid})
+            r = await c.post("/prompt", json={"prompt": wf, "client_id": sid,
+                                              "extra_data": {"preview_method": "auto"}})
             assert r.status_code == 200, r.text
             body = r.json()
             pid = body["prompt_id"]
@@ -162,7 +163,8 @@ def test_two_clients_do_not_see_each_others_progress(live):
         b, sb = await _connect(live)
         async with httpx.AsyncClient(base_url=live.url) as c:
             wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 5, "delay": 0.06, "preview": 1, "seed": 2}}}
-            pid = (await c.post("/prompt", json={"prompt": wf, "client_id": sa})).json()["prompt_id"]
+            pid = (await c.post("/prompt", json={"prompt": wf, "client_id": sa,
+                                                 "extra_data": {"preview_method": "auto"}})).json()["prompt_id"]
             msgs_a, bins_a = await collect(a, done_for(pid))
             assert any(m["type"] == "progress" for m in msgs_a) and bins_a
             # b sees only status broadcasts
@@ -230,3 +232,33 @@ def test_execution_error_reaches_client_and_history(live):
             assert job["status"] == "failed" and job["execution_error"]["node_id"] == "1"
         await ws.close()
     run(go())
+
+
+def test_a_bug_inside_validation_is_a_labelled_500_not_an_invalid_prompt(make_server, caplog):
+    """An exception escaping validation (here a combo whose option list raises) is Loom's fault: a 500
+    with type internal_error and the exception, and its traceback in the server log; never a 400."""
+    from engine.node import Combo, Node, Output, Registry
+
+    def broken_options(env):
+        raise KeyError("options table")
+
+    class BrokenCombo(Node):
+        """A node whose option list cannot be computed."""
+        output_node = True
+        inputs = (Combo("choice", broken_options),)
+        outputs = (Output("STRING"),)
+
+        def run(self, ctx, choice):
+            return (choice,)
+
+    live = make_server(registry=Registry([*stubs.registry(), BrokenCombo]))
+    with caplog.at_level("ERROR", logger="loom.server"), live.client() as c:
+        r = c.post("/prompt", json={"prompt": {"1": {"class_type": "BrokenCombo", "inputs": {"choice": "a"}}}})
+        assert r.status_code == 500
+        err = r.json()["error"]
+        assert err["type"] == "internal_error" and "bug in Loom" in err["message"]
+        assert err["details"] == "KeyError: 'options table'" and err["extra_info"]["exception_type"] == "KeyError"
+        assert c.get("/queue").json()["queue_pending"] == []  # nothing was queued
+    logged = [rec for rec in caplog.records if "internal error" in rec.getMessage()]
+    assert logged and logged[0].exc_info and "broken_options" in "".join(
+        __import__("traceback").format_exception(*logged[0].exc_info))

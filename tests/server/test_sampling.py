@@ -50,7 +50,8 @@ def test_sampling_progress_previews_and_interrupt_within_one_step(sd_server):
         await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
         await ws.recv()
         async with httpx.AsyncClient(base_url=sd_server.url, timeout=120) as c:
-            r = await c.post("/prompt", json={"prompt": _wf(400, 1), "client_id": "sd"})
+            r = await c.post("/prompt", json={"prompt": _wf(400, 1), "client_id": "sd",
+                                              "extra_data": {"preview_method": "auto"}})
             assert r.status_code == 200, r.text
             pid = r.json()["prompt_id"]
             before, bins = await collect(ws, lambda m: m["type"] == "progress" and m["data"]["value"] >= 8, timeout=120)

@@ -67,7 +67,8 @@ def test_no_client_id_broadcasts_progress_and_legacy_previews(live):
         await a.recv(), await b.recv()
         async with httpx.AsyncClient(base_url=live.url) as c:
             wf = {"1": {"class_type": "ServerSteps", "inputs": {"steps": 6, "delay": 0.1, "preview": 1, "seed": 9}}}
-            pid = (await c.post("/prompt", json={"prompt": wf})).json()["prompt_id"]
+            pid = (await c.post("/prompt", json={"prompt": wf, "extra_data": {"preview_method": "auto"}})
+                   ).json()["prompt_id"]
             for ws in (a, b):
                 msgs, bins = await collect(ws, done_for(pid))  # the end marker is broadcast too
                 assert [m["data"]["value"] for m in msgs if m["type"] == "progress"] == [1, 2, 3, 4, 5, 6]

@@ -1,0 +1,39 @@
+"""Standalone VAE files ('vaefile'): LDM or diffusers key layout, built as diffusers ``AutoencoderKL``."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..build import build_vae
+from ..plan import vae_file_plan
+from ..refs import ModelKey, module_nbytes
+from ..sources import Source
+from .base import BuildContext
+
+
+class VAEFile:
+    components = ("vaefile",)
+    socket = "VAE"
+    folder = "vae"
+
+    def _plan(self, src: Source, ctx: BuildContext):
+        return ctx.sources.plan(src, "vae", lambda s: vae_file_plan(s.header))
+
+    def describe(self, src: Source, ctx: BuildContext) -> tuple:
+        return (("layout", self._plan(src, ctx)[0]),)
+
+    def build(self, key: ModelKey, ctx: BuildContext) -> Any:
+        src = ctx.sources.current(key.file)
+        _, config = self._plan(src, ctx)
+        dt, dev = ctx.torch_dtype(key), key.device
+        m = build_vae(config, ctx.sources.tensors(src, list(src.header.tensors), dt, dev), dev)
+        if ctx.channels_last:
+            import torch
+
+            m.to(memory_format=torch.channels_last)
+        return m
+
+    def nbytes(self, value: Any) -> int:
+        return module_nbytes(value)
+
+
+LOADERS = [VAEFile()]

@@ -1,0 +1,196 @@
+"""ControlNet: loaders and apply nodes (ComfyUI's names and semantics) on diffusers' ``ControlNetModel``.
+
+CONTROL_NET is a model-store ref (kind 'controlnet', modelstore/kinds/controlnet.py). Applying one attaches a
+``ControlApply`` to every entry of the conditioning (option ``control``); applying another on top chains them (the
+new one keeps the old as ``previous``). The sampler's Denoiser calls ``ControlApply.residuals`` inside its model
+call: each active link of the chain runs its ControlNet on the call's noisy latent, timestep and text embedding with
+its hint image, and the down/mid residuals (x strength) of all links are summed and added to the UNet's skips.
+``start_percent``/``end_percent`` gate a link by ComfyUI's schedule percentages (nodes/cond_regions.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.node import Combo, Float, Node, Output, Socket
+
+from .cond_regions import active
+from .loaders import model_list, store_of
+
+UNION_TYPES = ["auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
+               "segment", "tile", "repaint"]
+
+_MERGED: dict = {}  # (controlnet key, base UNet key) -> merged difference ControlNet; one entry (see _module)
+
+
+@dataclass(eq=False)
+class ControlApply:
+    """One applied ControlNet: ``net`` (CONTROL_NET ref), ``hint`` (B,H,W,3) image 0..1, ``strength``, active range
+    in schedule percentages, and the link it was applied on top of (``previous``)."""
+    net: Any
+    hint: torch.Tensor
+    strength: float
+    start: float = 0.0
+    end: float = 1.0
+    previous: "ControlApply | None" = None
+    vae: Any = None
+
+    def chain(self):
+        link = self
+        while link is not None:
+            yield link
+            link = link.previous
+
+    def residuals(self, x: torch.Tensor, t, emb: torch.Tensor, added: dict | None, area, latent_hw,
+                  dtype) -> dict:
+        """UNet keyword arguments ``down_block_additional_residuals``/``mid_block_additional_residual`` for the
+        model call on ``x`` (N,C,h,w; N = jobs x batch), or {} when no link is active at ``t``."""
+        down, mid = None, None
+        for link in self.chain():
+            if link.strength == 0.0 or not active(link.start, link.end, t):
+                continue
+            d, m = link._run(x, t, emb, added, area, latent_hw, dtype)
+            down = list(d) if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        if down is None:
+            return {}
+        return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
+
+    def _hint(self, n: int, latent_hw, area, device, dtype) -> torch.Tensor:
+        from .latents import common_upscale
+
+        h, w = latent_hw
+        img = self.hint[..., :3].movedim(-1, 1).float()
+        if img.shape[-2:] != (h * 8, w * 8):
+            img = common_upscale(img, w * 8, h * 8, "nearest-exact", "center")
+        if area is not None:
+            ah, aw, ay, ax = area
+            img = img[:, :, ay * 8:(ay + ah) * 8, ax * 8:(ax + aw) * 8]
+        if img.shape[0] != n:
+            img = img.repeat(-(-n // img.shape[0]), 1, 1, 1)[:n]
+        return img.to(device, dtype)
+
+    def _module(self, cn):
+        base = self.net.option("diff_base")
+        if base is None:
+            return cn
+        key = (self.net.key, base.key)
+        if key not in _MERGED:
+            from modelstore.controlnet import merge_difference
+
+            with base.store.using(base) as (unet,):
+                merged = merge_difference(cn, unet)
+            _MERGED.clear()
+            _MERGED[key] = merged
+        return _MERGED[key]
+
+    def _run(self, x, t, emb, added, area, latent_hw, dtype):
+        import torch
+
+        store = self.net.store
+        with store.using(self.net) as (cn,):
+            cn = self._module(cn)
+            cdt = next(cn.parameters()).dtype
+            hint = self._hint(x.shape[0], latent_hw, area, x.device, cdt)
+            kw = {}
+            union = self.net.option("union_type")
+            if union is not None and hasattr(cn.config, "num_control_type"):
+                kw["control_type"] = union
+            with torch.no_grad():
+                d, m = cn(x.to(cdt), t, encoder_hidden_states=emb.to(cdt), controlnet_cond=hint,
+                          conditioning_scale=float(self.strength), added_cond_kwargs=added, return_dict=False, **kw)
+        return [r.to(dtype) for r in d], m.to(dtype)
+
+
+def apply_control(conds: list, control: ControlApply, made: dict) -> list:
+    """Each entry of ``conds`` with ``control`` chained onto its current one. ``made`` maps a previous chain to
+    the new link, so entries that shared a chain (positive and negative) share the new one too."""
+    out = []
+    for c, opts in conds:
+        prev = opts.get("control")
+        link = made.get(id(prev))
+        if link is None:
+            link = made[id(prev)] = ControlApply(control.net, control.hint, control.strength, control.start,
+                                                 control.end, prev, control.vae)
+        out.append([c, {**opts, "control": link}])
+    return out
+
+
+class ControlNetLoader(Node):
+    """Loads a ControlNet from models/controlnet (.safetensors: the original single-file layout or diffusers')."""
+    display_name = "Load ControlNet Model"
+    category = "loaders"
+    inputs = (Combo("control_net_name", model_list("controlnet")),)
+    outputs = (Output("CONTROL_NET"),)
+
+    def run(self, ctx, control_net_name):
+        return (store_of(ctx.env).load("controlnet", control_net_name),)
+
+
+class DiffControlNetLoader(Node):
+    """Loads a ControlNet; a "difference" ControlNet (stored relative to a base model) is made whole with the
+    given model's UNet weights. An ordinary ControlNet loads as with Load ControlNet Model."""
+    display_name = "Load ControlNet Model (diff)"
+    category = "loaders"
+    inputs = (Socket("model", "MODEL"), Combo("control_net_name", model_list("controlnet")))
+    outputs = (Output("CONTROL_NET"),)
+
+    def run(self, ctx, model, control_net_name):
+        ref = store_of(ctx.env).load("controlnet", control_net_name)
+        if ref.meta.get("difference"):
+            ref = ref.with_options(diff_base=model)
+        return (ref,)
+
+
+class ControlNetApply(Node):
+    """Applies a ControlNet to one conditioning for the whole schedule (the old node: use Apply ControlNet,
+    which conditions positive and negative together)."""
+    display_name = "Apply ControlNet (OLD)"
+    category = "conditioning/controlnet"
+    deprecated = True
+    inputs = (Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"),
+              Float("strength", 1.0, min=0.0, max=10.0, step=0.01))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, conditioning, control_net, image, strength):
+        if strength == 0:
+            return (conditioning,)
+        return (apply_control(conditioning, ControlApply(control_net, image, float(strength)), {}),)
+
+
+class ControlNetApplyAdvanced(Node):
+    """Applies a ControlNet to the positive and negative conditioning with a strength, between start_percent and
+    end_percent of the schedule. The image is the control hint (an edge map, depth map, pose ...) and is resized
+    to the latent's pixel size."""
+    display_name = "Apply ControlNet"
+    category = "conditioning/controlnet"
+    inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+              Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"),
+              Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
+              Float("start_percent", 0.0, min=0.0, max=1.0, step=0.001),
+              Float("end_percent", 1.0, min=0.0, max=1.0, step=0.001), Socket("vae", "VAE", optional=True))
+    outputs = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
+
+    def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
+        if strength == 0:
+            return (positive, negative)
+        c = ControlApply(control_net, image, float(strength), float(start_percent), float(end_percent), None, vae)
+        made: dict = {}
+        return (apply_control(positive, c, made), apply_control(negative, c, made))
+
+
+class SetUnionControlNetType(Node):
+    """Selects the control type of a ControlNet Union model ('auto' lets the model infer it). Other ControlNets
+    ignore it."""
+    display_name = "SetUnionControlNetType"
+    category = "conditioning/controlnet"
+    python_module = "comfy_extras.nodes_controlnet"
+    inputs = (Socket("control_net", "CONTROL_NET"), Combo("type", UNION_TYPES))
+    outputs = (Output("CONTROL_NET"),)
+
+    def run(self, ctx, control_net, type):
+        idx = UNION_TYPES.index(type) - 1
+        return (control_net.with_options(union_type=None if idx < 0 else idx),)
+
+
+NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, SetUnionControlNetType]

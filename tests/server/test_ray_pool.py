@@ -1,0 +1,312 @@
+"""The Ray worker pool (``loom serve --ray local --workers 2``) on a loopback-only local Ray instance.
+
+One Ray instance for the session and one pool server for this module (Ray and its actors take tens of
+seconds to start on a 2-core machine); the tests that kill workers run last. Models: the bundled checkpoints,
+with each worker's model budget set to one checkpoint, so a worker switching checkpoints reloads.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from PIL import Image
+
+from .conftest import LiveServer, collect, done_for
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+CKPTS = ["loom-shapes-64.safetensors", "loom-shapes-64-inpainting.safetensors"]
+ONE_CHECKPOINT = 60 * 1024 * 1024  # a loaded bundled checkpoint is 49 MB (CLIP 27, UNet 17, VAE 5): two do not fit
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance (2 CPUs), started once per session, bound to loopback only."""
+    import ray
+
+    from service.ray_pool import connect
+
+    assert (MODELS / "checkpoints" / CKPTS[0]).is_file() and (MODELS / "checkpoints" / CKPTS[1]).is_file()
+    started = connect("local", num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tmp_path_factory):
+    base = tmp_path_factory.mktemp("pool")
+    with LiveServer(base, start_timeout=300, models_dir=MODELS, ray="local", workers=2,
+                    ray_registry="tests.server.stubs:registry", worker_model_budget_bytes=ONE_CHECKPOINT) as s:
+        yield s
+
+
+def steps(n=3, delay=0.01, seed=0, preview=0):
+    return {"1": {"class_type": "ServerSteps", "inputs": {"steps": n, "delay": delay, "preview": preview,
+                                                          "seed": seed}}}
+
+
+def txt2img(ckpt: str, seed: int, batch: int = 1, steps_: int = 2, prefix: str = "p") -> dict:
+    wf = json.loads((REPO / "workflows" / "default.json").read_text())
+    wf["1"]["inputs"]["ckpt_name"] = ckpt
+    wf["4"]["inputs"]["batch_size"] = batch
+    wf["5"]["inputs"].update(seed=seed, steps=steps_)
+    wf["7"]["inputs"]["filename_prefix"] = prefix
+    return wf
+
+
+def post(c: httpx.Client, wf: dict, **kw) -> str:
+    r = c.post("/prompt", json={"prompt": wf, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()["prompt_id"]
+
+
+def wait_history(c: httpx.Client, ids: list[str], timeout: float = 120.0) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        h = c.get("/history").json()
+        if all(i in h for i in ids):
+            return h
+        time.sleep(0.1)
+    raise AssertionError(f"{sum(i in h for i in ids)}/{len(ids)} finished; queue: {c.get('/queue').json()}")
+
+
+def workers(c: httpx.Client) -> list[dict]:
+    return c.get("/api/loom/workers").json()["workers"]
+
+
+def wait_all_alive(c: httpx.Client, timeout: float = 180.0) -> list[dict]:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        ws = workers(c)
+        if all(w["alive"] for w in ws):
+            return ws
+        time.sleep(0.2)
+    raise AssertionError(f"workers not back: {workers(c)}")
+
+
+# -- network -------------------------------------------------------------------------------------------
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, stack = set(), [root]
+    while stack:
+        for c in children.get(stack.pop(), ()):
+            if c not in out:
+                out.add(c)
+                stack.append(c)
+    return out
+
+
+def _listening() -> dict[int, str]:
+    """inode -> local address of every listening TCP socket (from /proc/net/tcp and tcp6)."""
+    out = {}
+    for name, fam in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            lines = open(f"/proc/net/{name}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            hexip, port = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            if fam == socket.AF_INET:
+                ip = socket.inet_ntop(fam, raw[::-1])
+            else:  # four little-endian 32-bit words
+                ip = socket.inet_ntop(fam, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            out[int(f[9])] = f"{ip}:{int(port, 16)}"
+    return out
+
+
+def test_every_ray_port_listens_on_loopback_only(pool):
+    socks = _listening()
+    mine = {}
+    for pid in _descendants(os.getpid()):  # Ray's head, raylet, GCS and actors are children of this process
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in socks:
+                mine[int(link[8:-1])] = (pid, socks[int(link[8:-1])])
+    assert len(mine) >= 4, f"found too few Ray listeners to judge: {mine}"  # gcs, raylet (2), actors
+    loopback = ("127.0.0.1:", "::ffff:127.0.0.1:", "::1:")
+    outside = {k: v for k, v in mine.items() if not v[1].startswith(loopback)}
+    assert not outside, f"Ray listens outside loopback: {outside}"
+
+
+# -- dispatching ----------------------------------------------------------------------------------------
+def test_prompts_run_on_both_workers_and_are_listed(pool):
+    with pool.client() as c:
+        ids = [post(c, steps(n=4, delay=0.05, seed=i)) for i in range(6)]
+        h = wait_history(c, ids)
+        ws = workers(c)
+        stats = c.get("/system_stats").json()
+    assert {h[i]["status"]["status_str"] for i in ids} == {"success"}
+    assert {h[i]["loom"]["worker"] for i in ids} == {"w1", "w2"}
+    assert [w["id"] for w in ws] == ["w1", "w2"] and all(w["alive"] and w["pid"] != os.getpid() for w in ws)
+    assert sum(w["prompts_done"] for w in ws) >= 6 and all(w["shared_disk"] for w in ws)
+    assert {d["worker"] for d in stats["devices"]} == {"w1", "w2"}
+
+
+def _ws_messages(server: LiveServer, wf: dict, pid: str) -> list[tuple]:
+    async def go():
+        ws = await websockets.connect(server.ws_url + "?clientId=cmp", max_size=None)
+        await ws.recv()  # status
+        async with httpx.AsyncClient(base_url=server.url) as c:
+            r = await c.post("/prompt", json={"prompt": wf, "client_id": "cmp", "prompt_id": pid})
+            assert r.status_code == 200, r.text
+        msgs, _ = await collect(ws, done_for(pid), timeout=60)
+        await ws.close()
+        return msgs
+
+    def clean(d):
+        if isinstance(d, dict):
+            return {k: clean(v) for k, v in d.items() if k not in ("timestamp", "done_at")}
+        if isinstance(d, list):
+            return [clean(x) for x in d]
+        return d
+
+    msgs = asyncio.run(go())
+    return [(m["type"], m.get("seq"), clean(m["data"])) for m in msgs if m["type"] != "status"]
+
+
+def test_websocket_messages_equal_the_in_process_worker(pool, tmp_path):
+    wf = steps(n=4, delay=0.02, seed=424242)
+    remote = _ws_messages(pool, wf, "same-prompt")
+    with LiveServer(tmp_path) as local:
+        here = _ws_messages(local, wf, "same-prompt")
+    assert [m[0] for m in remote] == [m[0] for m in here]
+    assert remote == here
+    assert [m[0] for m in here][:2] == ["execution_start", "execution_cached"] and here[-1][0] == "executing"
+
+
+# -- model affinity --------------------------------------------------------------------------------------
+def _loads(c) -> int:
+    return sum(w["model_loads"] for w in workers(c))
+
+
+def _run_mix(pool, c, policy: str, seed0: int) -> tuple[int, dict]:
+    """Two checkpoints in pairs (A A B B A A B B): loads counted over the pool under ``policy``. Both workers are
+    first held by a slow stub so the whole mix is queued when dispatching starts."""
+    from service.scheduler import Scheduler
+
+    pool.svc.worker.scheduler = Scheduler(policy)
+    c.post("/free", json={"unload_models": True})
+    while any(w["resident_models"] for w in workers(c)):
+        time.sleep(0.05)
+    blockers = [post(c, steps(n=20, delay=0.05, seed=seed0 + k)) for k in range(2)]
+    while len([w for w in workers(c) if w["busy_prompt"] in blockers]) < 2:
+        time.sleep(0.02)
+    before = _loads(c)
+    mix = [CKPTS[(k // 2) % 2] for k in range(8)]
+    ids = [post(c, txt2img(ck, seed=seed0 + k)) for k, ck in enumerate(mix)]
+    h = wait_history(c, blockers + ids, timeout=300)
+    assert {h[i]["status"]["status_str"] for i in ids} == {"success"}
+    return _loads(c) - before, {i: h[i]["loom"]["worker"] for i in ids}
+
+
+def test_model_affinity_loads_fewer_models_than_round_robin(pool):
+    with pool.client() as c:
+        rr, _ = _run_mix(pool, c, "round_robin", 1000)
+        aff, placed = _run_mix(pool, c, "affinity", 2000)
+        pool.svc.worker.scheduler.policy = "affinity"
+    # three components per checkpoint; affinity keeps each worker on one checkpoint: 2 x 3 loads
+    assert aff < rr, (aff, rr)
+    assert aff <= 9, (aff, placed)
+
+
+# -- batch fan-out ---------------------------------------------------------------------------------------
+def _images(pool, entry) -> list:
+    return [np.asarray(Image.open(pool.config.output_dir / f["filename"])) for f in entry["outputs"]["7"]["images"]]
+
+
+def test_batch_fan_out_gives_the_single_worker_images_bit_for_bit(pool):
+    wf = txt2img(CKPTS[0], seed=77, batch=4, steps_=3, prefix="fan")
+    with pool.client() as c:
+        wait_all_alive(c)
+        pid = post(c, wf)
+        h = wait_history(c, [pid])[pid]
+        pool.svc.worker.fan_out = False  # the same prompt on one worker
+        try:
+            pid1 = post(c, wf)
+            single = wait_history(c, [pid1])[pid1]
+        finally:
+            pool.svc.worker.fan_out = True
+    assert "fanout" not in single["loom"]
+    assert h["status"]["status_str"] == "success", h["status"]
+    assert [p["length"] for p in h["loom"]["fanout"]] == [2, 2] and {p["worker"] for p in h["loom"]["fanout"]} == \
+        {"w1", "w2"}
+    got, want = _images(pool, h), _images(pool, single)
+    assert len(got) == len(want) == 4
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    # the PNGs carry the whole prompt, not a part's
+    meta = Image.open(pool.config.output_dir / h["outputs"]["7"]["images"][3]["filename"]).text
+    assert json.loads(meta["prompt"]) == wf
+
+
+# -- faults (last: they kill workers) --------------------------------------------------------------------
+def _kill_busy_worker(c, pid: str, timeout: float = 60.0) -> str:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for w in workers(c):
+            if w["busy_prompt"] == pid:
+                os.kill(w["pid"], signal.SIGKILL)
+                return w["id"]
+        time.sleep(0.01)
+    raise AssertionError(f"{pid} never ran")
+
+
+def test_killed_worker_mid_prompt_and_50_queued_prompts_none_lost(pool):
+    with pool.client() as c:
+        wait_all_alive(c)
+        slow = post(c, steps(n=40, delay=0.05, seed=5150))
+        rest: list[str] = []
+
+        def queue_50():  # queued while the kill happens
+            with pool.client() as c2:
+                rest.extend(post(c2, steps(n=2, delay=0.01, seed=6000 + k)) for k in range(50))
+
+        t = threading.Thread(target=queue_50)
+        t.start()
+        killed = _kill_busy_worker(c, slow)
+        t.join()
+        assert len(rest) == 50
+        h = wait_history(c, [slow] + rest, timeout=240)
+        ws = {w["id"]: w for w in workers(c)}
+    assert all(h[i]["status"]["status_str"] == "success" for i in [slow] + rest)
+    assert h[slow]["outputs"]["1"]["text"] == ["ran 40 steps"]
+    assert ws[killed]["restarts"] == 1 and ws[killed]["last_error"].startswith("lost")
+
+
+def test_a_prompt_that_loses_two_workers_fails_with_a_clear_error(pool):
+    with pool.client() as c:
+        wait_all_alive(c)
+        pid = post(c, {"1": {"class_type": "ServerKillWorker", "inputs": {"delay": 0.05, "seed": 1}}})
+        h = wait_history(c, [pid], timeout=120)[pid]
+    err = h["loom"]["error"]
+    assert h["status"]["status_str"] == "error" and err["exception_type"] == "service.ray_pool.WorkerLost"
+    assert "lost twice" in err["exception_message"]
