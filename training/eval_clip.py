@@ -48,9 +48,11 @@ def ranking(clip, ckpt: Path, n_prompts: int = 48, variants: int = 8, steps: int
     prompts = [world.eval_caption(s) for s in scenes]
     first = ranked = any_ok = 0
     per_prompt = []
+    all_imgs = generate(unet, te, vae, [p for p in prompts for _ in range(variants)],
+                        [1000 * i + k for i in range(len(prompts)) for k in range(variants)], steps=steps, cfg=cfg,
+                        sampler="euler", batch=64)
     for i, (sc, p) in enumerate(zip(scenes, prompts)):
-        seeds = [1000 * i + k for k in range(variants)]
-        imgs = generate(unet, te, vae, [p] * variants, seeds, steps=steps, cfg=cfg, sampler="euler")
+        imgs = all_imgs[variants * i:variants * (i + 1)]
         ok = [all(score(im, sc).values()) for im in imgs]
         sims = clip.similarity(torch.from_numpy(imgs).float().div(255), p)
         top = int(sims.argmax())
