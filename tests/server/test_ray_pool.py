@@ -220,14 +220,17 @@ def _run_mix(pool, c, policy: str, seed0: int) -> tuple[int, dict]:
     c.post("/free", json={"unload_models": True})
     while any(w["resident_models"] for w in workers(c)):
         time.sleep(0.05)
-    blockers = [post(c, steps(n=20, delay=0.05, seed=seed0 + k)) for k in range(2)]
+    blockers = [post(c, steps(n=6000, delay=0.01, seed=seed0 + k)) for k in range(2)]
     while len([w for w in workers(c) if w["busy_prompt"] in blockers]) < 2:
         time.sleep(0.02)
     before = _loads(c)
     mix = [CKPTS[(k // 2) % 2] for k in range(8)]
     ids = [post(c, txt2img(ck, seed=seed0 + k)) for k, ck in enumerate(mix)]
+    for b in blockers:  # both workers free up with the whole mix queued
+        c.post("/interrupt", json={"prompt_id": b})
     h = wait_history(c, blockers + ids, timeout=300)
     assert {h[i]["status"]["status_str"] for i in ids} == {"success"}
+    assert all(h[b]["status"]["completed"] is False for b in blockers)  # interrupted, not finished
     return _loads(c) - before, {i: h[i]["loom"]["worker"] for i in ids}
 
 
@@ -236,9 +239,15 @@ def test_model_affinity_loads_fewer_models_than_round_robin(pool):
         rr, _ = _run_mix(pool, c, "round_robin", 1000)
         aff, placed = _run_mix(pool, c, "affinity", 2000)
         pool.svc.worker.scheduler.policy = "affinity"
-    # three components per checkpoint; affinity keeps each worker on one checkpoint: 2 x 3 loads
+    print(f"model loads for A A B B A A B B on 2 workers: round-robin {rr}, affinity {aff}")
+    # three components per checkpoint; affinity keeps each worker on one checkpoint: at most 2 x 3 loads (fewer
+    # where a worker's output cache still holds the text encoding from the round-robin run)
     assert aff < rr, (aff, rr)
-    assert aff <= 9, (aff, placed)
+    assert aff <= 6, (aff, placed)
+    by_worker: dict = {}
+    for pid, w in placed.items():
+        by_worker.setdefault(w, set()).add(pid)
+    assert len(by_worker) == 2
 
 
 # -- batch fan-out ---------------------------------------------------------------------------------------
