@@ -33,6 +33,7 @@ MODULES = [
     "nodes.string_ops",
     "nodes.controlnet",
     "nodes.model_merge",
+    "nodes.model_patches",
     "nodes.testing",
 ]
 
