@@ -35,6 +35,9 @@ MODULES = [
     "nodes.model_merge",
     "nodes.model_patches",
     "nodes.testing",
+    "nodes.loaders_split",
+    "nodes.text_encode_families",
+    "nodes.latent_formats",
 ]
 
 

@@ -63,5 +63,5 @@ def active(start: float, end: float, t, train_steps: int = 1000) -> bool:
     """Whether an entry with range [start, end] (percent) applies at timestep ``t``."""
     if start <= 0.0 and end >= 1.0:
         return True
-    tv = float(t.reshape(-1)[0]) if hasattr(t, "reshape") else float(t)  # one timestep per call (a batch shares it)
+    tv = float(t.reshape(-1)[0]) if hasattr(t, "reshape") else float(t)  # the sampler passes one t per row
     return percent_to_timestep(end, train_steps) - 1e-4 <= tv <= percent_to_timestep(start, train_steps) + 1e-4

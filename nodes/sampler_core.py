@@ -182,6 +182,9 @@ class Denoiser:
             H, W = self.h * 8, self.w * 8
             tid = [opts.get("height", H), opts.get("width", W), opts.get("crop_h", 0), opts.get("crop_w", 0),
                    opts.get("target_height", H), opts.get("target_width", W)]
+            cfg = self.unet.config
+            if (cfg.projection_class_embeddings_input_dim - pooled.shape[-1]) // cfg.addition_time_embed_dim == 5:
+                tid = tid[:4] + [opts.get("aesthetic_score", 6.0)]  # SDXL refiner: size, crop, aesthetic score
             extra["text_embeds"] = pooled
             extra["time_ids"] = torch.tensor([tid], device=self.device, dtype=self.dtype).expand(batch, -1)
         return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra, mask,

@@ -194,14 +194,6 @@ def test_unknown_node_types_are_kept_for_validation_to_report():
     assert "Number" in ei.value.node_errors["1"]["errors"][0]["extra_info"]["suggestions"]
 
 
-def test_subgraphs_are_a_structured_unsupported_error():
-    ui = {"nodes": [{"id": 1, "type": "0b7c-uuid"}], "links": [],
-          "definitions": {"subgraphs": [{"id": "0b7c-uuid", "nodes": []}]}}
-    with pytest.raises(WorkflowError) as ei:
-        ui_to_api(ui, REG)
-    assert ei.value.error.type == "unsupported_subgraph" and ei.value.error.extra_info == {"node_id": 1}
-
-
 def test_ui_workflow_file_loads_and_keeps_the_graph_for_png_metadata(tmp_path):
     p = tmp_path / "ui.json"
     p.write_text(json.dumps(UI))

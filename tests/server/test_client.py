@@ -20,7 +20,7 @@ def test_client_run_and_view(live):
         try:
             c.submit({"1": {"class_type": "Nope"}})
         except PromptRejected as e:
-            assert e.body["error"]["type"] == "invalid_prompt"
+            assert e.body["error"]["type"] == "missing_node_type"
         else:
             raise AssertionError("not rejected")
 

@@ -110,7 +110,7 @@ def test_validation_errors_are_comfyui_400s(live):
         r = c.post("/prompt", json={"client_id": "x"})
         assert r.status_code == 400 and r.json()["error"]["type"] == "no_prompt"
         r = c.post("/prompt", json={"prompt": {"1": {"class_type": "Nope", "inputs": {}}}})
-        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_prompt"
+        assert r.status_code == 400 and r.json()["error"]["type"] == "missing_node_type"
         r = c.post("/prompt", json={"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}})
         assert r.status_code == 400 and r.json()["error"]["type"] == "prompt_no_outputs"
         bad = {**IMAGE_WF, "1": {"class_type": "EmptyImage", "inputs": {"width": "wide", "height": 8,
