@@ -126,10 +126,6 @@ class _Job:
     control: Any = None  # nodes.controlnet.ControlApply chain, or None
 
 
-def _lcm(a, b):
-    return a * b // math.gcd(a, b)
-
-
 class Denoiser:
     """Model + conditionings -> guided model output (same parametrisation as the UNet: eps or v)."""
 
