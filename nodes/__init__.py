@@ -34,6 +34,7 @@ MODULES = [
     "nodes.controlnet",
     "nodes.model_merge",
     "nodes.model_patches",
+    "nodes.save_models",
     "nodes.testing",
     "nodes.loaders_split",
     "nodes.text_encode_families",
