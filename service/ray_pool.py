@@ -171,6 +171,9 @@ class RayPool:
             log.error("worker %s did not start: %s", slot.state.id, e)
             slot.info = {**slot.info, "last_error": f"did not start: {e}"}
             return
+        if self._stop:  # the pool stopped while this actor started
+            ray.kill(actor)
+            return
         slot.info = info
         slot.state.models = set(info.get("resident_models") or ())
         slot.state.keys.clear()
