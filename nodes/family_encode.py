@@ -105,8 +105,10 @@ def _sd3(by: dict, texts: dict):
     for kind, dim in (("clip_l", 768), ("clip_g", 1280)):
         if kind in by:
             h, p = _clip(by[kind], texts[kind])
-        else:  # ComfyUI's widths for a missing CLIP (real files: 768 / 1280)
+        elif kind == "clip_l":  # a missing CLIP-L is zeros of its real width (768), before CLIP-G
             h, p = torch.zeros(1, 77, dim), torch.zeros(1, dim)
+        else:  # a missing CLIP-G: zero features come from the padding to T5's width, zero pooled from the sampler
+            continue
         feats.append(h)
         pooled.append(p)
     clip_feats = torch.cat(feats, -1)

@@ -92,3 +92,25 @@ def test_editor_default_graph_runs_to_an_image(fam_exec, fam_env):
     r = fam_exec.run(wf)
     assert r.status == "success", r.error
     _check_image(fam_env, "ComfyUI", 1024)
+
+
+def test_flux_schnell_and_sd3_with_two_encoders(fam_exec, fam_env, family_models):
+    """FLUX.1 schnell (no guidance embedding; ComfyUI's shift 1.0) and SD3 from DualCLIPLoader (clip_l + t5; the
+    missing CLIP-G contributes zeros) through plain CLIPTextEncode."""
+    from modelstore.families import store as fs
+    from tests.families.test_family_loading import _store
+
+    root = family_models[0]
+    ref = fs.load_diffusion_model(_store(root), root / "diffusion_models" / "flux1-schnell.safetensors", "s")
+    assert ref.meta["variant"] == "schnell" and ref.meta["model_sampling"] == ("flux", 1.0, 1.0)
+    for unet, typ, vae, prefix in (("flux1-schnell.safetensors", "flux", "ae.safetensors", "schnell"),
+                                   ("sd3.5_medium.safetensors", "sd3", "sd3_vae.safetensors", "sd3dual")):
+        wf = txt2img({"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+                      "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                                          "clip_name2": "t5xxl_fp16.safetensors",
+                                                                          "type": typ}},
+                      "p": _enc("clip", "a red circle"), "n": _enc("clip", "")}, ["p", 0], ["n", 0], cfg=1.0,
+                     vae=vae, prefix=prefix)
+        r = fam_exec.run(wf)
+        assert r.status == "success", r.error
+        _check_image(fam_env, prefix, 64)
