@@ -27,6 +27,7 @@ def family_models(tmp_path_factory):
     schnell = tf.tiny_flux(seed=16, guidance=False)  # FLUX.1 schnell: no guidance_in
     tf.save(tf.flux_file(schnell), root / "diffusion_models" / "flux1-schnell.safetensors")
     sets["flux_schnell"] = {"transformer": schnell}
+    tf.write_checkpoints(root, sets)
     return root, sets
 
 
