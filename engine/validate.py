@@ -150,45 +150,70 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
     warnings: list[str] = []
     option_cache: dict = {}
     new_nodes: dict[str, NodeSpec] = {}
+    links_of: dict[str, list[str]] = {}  # node -> sources of its valid links (all of them needed nodes)
     for nid in needed:
         if nid in unknown:
             continue
         spec, cls = nodes[nid], classes[nid]
+        given = spec.inputs
         errs: list[ErrorItem] = []
         out: dict[str, Any] = {}
         consts: dict[str, Any] = {}
+        sources: list[str] = []
+        matched = 0
         for inp in cls.inputs:
-            if inp.name not in spec.inputs:
+            name = inp.name
+            if name not in given:
                 if inp.optional:
                     continue
                 if inp.is_widget and inp.default is not MISSING:
-                    out[inp.name] = consts[inp.name] = inp.default
-                    warnings.append(f"node {nid} ({spec.class_type}): '{inp.name}' missing, using default {inp.default!r}")
+                    out[name] = consts[name] = inp.default
+                    warnings.append(f"node {nid} ({spec.class_type}): '{name}' missing, using default {inp.default!r}")
                     continue
-                errs.append(input_error("required_input_missing", "Required input is missing", inp.name,
-                                        f"{inp.name} ({inp.type})"))
+                errs.append(input_error("required_input_missing", "Required input is missing", name,
+                                        f"{name} ({inp.type})"))
                 continue
-            v = spec.inputs[inp.name]
-            if isinstance(v, Link):
+            matched += 1
+            v = given[name]
+            tv, t = type(v), inp.type
+            # Fast paths for the common, valid cases; everything else (and every error) goes the long way.
+            if tv is Link:
+                src = classes.get(v.node)
+                idx = v.output
+                if (src is not None and type(idx) is int and 0 <= idx < len(src.outputs)
+                        and src.outputs[idx].type == t and v.node in nodes):
+                    out[name] = v
+                    sources.append(v.node)
+                    continue
                 link, err = _check_link(nid, inp, v, nodes, classes)
                 if err:
                     errs.append(err)
                 else:
-                    out[inp.name] = link
+                    out[name] = link
+                    sources.append(v.node)
+                continue
+            if (tv is int and t == "INT") or (tv is float and t == "FLOAT" and v - v == 0):
+                lo, hi = inp.min, inp.max
+                if (lo is None or v >= lo) and (hi is None or v <= hi):
+                    out[name] = consts[name] = v
+                    continue
+            elif (tv is str and t == "STRING") or (tv is bool and t == "BOOLEAN"):
+                out[name] = consts[name] = v
+                continue
+            v2, err = coerce(inp, v, env, option_cache)
+            if err:
+                errs.append(err)
             else:
-                v2, err = coerce(inp, v, env, option_cache)
-                if err:
-                    errs.append(err)
-                else:
-                    out[inp.name] = consts[inp.name] = v2
-        for name, v in spec.inputs.items():
-            if cls.input(name) is None:
-                if isinstance(v, Link):
-                    errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
-                                            f"{spec.class_type} has no input '{name}'; inputs are "
-                                            + ", ".join(i.name for i in cls.inputs)))
-                else:
-                    warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
+                out[name] = consts[name] = v2
+        if matched < len(given):
+            for name, v in given.items():
+                if cls.input(name) is None:
+                    if type(v) is Link:
+                        errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
+                                                f"{spec.class_type} has no input '{name}'; inputs are "
+                                                + ", ".join(i.name for i in cls.inputs)))
+                    else:
+                        warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
         if not errs and cls.check.__func__ is not _BASE_CHECK:
             try:
                 custom = cls.check(env, **consts) or {}
@@ -205,8 +230,9 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
         if errs:
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
+        links_of[nid] = sources
 
-    for nid in graph.cycle_nodes(graph.dependencies(new_nodes, {n: None for n in needed if n in new_nodes})):
+    for nid in graph.cycle_nodes(links_of):  # sources that are unknown nodes are not keys: ignored
         errors.setdefault(nid, []).append(ErrorItem("dependency_cycle", "Workflow has a cycle",
                                                     f"Node ID '#{nid}' depends on itself through its inputs"))
 
