@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
 
 def is_loopback_host(host: str) -> bool:
     h = (host or "").strip().lower().strip("[]")

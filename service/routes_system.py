@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.schema import node_info, object_info
+from engine.schema import COMFYUI_API_VERSION, node_info, object_info
 
 from .devices import local_devices, ram
 from .http import JSON, svc
@@ -39,7 +39,7 @@ async def system_stats(request: Request) -> Response:
     except metadata.PackageNotFoundError:
         fe = ""
     return JSON({"system": {"os": os.name, "ram_total": total, "ram_free": free,
-                            "comfyui_version": s.config.version, "loom_version": s.config.version,
+                            "comfyui_version": COMFYUI_API_VERSION, "loom_version": s.config.version,
                             "required_frontend_version": fe, "installed_templates_version": "",
                             "required_templates_version": "", "python_version": sys.version,
                             "pytorch_version": _torch_version(), "embedded_python": False,
