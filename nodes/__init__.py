@@ -38,6 +38,8 @@ MODULES = [
     "nodes.attention_multiply",
     "nodes.latent_operations",
     "nodes.animation",
+    "nodes.compositing",
+    "nodes.preview_any",
     "nodes.testing",
     "nodes.loaders_split",
     "nodes.text_encode_families",

@@ -74,3 +74,45 @@ def test_animated_webp_and_png(tmp_path):
         assert im.text["prompt"] == '{"1": {}}'
         im.seek(2)
         assert im.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_porter_duff_modes():
+    from nodes.compositing import PorterDuffImageComposite as PD
+
+    red, blue = torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 2, 3)
+    red[..., 0], blue[..., 2] = 1.0, 1.0
+    half, full = torch.full((1, 2, 2), 0.5), torch.ones(1, 2, 2)
+    # premultiplied source: red at alpha 0.5 is (0.5, 0, 0)
+    run = lambda mode, sa=half, da=full: PD().run(None, red * 0.5, sa, blue, da, mode)
+    img, a = run("SRC_OVER")
+    assert torch.allclose(img[0, 0, 0], torch.tensor([0.5, 0.0, 0.5])) and torch.allclose(a, full)
+    img, a = run("DST_OVER")
+    assert torch.allclose(img[0, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    img, a = run("SRC_IN")
+    assert torch.allclose(img[0, 0, 0], torch.tensor([0.5, 0.0, 0.0])) and torch.allclose(a, half)
+    img, a = run("XOR")
+    assert torch.allclose(a, half)  # 0.5 x 0 + 1 x 0.5
+    img, a = run("CLEAR")
+    assert img.sum() == 0 and a.sum() == 0
+    img, a = run("ADD", full, full)
+    assert torch.allclose(img[0, 0, 0], torch.tensor([0.5, 0.0, 1.0]))
+    img, a = run("DST")
+    assert torch.equal(img, blue) and torch.equal(a, full)
+    # a smaller source is resized to the destination
+    img, _ = PD().run(None, torch.ones(1, 1, 1, 3), torch.ones(1, 1, 1), blue, full, "SRC")
+    assert img.shape == blue.shape and img.eq(1).all()
+
+
+def test_preview_any_through_the_engine(tmp_path):
+    from engine import Env, Executor
+    from nodes import default_registry
+    from nodes.preview_any import as_text
+
+    assert as_text({"a": [1, 2]}) == '{\n    "a": [\n        1,\n        2\n    ]\n}'
+    assert as_text(torch.zeros(2, 3)) == "Tensor of shape (2, 3)"
+    ex = Executor(default_registry(), Env(input_dir=tmp_path, output_dir=tmp_path, temp_dir=tmp_path))
+    wf = {"1": {"class_type": "PrimitiveInt", "inputs": {"value": 42}},
+          "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    r = ex.run(wf)
+    assert r.status == "success", r.error
+    assert r.outputs["2"]["text"] == ["42"]
