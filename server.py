@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{config.port}/"
     print(f"Loom server on {url}" + (f"?token={config.token}" if config.token else ""), file=sys.stderr)
-    uvicorn.Server(uvicorn_config(app, config, host=config.host, port=config.port,
-                                  log_level=a.log_level.lower())).run()
+    ucfg = uvicorn_config(app, config, host=config.host, port=config.port, log_level=a.log_level.lower())
+    install_log_filters(handlers=True)  # uvicorn has configured logging: limit repeats, redact everywhere
+    uvicorn.Server(ucfg).run()
     return 0
 
 
