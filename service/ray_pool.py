@@ -101,6 +101,7 @@ class RayPool:
         self.prepare = prepare
         self.scheduler = Scheduler(policy)
         self.fan_out = fan_out
+        self.ship_outputs: bool | None = None  # True: workers send files back even on a shared disk (tests)
         self.slots = [_Slot(WorkerState(f"w{i + 1}", alive=False)) for i in range(self.n)]
         self._lock = threading.Lock()
         self._needs: dict[str, Any] = {}  # prompt_id -> Validated (until the dispatcher computes Needs)
@@ -320,7 +321,7 @@ class RayPool:
             part = replace(item, prompt_json=json.dumps(fanout.part_prompt(whole, latent, s, n)),
                            extra_data={**item.extra_data, FANOUT_KEY: whole})
             try:
-                for ref in slots[j].actor.run.remote(part):
+                for ref in slots[j].actor.run.remote(part, self.ship_outputs):
                     for m in ray.get(ref):
                         started[j] = True
                         if m[0] == "result":
@@ -397,7 +398,7 @@ class RayPool:
         result = None
         started = False
         try:
-            for ref in slot.actor.run.remote(item):
+            for ref in slot.actor.run.remote(item, self.ship_outputs):
                 for m in ray.get(ref):
                     started = True
                     if m[0] == "result":

@@ -141,15 +141,21 @@ class Scheduler:
                     for m in window[i][1].models:
                         if m in held:
                             by_model.setdefault(m, []).append(i)
+            # when a busy worker is about to hold the head's models, the oldest prompt whose models nobody holds
+            # may go first instead (the head then waits for that worker, which loads nothing)
+            unclaimed: list[int] = []
+            if may_skip and any(m in claimed for m in head_needs.models):
+                unclaimed = next(([i] for i in range(1, min(len(window), 17))
+                                  if not any(m in claimed for m in window[i][1].models)), [])
             best = None  # ((score, -index, -done), index, worker)
             for w in idle:
                 head_score = score(head_needs, w)
                 cand = ((head_score, 0, -w.done), 0, w)
-                for m in names[id(w)] if may_skip else ():
-                    for i in by_model.get(m, ())[:4]:  # the oldest few prompts for each model it holds
-                        sc = score(window[i][1], w)
-                        if sc > head_score and (sc, -i, -w.done) > cand[0]:
-                            cand = ((sc, -i, -w.done), i, w)
+                held_by_w = [i for m in (names[id(w)] if may_skip else ()) for i in by_model.get(m, ())[:4]]
+                for i in unclaimed + held_by_w:  # and the oldest few prompts for each model it holds
+                    sc = score(window[i][1], w)
+                    if sc > head_score and (sc, -i, -w.done) > cand[0]:
+                        cand = ((sc, -i, -w.done), i, w)
                 if best is None or cand[0] > best[0]:
                     best = cand
             _, i, w = best

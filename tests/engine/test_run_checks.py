@@ -37,7 +37,7 @@ def test_execution_start_is_sent_before_the_cache_key_work():
 
 
 # -- item 8: linked values are range-checked; outputs must fit the memory budget -----------------------------
-from engine.budget import LinkedValueError, MemoryBudgetExceeded, tensor_bytes  # noqa: E402
+from engine.budget import tensor_bytes  # noqa: E402
 from engine.node import Float  # noqa: E402
 
 
