@@ -11,7 +11,12 @@ body, or a PNG written by SaveImage. Several workflows run in order in one proce
 output cache, so a second run of the same graph is served from the cache.
 
 Exit codes: 0 success; 1 a node failed while running; 2 bad usage or an invalid workflow (with
-``run``, outputs that are valid still run); 130 interrupted (Ctrl-C).
+``run``, outputs that are valid still run); 70 an internal error (a bug in Loom); 130 interrupted.
+
+This module owns the command line: arguments, printing and exit codes, for local runs and for
+``--server`` runs alike (``service.client`` is a plain HTTP/websocket client). ``--set`` overrides
+are applied by ``Workflow.with_overrides`` with the same rule in both: an override that names no
+node in any of the given workflows is a usage error (exit 2) before anything runs or is sent.
 """
 from __future__ import annotations
 
@@ -26,17 +31,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+STATUS_EXIT = {"success": EXIT_OK, "error": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
 REPO = Path(__file__).resolve().parent
 
 
 # --- environment ----------------------------------------------------------------------------------
 
 def _model_store_factory(env, store_kwargs=None):
-    try:
-        from modelstore.models import ModelStore
-    except ImportError as e:  # pragma: no cover - the model store is optional for model-free workflows
-        raise RuntimeError(f"the model store is not available: {e}") from e
+    from modelstore.models import ModelStore
+
     return ModelStore(env.folders, **(store_kwargs or {}))
 
 
@@ -100,17 +104,65 @@ class Printer:
         self._bar = True
 
     def event(self, ev) -> None:
+        """One engine ``Event`` (local) or server message turned into one (remote)."""
         if self.json:
             self.line(ev.to_message())
             return
         t, d = ev.type, ev.data
-        if t == "executing" and d.get("node") is not None:
+        if t == "execution_cached":
+            self.total = max(0, self.total - len(d.get("nodes") or ()))
+        elif t == "executing" and d.get("node") is not None:
             self.done += 1
             self.bar(d["node"])
         elif t == "progress":
             self.bar(d["node"], d["value"], d["max"])
         elif t == "warning":
             self.say(f"warning: node {d.get('node')} ({d.get('class_type')}): {d.get('message')}", err=True)
+
+    def start(self, nodes: dict) -> None:
+        """A workflow (node id -> NodeSpec) starts: reset the progress bar."""
+        self.total, self.done = len(nodes), 0
+        self.titles = {nid: f"{s.class_type} #{nid}" for nid, s in nodes.items()}
+
+    def invalid(self, path: str, err: dict) -> None:
+        """A workflow that cannot run at all (``err``: an error envelope)."""
+        if self.json:
+            self.line({"type": "validation_error", "workflow": path, "data": err})
+            self.line({"type": "summary", "data": {"workflow": path, "status": "invalid", "outputs": [],
+                                                   "executed": [], "cached": []}})
+        else:
+            self.say(f"{path}: invalid workflow\n{format_errors(err)}", err=True)
+
+    def partly_invalid(self, path: str, node_errors: dict) -> None:
+        from engine.errors import partial_validation
+
+        err = partial_validation(node_errors)
+        if self.json:
+            self.line({"type": "validation_error", "workflow": path, "data": err})
+        else:
+            self.say(f"{path}: some outputs are invalid and will not run\n{format_errors(err)}", err=True)
+
+    def summary(self, path: str, prompt_id: str | None, status: str, elapsed_s: float, files: list[str],
+                nodes: dict, error: dict | None) -> None:
+        """The end of one workflow: a ``summary`` line (JSON) or a few human lines."""
+        executed = [n for n, r in nodes.items() if r.get("status") == "executed"]
+        cached = [n for n, r in nodes.items() if r.get("status") == "cached"]
+        if self.json:
+            data = {"workflow": path, "prompt_id": prompt_id, "status": status,
+                    "duration_ms": round(elapsed_s * 1000, 3), "outputs": files, "executed": executed,
+                    "cached": cached, "nodes": nodes}
+            if error:
+                data["error"] = {k: error.get(k) for k in ("node_id", "node_type", "exception_type",
+                                                           "exception_message")}
+            self.line({"type": "summary", "data": data})
+            return
+        head = f"{path}: {status} in {elapsed_s:.2f} s ({len(executed)} executed, {len(cached)} cached)"
+        if status == "error" and error:
+            head += (f"\n  node {error.get('node_id')} ({error.get('node_type')}) raised {error.get('exception_type')}: "
+                     f"{str(error.get('exception_message', '')).strip()}")
+        self.say(head, err=status != "success")
+        for f in files:
+            self.say(f"  output: {f}")
 
 
 def format_errors(err: dict) -> str:
@@ -143,8 +195,7 @@ def output_files(env, outputs: dict) -> list[str]:
 # --- --set ----------------------------------------------------------------------------------------
 
 def parse_sets(items: list[str] | None) -> list[tuple[str, str, Any]]:
-    """``--set ID.INPUT=VALUE`` items -> (node id, input name, value): VALUE as JSON, else the bare string.
-    Shared with ``loom run --server`` (``service.client.run_remote``)."""
+    """``--set ID.INPUT=VALUE`` items -> (node id, input name, value): VALUE as JSON, else the bare string."""
     out = []
     for item in items or ():
         target, eq, raw = item.partition("=")
@@ -159,64 +210,49 @@ def parse_sets(items: list[str] | None) -> list[tuple[str, str, Any]]:
     return out
 
 
-def apply_sets(wf, sets, path: str, used: set):
-    from engine.workflow import parse_api
+def load_workflows(paths: list[str], registry, sets: list) -> tuple[list[tuple], list[str]]:
+    """Load every workflow first (a typo in the last file fails fast) and apply the overrides:
+    ([(path, workflow or None, WorkflowError or None)], the overrides no workflow used)."""
+    from engine.workflow import WorkflowError, load
 
-    if not sets:
-        return wf
-    prompt = json.loads(json.dumps(wf.prompt))
-    for nid, name, value in sets:
-        node = prompt.get(nid)
-        if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
-            node["inputs"][name] = value
-            used.add((nid, name))
-    return parse_api(prompt, wf.extra_data)
+    loaded, used = [], set()
+    for path in paths:
+        try:
+            wf, unused = load(path, registry).with_overrides(sets)
+        except WorkflowError as e:
+            loaded.append((path, None, e))
+            continue
+        used |= {(n, i) for n, i, _ in sets} - {(n, i) for n, i, _ in unused}
+        loaded.append((path, wf, None))
+    return loaded, [f"{n}.{i}" for n, i, _ in sets if (n, i) not in used]
 
 
 # --- commands -------------------------------------------------------------------------------------
 
-def _load(path: str, registry):
-    from engine.workflow import load
-
-    return load(path, registry)
-
-
 def cmd_run(args) -> int:
-    if args.server:
-        try:
-            from service.client import run_remote
-        except ImportError:
-            print("loom run --server: not available yet (the remote client, service/client.py, has not landed)",
-                  file=sys.stderr)
-            return EXIT_INVALID
-        kw = {"token": args.token} if args.token else {}
-        return int(run_remote(args.server, args.workflows, sets=args.set, as_json=args.json, **kw) or 0)
-
-    from engine import Executor, OutputCache, WorkflowError
-    from engine.errors import partial_validation
-
     try:
         sets = parse_sets(args.set)
-        env = make_env(args)  # a bad --dtype is a usage error
+        from modelstore.precision import parse_dtype
+
+        parse_dtype(getattr(args, "dtype", None))  # a bad --dtype is a usage error
     except ValueError as e:
         print(f"loom run: {e}", file=sys.stderr)
         return EXIT_INVALID
     registry = make_registry()
-    ex = Executor(registry, env, OutputCache(int(args.cache_mb * 1024 * 1024)))
-    out = Printer(args.json)
-    worst = EXIT_OK
-    used: set = set()
-    loaded = []
-    for path in args.workflows:  # load everything first: a typo in the last file fails fast
-        try:
-            loaded.append((path, apply_sets(_load(path, registry), sets, path, used), None))
-        except WorkflowError as e:
-            loaded.append((path, None, e))
-    unused = [f"{n}.{i}" for n, i, _ in sets if (n, i) not in used]
+    loaded, unused = load_workflows(args.workflows, registry, sets)
     if unused:
         print(f"loom run: --set names no node input in these workflows: {', '.join(unused)}", file=sys.stderr)
         return EXIT_INVALID
+    out = Printer(args.json)
+    return (_run_remote if args.server else _run_local)(args, registry, loaded, out)
 
+
+def _run_local(args, registry, loaded: list, out: Printer) -> int:
+    from engine import Executor, OutputCache, WorkflowError
+
+    env = make_env(args)
+    ex = Executor(registry, env, OutputCache(int(args.cache_mb * 1024 * 1024)))
+    worst = EXIT_OK
     for path, wf, err in loaded:
         if err is None:
             try:
@@ -225,20 +261,11 @@ def cmd_run(args) -> int:
                 err = e
         if err is not None:
             worst = max(worst, EXIT_INVALID)
-            if args.json:
-                out.line({"type": "validation_error", "workflow": path, "data": err.to_dict()})
-                out.line({"type": "summary", "data": {"workflow": path, "status": "invalid", "outputs": [],
-                                                      "executed": [], "cached": []}})
-            else:
-                out.say(f"{path}: invalid workflow\n{format_errors(err.to_dict())}", err=True)
+            out.invalid(path, err.to_dict())
             continue
         if validated.node_errors:
             worst = max(worst, EXIT_INVALID)
-            partial = partial_validation(validated.node_errors)
-            if args.json:
-                out.line({"type": "validation_error", "workflow": path, "data": partial})
-            else:
-                out.say(f"{path}: some outputs are invalid and will not run\n{format_errors(partial)}", err=True)
+            out.partly_invalid(path, validated.node_errors)
         code = _run_one(ex, validated, path, out, env)
         if code == EXIT_INTERRUPTED:
             return code
@@ -252,15 +279,13 @@ def _run_one(ex, validated, path: str, out: Printer, env) -> int:
     cancel = CancelToken()
     q: queue.Queue = queue.Queue()
     prompt_id = str(uuid.uuid4())
-    out.total = len(validated.workflow.nodes)
-    out.done = 0
-    out.titles = {nid: f"{s.class_type} #{nid}" for nid, s in validated.workflow.nodes.items()}
+    out.start(validated.workflow.nodes)
     box: dict = {}
 
     def work():
         try:
             box["result"] = ex.run(validated, prompt_id=prompt_id, sink=q.put, cancel=cancel)
-        except BaseException as e:  # pragma: no cover - reported below
+        except BaseException as e:  # re-raised below, on this thread
             box["error"] = e
         q.put(None)
 
@@ -273,8 +298,6 @@ def _run_one(ex, validated, path: str, out: Printer, env) -> int:
             ev = q.get()
             if ev is None:
                 break
-            if ev.type == "execution_cached" and not out.json:
-                out.total = max(0, out.total - len(ev.data["nodes"]))
             out.event(ev)
         except KeyboardInterrupt:
             if interrupted:  # a second Ctrl-C: leave now
@@ -288,31 +311,87 @@ def _run_one(ex, validated, path: str, out: Printer, env) -> int:
     if "error" in box:
         raise box["error"]
     r = box["result"]
-    elapsed = time.perf_counter() - t0
-    files = output_files(env, r.outputs)
-    summary = {"workflow": path, "prompt_id": r.prompt_id, "status": r.status, "duration_ms": round(elapsed * 1000, 3),
-               "outputs": files, "executed": r.executed, "cached": r.cached,
-               "nodes": {n: {"class_type": rec.class_type, "status": rec.status, "reason": rec.reason,
-                             "duration_ms": round(rec.duration_ms, 3)} for n, rec in r.nodes.items()}}
-    if r.error:
-        summary["error"] = {k: r.error[k] for k in ("node_id", "node_type", "exception_type", "exception_message")}
-    if out.json:
-        out.line({"type": "summary", "data": summary})
+    nodes = {n: {"class_type": rec.class_type, "status": rec.status, "reason": rec.reason,
+                 "duration_ms": round(rec.duration_ms, 3)} for n, rec in r.nodes.items()}
+    out.summary(path, r.prompt_id, r.status, time.perf_counter() - t0, output_files(env, r.outputs), nodes, r.error)
+    return STATUS_EXIT[r.status]
+
+
+def _run_remote(args, registry, loaded: list, out: Printer) -> int:
+    """``loom run --server URL``: the same loading, overrides, printing and exit codes as a local run;
+    the workflow runs on the server. Output paths are the server's (``output/...``)."""
+    import httpx
+
+    from engine.events import Event
+    from service.client import LoomClient, PromptRejected
+
+    try:
+        client = LoomClient(args.server, token=args.token)
+    except (ValueError, httpx.InvalidURL) as e:
+        print(f"loom run: bad server URL {args.server!r}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    worst = EXIT_OK
+    with client:
+        for path, wf, err in loaded:
+            if err is not None:
+                worst = max(worst, EXIT_INVALID)
+                out.invalid(path, err.to_dict())
+                continue
+            out.start(wf.nodes)
+
+            def submitted(res: dict, path=path) -> None:
+                if res.get("node_errors"):
+                    out.partly_invalid(path, res["node_errors"])
+
+            t0 = time.perf_counter()
+            try:
+                entry = client.run(wf.prompt, on_event=lambda m: out.event(Event(m["type"], m.get("data") or {})),
+                                   extra_data=wf.extra_data, on_submit=submitted)
+            except PromptRejected as e:
+                worst = max(worst, EXIT_INVALID)
+                out.invalid(path, e.body if isinstance(e.body, dict) and "error" in e.body
+                            else {"error": {"type": "rejected", "message": str(e)}, "node_errors": {}})
+                continue
+            except KeyboardInterrupt:
+                out.say("interrupted", err=True)
+                return EXIT_INTERRUPTED
+            except (httpx.HTTPError, OSError) as e:
+                out.say(f"loom run: cannot reach {client.base}: {e}", err=True)
+                return EXIT_INVALID
+            out.clear()
+            status, nodes, error = remote_outcome(entry)
+            files = [f"{i.get('type', 'output')}/{i['subfolder'] + '/' if i.get('subfolder') else ''}{i['filename']}"
+                     for ui in (entry.get("outputs") or {}).values() for key in ("images", "audio", "video")
+                     for i in (ui or {}).get(key) or () if isinstance(i, dict) and "filename" in i]
+            out.summary(path, entry.get("prompt_id"), status, time.perf_counter() - t0, files, nodes, error)
+            if status == "interrupted":
+                return EXIT_INTERRUPTED
+            worst = max(worst, STATUS_EXIT[status])
+    return worst
+
+
+def remote_outcome(entry: dict) -> tuple[str, dict, dict | None]:
+    """(status, per-node records, execution_error data) from a server's history entry; the records
+    come from Loom's ``loom`` key (a ComfyUI server has none: only its cached list is known)."""
+    status = entry.get("status") or {}
+    msgs = {m[0]: m[1] for m in status.get("messages") or () if isinstance(m, (list, tuple)) and len(m) == 2}
+    if status.get("completed"):
+        outcome = "success"
+    elif "execution_interrupted" in msgs:
+        outcome = "interrupted"
     else:
-        head = f"{path}: {r.status} in {elapsed:.2f} s ({len(r.executed)} executed, {len(r.cached)} cached)"
-        if r.status == "error":
-            e = r.error
-            head += (f"\n  node {e['node_id']} ({e['node_type']}) raised {e['exception_type']}: "
-                     f"{e['exception_message'].strip()}")
-        out.say(head, err=r.status != "success")
-        for f in files:
-            out.say(f"  output: {f}")
-    return {"success": EXIT_OK, "error": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}[r.status]
+        outcome = "error"
+    loom = entry.get("loom") or {}
+    nodes = loom.get("nodes")
+    if nodes is None:
+        nodes = {n: {"status": "cached"} for n in (msgs.get("execution_cached") or {}).get("nodes", [])}
+    return outcome, nodes, loom.get("error") or msgs.get("execution_error")
 
 
 def cmd_validate(args) -> int:
     from engine import Executor, WorkflowError
     from engine.errors import partial_validation
+    from engine.workflow import load
 
     env = make_env(args)
     registry = make_registry()
@@ -320,7 +399,7 @@ def cmd_validate(args) -> int:
     worst = EXIT_OK
     for path in args.workflows:
         try:
-            v = ex.prepare(_load(path, registry))
+            v = ex.prepare(load(path, registry))
         except WorkflowError as e:
             worst = EXIT_INVALID
             if args.json:
@@ -364,11 +443,8 @@ def cmd_nodes(args) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    try:
-        import server
-    except ImportError as e:
-        print(f"loom serve: the server is not available: {e}", file=sys.stderr)
-        return EXIT_INVALID
+    import server
+
     return int(server.main(argv) or 0)
 
 
@@ -384,7 +460,8 @@ def _folders(p: argparse.ArgumentParser, run: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loom", description="Loom: a node-graph workflow engine for diffusion image "
                                 "generation that speaks ComfyUI's workflow format.",
-                                epilog="exit codes: 0 ok, 1 a node failed, 2 invalid workflow or usage, 130 interrupted",
+                                epilog="exit codes: 0 ok, 1 a node failed, 2 invalid workflow or usage, 70 internal error "
+                                "(a bug in Loom), 130 interrupted",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run workflow files in order, sharing the cache")
@@ -433,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. piped into head
         return EXIT_OK
+    except Exception:  # not the workflow's fault: say so, with the traceback to report
+        import traceback
+
+        print(f"loom {args.command}: internal error (a bug in Loom, please report it):\n{traceback.format_exc()}",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

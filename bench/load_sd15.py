@@ -1,18 +1,29 @@
-"""Benchmark (not a test): load a full-size SD 1.5-architecture single-file checkpoint through the model store.
+"""Benchmark (not a test): load a full-size SD 1.5-architecture single-file checkpoint through the model store and
+print peak and warm RSS against the bytes of the weights.
 
-    python bench/load_sd15.py [--dir /tmp/loom-bench] [--file-dtype fp16] [--dtype fp32]
+    python bench/load_sd15.py [--dir /tmp/loom-bench] [--file-dtype fp16|fp32] [--dtype fp32|bf16]
 
-Step 1 (once, in a subprocess): write ``<dir>/checkpoints/sd15-random.safetensors`` with random weights in the real
-SD 1.5 LDM key layout (UNet 859.5M, VAE 83.7M, CLIP-L 123M params; plus the non-model keys real files carry:
-betas, alphas_cumprod, position_ids ...). Nothing is downloaded and nothing is written into the repository.
-Step 2 (a fresh subprocess): import, load MODEL/CLIP/VAE through ``ModelStore`` and print wall times and peak RSS
-(``ru_maxrss``). The target is no second copy of the weights: peak RSS ~ baseline + resident weights.
+Step 1 (once, in a subprocess): write ``<dir>/<file-dtype>/checkpoints/sd15-random.safetensors`` with random
+weights in the real SD 1.5 LDM single-file key layout (UNet 859.5M, VAE 83.7M, CLIP-L 123M params, plus the
+non-model keys real files carry: betas, alphas_cumprod, position_ids ...). The layout comes from empty (meta)
+diffusers/transformers modules; tensors are generated and written one at a time, so writing needs ~one tensor
+of memory. Nothing is downloaded and nothing is written into the repository.
+Step 2 (a fresh subprocess, one torch thread): import, load MODEL/CLIP/VAE through ``ModelStore`` and print a
+JSON line: ``weights_gib`` (bytes of the resident modules), ``baseline_rss_gib`` (after imports, before loading),
+``peak_rss_gib`` (``ru_maxrss``), ``warm_rss_gib`` (VmRSS after the three loads, the store holding them), and
+``peak_over_weights_gib`` / ``warm_over_weights_gib`` (RSS minus weights: the interpreter and libraries plus
+whatever the store holds or held beyond the weights), and ``unloaded_rss_gib`` (VmRSS after ``unload_all``:
+what dropping the models gives back). Target (issue 10, item 11): both within 0.6 GiB.
 
-Measured (Nov 2026, 2 shared cores, fp16 file of 1.99 GiB, warm page cache; ComfyUI took 7.3 GiB peak RSS):
-- store dtype fp32: weights 3.97 GiB, peak RSS 4.55-4.59 GiB (baseline after imports 0.31 GiB, so ~0.3 GiB over
-  baseline + weights); UNet 8.4-9.3 s (includes the first import of diffusers' single_file_utils and the
-  fp16->fp32 cast, which dominates: page faults on fresh memory), CLIP 2.0 s, VAE 1.6 s; header+plan 5 ms.
-- store dtype bf16: weights 1.99 GiB, peak RSS 2.65 GiB; UNet 6.3 s, CLIP 1.0 s, VAE 1.4 s.
+Measured (Nov 30 2026, 2 shared cores under load from other jobs, one torch thread; weights 3.972 GiB fp32):
+- fp16 file (1.99 GiB) -> fp32 store: baseline 0.314, peak 4.418, warm 4.416 GiB: 0.446 / 0.444 GiB over the
+  weights (0.13 GiB over baseline + weights). Before this change (a fresh buffer per tensor, then a cast; no heap
+  trim): peak = warm = 4.562-4.570 GiB (0.59-0.60 over), and 2.1 GiB stayed in RSS after the store was dropped.
+- fp32 file (3.97 GiB) -> fp32 store: baseline 0.315, peak 4.415, warm 4.415 GiB: 0.443 over the weights.
+- fp16 file -> bf16 store: weights 1.986, peak 2.433, warm 2.430 GiB (0.447 / 0.444 over).
+- After ``unload_all``: 0.444 GiB in every case, i.e. baseline + 0.13 GiB; that 0.13 GiB stays after the weights
+  are gone, so it is the code imported while building (diffusers' converters, transformers' CLIP), not data.
+- ComfyUI 0.3.75 on the same machine (issue 10): 6.4 GiB peak, 4.6 GiB warm for the fp32 weights.
 """
 from __future__ import annotations
 
@@ -20,34 +31,25 @@ import argparse
 import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# run as a script, sys.path[0] is bench/, whose engine.py would shadow the engine package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+ST_DTYPE = {"float16": "F16", "float32": "F32", "bfloat16": "BF16", "int64": "I64"}
 
 
-def make(path: Path, file_dtype: str) -> None:
-    import torch
+def layout() -> dict:
+    """{key: (shape, torch dtype name or None for 'file dtype')} of an SD 1.5 single-file checkpoint."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    sys.path.insert(0, str(ROOT))
     from tests.models.ldm_export import clip_to_ldm, unet_to_ldm, vae_to_ldm
-
-    torch.set_num_threads(2)
-    dt = getattr(torch, {"fp16": "float16", "fp32": "float32", "bf16": "bfloat16"}[file_dtype])
-    g = torch.Generator().manual_seed(0)
-
-    def randomize(m):
-        sd = {}
-        for k, v in m.state_dict().items():
-            sd[k] = (torch.randn(v.shape, generator=g) * 0.02).to(dt)   # values don't matter here
-        m.load_state_dict(sd, assign=True)
-        return m
 
     with init_empty_weights():
         unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
@@ -56,14 +58,45 @@ def make(path: Path, file_dtype: str) -> None:
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
         te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                           num_attention_heads=12, hidden_act="quick_gelu"))
-    sd = {**unet_to_ldm(randomize(unet)), **vae_to_ldm(randomize(vae)), **clip_to_ldm(randomize(te))}
-    sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    for k in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "log_one_minus_alphas_cumprod"):
-        sd[k] = torch.rand(1000, dtype=torch.float32)
-    sd["logvar"] = torch.zeros(1000)
+    out = {k: (tuple(v.shape), None) for k, v in {**unet_to_ldm(unet), **vae_to_ldm(vae), **clip_to_ldm(te)}.items()}
+    out["cond_stage_model.transformer.text_model.embeddings.position_ids"] = ((1, 77), "int64")
+    for k in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "log_one_minus_alphas_cumprod",
+              "logvar"):
+        out[k] = ((1000,), "float32")
+    return out
+
+
+def make(path: Path, file_dtype: str) -> None:
+    """Write the checkpoint tensor by tensor (safetensors format: u64 header length, JSON header, data)."""
+    import torch
+
+    torch.set_num_threads(1)
+    fdt = {"fp16": "float16", "fp32": "float32", "bf16": "bfloat16"}[file_dtype]
+    keys = layout()
+    header, offset = {}, 0
+    for k, (shape, dt) in keys.items():
+        dt = dt or fdt
+        n = getattr(torch, dt).itemsize
+        for s in shape:
+            n *= s
+        header[k] = {"dtype": ST_DTYPE[dt], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    g = torch.Generator().manual_seed(0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB, {len(sd)} tensors)")
+    tmp = path.with_suffix(".part")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for k, (shape, dt) in keys.items():
+            dt = dt or fdt
+            if dt == "int64":
+                t = torch.arange(77).reshape(shape)
+            else:
+                t = (torch.randn(shape, generator=g) * 0.02).to(getattr(torch, dt))   # values don't matter here
+            f.write(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    tmp.rename(path)
+    print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB, {len(keys)} tensors)")
 
 
 def rss_now() -> int:
@@ -82,7 +115,7 @@ def load(models_dir: Path, dtype: str) -> dict:
     from modelstore.models import ModelStore
     from modelstore.refs import module_nbytes
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     import diffusers  # noqa: F401  (import cost counted separately)
     import transformers  # noqa: F401
 
@@ -98,12 +131,19 @@ def load(models_dir: Path, dtype: str) -> dict:
         t = time.perf_counter()
         m = ref.get()
         out[f"{name}_load_s"] = round(time.perf_counter() - t, 2)
+        out[f"{name}_rss_gib"] = round(rss_now() / 2**30, 3)
         total += module_nbytes(m)
-    out["weights_gib"] = round(total / 2**30, 3)
-    out["rss_after_gib"] = round(rss_now() / 2**30, 3)
-    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 3)
-    out["peak_minus_baseline_minus_weights_gib"] = round(out["peak_rss_gib"] - out["baseline_rss_gib"] - out["weights_gib"], 3)
+    del m
+    gib = 2**30
+    out["weights_gib"] = round(total / gib, 3)
+    out["warm_rss_gib"] = round(rss_now() / gib, 3)
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib, 3)
+    out["peak_over_weights_gib"] = round(out["peak_rss_gib"] - out["weights_gib"], 3)
+    out["warm_over_weights_gib"] = round(out["warm_rss_gib"] - out["weights_gib"], 3)
+    out["store_resident_gib"] = round(store.resident_bytes() / gib, 3)
     out["arch"], out["dtype"] = model.meta["arch"], store.dtype
+    store.unload_all()
+    out["unloaded_rss_gib"] = round(rss_now() / gib, 3)
     return out
 
 
@@ -127,7 +167,9 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--file-dtype", a.file_dtype, "--_make", str(ckpt)], check=True, env=env)
         print(f"generation took {time.perf_counter() - t:.1f} s")
     r = subprocess.run([sys.executable, __file__, "--dir", a.dir, "--file-dtype", a.file_dtype, "--dtype", a.dtype,
-                        "--_load"], check=True, env=env, capture_output=True, text=True)
+                        "--_load"], env=env, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(r.stderr)
     print(r.stdout.strip().splitlines()[-1])
 
 

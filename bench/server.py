@@ -146,23 +146,34 @@ def invalid_chain(n: int, k: int) -> dict:
     return wf
 
 
-async def bench_post_latency(url: str, n: int, valid: bool, repeat: int) -> list[float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_post_latency(url: str, n: int, valid: bool, repeat: int, server_pid: int) -> tuple[list, float]:
     """Wall ms of POST /prompt (request sent -> response read) for an n-node chain, as ComfyUI's
-    script measured it. Between requests the queue is drained (untimed), so a run never competes with
-    the next POST; the same valid graph is posted each time, so only the first run executes."""
+    script measured it, and the server's CPU ms per request (summed over the requests, so the clock
+    tick does not matter; for a valid prompt it includes whatever its run did before the response).
+    Between requests the queue is drained (untimed), so a run never competes with the next POST; the
+    same valid graph is posted each time, so only the first run executes its nodes. On a shared,
+    loaded machine wall times inflate with the load; CPU time does not."""
     import httpx
 
     body = json.dumps({"prompt": chain(n, 7) if valid else invalid_chain(n, 7)})
-    out = []
+    out, cpu = [], 0.0
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         for _ in range(repeat):
+            c0 = cpu_seconds(server_pid)
             t0 = time.perf_counter()
             r = await c.post("/prompt", content=body, headers={"content-type": "application/json"})
             out.append((time.perf_counter() - t0) * 1000)
+            cpu += cpu_seconds(server_pid) - c0
             assert r.status_code == (200 if valid else 400), r.text[:300]
             while (await c.get("/prompt")).json()["exec_info"]["queue_remaining"]:
                 await asyncio.sleep(0.01)
-    return out
+    return out, cpu / repeat * 1000
 
 
 async def bench_cached_latency(url: str, n: int) -> list[float]:
@@ -272,13 +283,14 @@ def main(argv=None) -> int:
             except httpx.HTTPError:
                 time.sleep(0.1)
         q = a.quick
-        print("POST /prompt latency, n-node chains (wall ms, request -> response; ComfyUI 0.3.75 measured on this "
-              "machine: 100 nodes 2-7, 900 nodes 17-21, 900 with a validation error 15-21)")
+        print("POST /prompt latency, n-node chains (ms, request -> response; ComfyUI 0.3.75 measured on this "
+              f"machine: 100 nodes 2-7, 900 nodes 17-21, 900 with a validation error 15-21; load now "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         for n in (100, 1000) if q else (100, 1000, 10000):
             for valid in (True, False):
-                lat = asyncio.run(bench_post_latency(url, n, valid, 10 if q or n == 10000 else 30))
-                print(f"    {n:>6} nodes, {'valid' if valid else 'invalid'}: median {statistics.median(lat):7.2f}, "
-                      f"min {min(lat):7.2f}, max {max(lat):7.2f}")
+                lat, cpu = asyncio.run(bench_post_latency(url, n, valid, 10 if q or n == 10000 else 30, proc.pid))
+                print(f"    {n:>6} nodes, {'valid' if valid else 'invalid':>7}: wall median {statistics.median(lat):7.2f}, "
+                      f"min {min(lat):7.2f}, max {max(lat):7.2f}; server CPU {cpu:6.2f} per request")
         if a.latency_only:
             return 0
         rate = asyncio.run(bench_post_rate(url, 300 if q else 2000))

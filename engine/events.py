@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-COMFY_TYPES = frozenset({"execution_start", "execution_cached", "executing", "progress", "executed",
-                         "execution_success", "execution_error", "execution_interrupted"})
 HISTORY_TYPES = frozenset({"execution_start", "execution_cached", "execution_success", "execution_error",
                            "execution_interrupted"})
 

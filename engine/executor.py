@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from .cache import Entry, OutputCache, node_key
 from .context import CancelToken, Env, NodeContext
-from . import graph
+from . import budget, graph
 from .errors import InputMutated, Interrupted, execution_error, type_name
 from .events import Event, EventSink, HISTORY_TYPES, discard, now_ms
 from .node import Node, Registry, Result
@@ -85,8 +85,9 @@ class Executor:
     """Runs workflows against a registry, sharing one output cache across runs."""
 
     def __init__(self, registry: Registry, env: Env | None = None, cache: OutputCache | None = None,
-                 history_limit: int = 100_000):
+                 history_limit: int = 100_000, memory_budget: int | None = None):
         self.registry = registry
+        self.memory_budget = memory_budget if memory_budget is not None else budget.default_budget()
         self.env = env or Env()
         self.cache = cache if cache is not None else OutputCache()
         self._last: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # for "why did it run"
@@ -202,6 +203,7 @@ class Executor:
         plan = self.plan(v)
         order, cached_set, execute, reads = plan.order, plan.cached, plan.execute, plan.reads
         result.warnings.extend(plan.warnings)
+        refused = budget.precheck(nodes, classes, [n for n in order if n in execute], self.memory_budget)
 
         # Only cached values actually read are fetched (which also refreshes their LRU position).
         output_set = set(v.outputs)
@@ -215,6 +217,9 @@ class Executor:
         done: list[str] = []
         current = None
         try:
+            if refused is not None:  # a node with constant sizes cannot fit: refuse before anything allocates
+                current = refused[0]
+                raise refused[1]
             for nid in order:
                 cls = classes[nid]
                 if nid in cached_set:
@@ -267,6 +272,10 @@ class Executor:
             inputs = {k: [_fmt(values[x.node].outputs[x.output] if type(x) is Link and x.node in values else x)]
                       for k, x in spec.inputs.items()}
             result.error = execution_error(prompt_id, e, current, cls.class_type, done, inputs, order)
+            item = getattr(e, "error_item", None)  # a run-time check: validation's error shape too
+            if item is not None:
+                result.node_errors = {**result.node_errors, current: {
+                    "errors": [item.to_dict()], "dependent_outputs": [], "class_type": cls.class_type}}
             self._not_reached(result, order, classes, f"run failed at node {current}")
             emit(Event("execution_error", result.error))
             return result
@@ -293,6 +302,9 @@ class Executor:
                 kwargs["extra_pnginfo"] = extra_data.get("extra_pnginfo")
             elif h == "UNIQUE_ID":
                 kwargs["unique_id"] = nid
+        if linked:
+            budget.check_linked(cls, linked)  # validation saw only constants
+        budget.check_memory(cls, kwargs, self.memory_budget, nid)  # before the node allocates
         versions = Versions(linked) if linked else None
         ctx = NodeContext(self.env, prompt_id, nid, cls.class_type, cancel, emit)
         t0 = time.perf_counter()

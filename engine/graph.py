@@ -91,13 +91,19 @@ def cycle_nodes(deps: Deps) -> list[str]:
     """The nodes that lie on a cycle, sorted. Kahn's algorithm finds what never becomes ready (the
     cycles and everything downstream of them); Tarjan's strongly connected components of that rest
     then keep only the nodes actually on a cycle."""
-    indeg = {n: 0 for n in deps}
+    indeg: dict[str, int] = {}
     cons: dict[str, list[str]] = {}
     for nid, srcs in deps.items():
+        k = 0
         for s in srcs:
-            if s in indeg:
-                indeg[nid] += 1
-                cons.setdefault(s, []).append(nid)
+            if s in deps:
+                k += 1
+                c = cons.get(s)
+                if c is None:
+                    cons[s] = [nid]
+                else:
+                    c.append(nid)
+        indeg[nid] = k
     ready = [n for n, d in indeg.items() if d == 0]
     while ready:
         n = ready.pop()

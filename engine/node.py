@@ -157,6 +157,13 @@ class Node:
         return cls._input_map.get(name)
 
     @classmethod
+    def estimate_bytes(cls, **inputs) -> int | None:
+        """Bytes of the outputs ``run`` would allocate for these arguments (the same ones ``run`` gets:
+        linked tensors and constants), or None when unknown. Tensor-creating nodes declare it, so the
+        engine refuses a node that cannot fit the memory budget before it allocates (engine.budget)."""
+        return None
+
+    @classmethod
     def fingerprint(cls, env: Any, **constants) -> Any:
         """Extra cache-key material for results that depend on something outside the inputs
         (a file's content). Return None for none, or ``float('nan')`` to always re-run."""

@@ -1,4 +1,4 @@
-"""PNG text chunks, in pure Python: read ``tEXt``/``zTXt``/``iTXt`` and add text chunks to a PNG.
+"""PNG text chunks, in pure Python: read ``tEXt``/``zTXt``/``iTXt`` (SaveImage writes them with PIL).
 
 ComfyUI stores the API workflow in a ``prompt`` chunk and the editor's graph in a ``workflow`` chunk
 (one chunk per ``extra_pnginfo`` key). Reading never raises on damaged data: it returns the chunks
@@ -72,31 +72,3 @@ def read_text_chunks(data: bytes) -> dict[str, str]:
         if text is not None and keyword not in out:
             out[keyword] = text
     return out
-
-
-def _chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
-
-
-def text_chunk(keyword: str, text: str) -> bytes:
-    """One chunk: ``tEXt`` when the text is Latin-1, else uncompressed ``iTXt`` (UTF-8), as PIL does."""
-    key = keyword.encode("latin-1")
-    if not 1 <= len(key) <= 79 or b"\x00" in key:
-        raise ValueError(f"invalid PNG text keyword {keyword!r}")
-    try:
-        return _chunk(b"tEXt", key + b"\x00" + text.encode("latin-1"))
-    except UnicodeEncodeError:
-        return _chunk(b"iTXt", key + b"\x00\x00\x00\x00\x00" + text.encode("utf-8"))
-
-
-def add_text_chunks(png: bytes, texts: dict[str, str]) -> bytes:
-    """Return ``png`` with text chunks inserted before the first IDAT chunk."""
-    if png[:8] != SIGNATURE:
-        raise ValueError("not a PNG")
-    pos = 8
-    while pos + 8 <= len(png):
-        length, ctype = struct.unpack(">I4s", png[pos:pos + 8])
-        if ctype == b"IDAT":
-            return png[:pos] + b"".join(text_chunk(k, v) for k, v in texts.items()) + png[pos:]
-        pos += 12 + length
-    raise ValueError("PNG has no IDAT chunk")

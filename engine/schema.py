@@ -6,6 +6,10 @@ from typing import Any
 
 from .node import HIDDEN_TYPES, MISSING, Input, Node, Registry
 
+# The ComfyUI release whose API (object_info declarations, HTTP/websocket protocol, error types) Loom matches.
+# /system_stats reports it as comfyui_version, so the editor's "update ComfyUI" checks compare against it.
+COMFYUI_API_VERSION = "0.3.75"
+
 
 def input_spec(inp: Input, env: Any = None) -> list:
     """``[TYPE, options]`` as ComfyUI's frontend reads it (V1 combos: the option list first)."""

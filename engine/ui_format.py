@@ -12,7 +12,9 @@ What ComfyUI's frontend does in ``graphToPrompt``, in Python:
   replaced by its value;
 - mode 2 (muted / never) nodes dropped, and inputs linked to them removed; mode 4 (bypass) nodes
   removed with each link passed through to the bypassed node's input of the same type;
-- subgraphs and group nodes are not flattened: they give a structured ``unsupported_subgraph`` error.
+- subgraphs (``definitions.subgraphs``, nested, with promoted widgets) are flattened first by engine/subgraphs.py,
+  inner nodes getting ComfyUI's ``"outer:inner"`` ids; legacy group nodes (``workflow>name``) give a structured
+  ``unsupported_subgraph`` error.
 
 Every problem is a ``WorkflowError``; nothing else escapes.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from .errors import WorkflowError
 from .node import Registry
+from .subgraphs import flatten
 
 VIRTUAL_DROP = frozenset({"Note", "MarkdownNote"})
 REROUTE = "Reroute"
@@ -104,6 +107,7 @@ def ui_to_api(ui: Any, registry: Registry) -> dict:
 def _convert(ui: Any, registry: Registry) -> dict:
     if not isinstance(ui, dict) or not isinstance(ui.get("nodes"), list):
         raise _bad("Not a UI workflow", "expected an object with a 'nodes' list")
+    ui = flatten(ui)
     subgraph_ids = set()
     defs = ui.get("definitions")
     if isinstance(defs, dict) and isinstance(defs.get("subgraphs"), list):
@@ -118,9 +122,10 @@ def _convert(ui: Any, registry: Registry) -> dict:
         nodes[n["id"]] = n
         t = n["type"]
         if t in subgraph_ids or t.startswith("workflow>") or t.startswith("workflow/"):
-            raise WorkflowError("unsupported_subgraph", "Subgraphs and group nodes are not supported yet",
-                                f"node {n['id']} is a subgraph/group node ({t}); convert it to regular nodes in "
-                                "the editor, or export the workflow in API format", extra_info={"node_id": n["id"]})
+            raise WorkflowError("unsupported_subgraph", "Legacy group nodes are not supported",
+                                f"node {n['id']} is a group node ({t}); convert it to a subgraph or to regular "
+                                "nodes in the editor, or export the workflow in API format",
+                                extra_info={"node_id": n["id"]})
 
     def mode(n: dict) -> int:
         m = n.get("mode", 0)

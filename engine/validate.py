@@ -130,67 +130,90 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
             hint = registry.suggest(spec.class_type)
             det = f"Node ID '#{nid}': unknown node type '{spec.class_type}'"
             det += f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-            unknown[nid] = {"errors": [ErrorItem("unknown_class_type", "Node type not found", det,
-                                                 {"suggestions": hint}).to_dict()],
-                            "dependent_outputs": [], "class_type": spec.class_type}
+            unknown[nid] = [ErrorItem("unknown_class_type", "Node type not found", det, {"suggestions": hint})]
         else:
             classes[nid] = cls
-    if unknown:
-        nid, first = next(iter(unknown.items()))
-        raise WorkflowError("invalid_prompt", f"Cannot execute because node {first['class_type']} does not exist.",
-                            f"Node ID '#{nid}'", unknown)
-
+    # Unknown nodes do not stop validation: the editor's missing-nodes dialog needs `missing_node_type`, and the
+    # user needs every other error of the workflow at once (raised after the checks below).
     outputs = [nid for nid, c in classes.items() if c.output_node]
     if targets is not None:
         wanted = {str(t) for t in targets}
         outputs = [o for o in outputs if o in wanted]
-    if not outputs:
+    if not outputs and not unknown:
         raise WorkflowError("prompt_no_outputs", "Prompt has no outputs",
                             "the workflow needs at least one output node (SaveImage, PreviewImage, ...)")
 
-    needed = graph.upstream(graph.dependencies(nodes), outputs)  # what must be validated
+    # what must be validated: everything upstream of the outputs and of the unknown nodes
+    needed = graph.upstream(graph.dependencies(nodes), outputs + list(unknown))
 
     errors: dict[str, list[ErrorItem]] = {}
     warnings: list[str] = []
     option_cache: dict = {}
     new_nodes: dict[str, NodeSpec] = {}
+    links_of: dict[str, list[str]] = {}  # node -> sources of its valid links (all of them needed nodes)
     for nid in needed:
+        if nid in unknown:
+            continue
         spec, cls = nodes[nid], classes[nid]
+        given = spec.inputs
         errs: list[ErrorItem] = []
         out: dict[str, Any] = {}
         consts: dict[str, Any] = {}
+        sources: list[str] = []
+        matched = 0
         for inp in cls.inputs:
-            if inp.name not in spec.inputs:
+            name = inp.name
+            if name not in given:
                 if inp.optional:
                     continue
                 if inp.is_widget and inp.default is not MISSING:
-                    out[inp.name] = consts[inp.name] = inp.default
-                    warnings.append(f"node {nid} ({spec.class_type}): '{inp.name}' missing, using default {inp.default!r}")
+                    out[name] = consts[name] = inp.default
+                    warnings.append(f"node {nid} ({spec.class_type}): '{name}' missing, using default {inp.default!r}")
                     continue
-                errs.append(input_error("required_input_missing", "Required input is missing", inp.name,
-                                        f"{inp.name} ({inp.type})"))
+                errs.append(input_error("required_input_missing", "Required input is missing", name,
+                                        f"{name} ({inp.type})"))
                 continue
-            v = spec.inputs[inp.name]
-            if isinstance(v, Link):
+            matched += 1
+            v = given[name]
+            tv, t = type(v), inp.type
+            # Fast paths for the common, valid cases; everything else (and every error) goes the long way.
+            if tv is Link:
+                src = classes.get(v.node)
+                idx = v.output
+                if (src is not None and type(idx) is int and 0 <= idx < len(src.outputs)
+                        and src.outputs[idx].type == t and v.node in nodes):
+                    out[name] = v
+                    sources.append(v.node)
+                    continue
                 link, err = _check_link(nid, inp, v, nodes, classes)
                 if err:
                     errs.append(err)
                 else:
-                    out[inp.name] = link
+                    out[name] = link
+                    sources.append(v.node)
+                continue
+            if (tv is int and t == "INT") or (tv is float and t == "FLOAT" and v - v == 0):
+                lo, hi = inp.min, inp.max
+                if (lo is None or v >= lo) and (hi is None or v <= hi):
+                    out[name] = consts[name] = v
+                    continue
+            elif (tv is str and t == "STRING") or (tv is bool and t == "BOOLEAN"):
+                out[name] = consts[name] = v
+                continue
+            v2, err = coerce(inp, v, env, option_cache)
+            if err:
+                errs.append(err)
             else:
-                v2, err = coerce(inp, v, env, option_cache)
-                if err:
-                    errs.append(err)
-                else:
-                    out[inp.name] = consts[inp.name] = v2
-        for name, v in spec.inputs.items():
-            if cls.input(name) is None:
-                if isinstance(v, Link):
-                    errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
-                                            f"{spec.class_type} has no input '{name}'; inputs are "
-                                            + ", ".join(i.name for i in cls.inputs)))
-                else:
-                    warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
+                out[name] = consts[name] = v2
+        if matched < len(given):
+            for name, v in given.items():
+                if cls.input(name) is None:
+                    if type(v) is Link:
+                        errs.append(input_error("unknown_input", "Link into an input the node does not have", name,
+                                                f"{spec.class_type} has no input '{name}'; inputs are "
+                                                + ", ".join(i.name for i in cls.inputs)))
+                    else:
+                        warnings.append(f"node {nid} ({spec.class_type}): ignoring unknown input '{name}'")
         if not errs and cls.check.__func__ is not _BASE_CHECK:
             try:
                 custom = cls.check(env, **consts) or {}
@@ -207,23 +230,31 @@ def validate(wf: Workflow, registry: Registry, env: Any = None, targets: list[st
         if errs:
             errors[nid] = errs
         new_nodes[nid] = NodeSpec(nid, spec.class_type, out, spec.title)
+        links_of[nid] = sources
 
-    for nid in graph.cycle_nodes(graph.dependencies(new_nodes, needed)):
+    for nid in graph.cycle_nodes(links_of):  # sources that are unknown nodes are not keys: ignored
         errors.setdefault(nid, []).append(ErrorItem("dependency_cycle", "Workflow has a cycle",
                                                     f"Node ID '#{nid}' depends on itself through its inputs"))
 
     node_errors: dict[str, dict] = {}
     good = outputs
+    consumers = graph.consumers(graph.dependencies(nodes, needed)) if errors or unknown else {}
+
+    def entries(errs: dict) -> dict[str, dict]:
+        return {nid: {"errors": [e.to_dict() for e in items],
+                      "dependent_outputs": [o for o in outputs if o in graph.downstream(consumers, nid)],
+                      "class_type": nodes[nid].class_type} for nid, items in errs.items()}
+
+    if unknown:
+        nid = next(iter(unknown))
+        ct = nodes[nid].class_type
+        title = nodes[nid].title or ct
+        raise WorkflowError("missing_node_type", f"Node '{title}' not found. The custom node may not be installed.",
+                            f"Node ID '#{nid}'", entries({**unknown, **errors}),
+                            {"node_id": nid, "class_type": ct, "node_title": title})
     if errors:
-        consumers = graph.consumers(graph.dependencies(nodes, needed))
-        output_set = set(outputs)
-        bad_all: set[str] = set()
-        for nid, errs in errors.items():
-            reach = graph.downstream(consumers, nid)
-            bad_all |= reach
-            node_errors[nid] = {"errors": [e.to_dict() for e in errs],
-                                "dependent_outputs": [o for o in outputs if o in reach and o in output_set],
-                                "class_type": nodes[nid].class_type}
+        node_errors = entries(errors)
+        bad_all = set().union(*(graph.downstream(consumers, nid) for nid in errors))
         good = [o for o in outputs if o not in bad_all]
         if not good:
             lines = [f"{e['message']}: {e['details']}" for ne in node_errors.values() for e in ne["errors"]]
@@ -242,7 +273,9 @@ def _check_link(nid: str, inp: Input, v: Link, nodes: dict, classes: dict) -> tu
     if src not in nodes:
         return None, input_error("bad_linked_input", "Linked node does not exist", inp.name,
                                  f"{inp.name} links to node '{src}', which is not in the workflow")
-    src_cls = classes[src]
+    src_cls = classes.get(src)
+    if src_cls is None:  # an unknown node, reported on its own: its outputs cannot be checked
+        return v, None
     outs = src_cls.outputs
     idx = v.output
     if isinstance(idx, str):

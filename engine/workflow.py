@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import ErrorItem, WorkflowError
 
@@ -42,6 +42,24 @@ class Workflow:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    def with_overrides(self, overrides: Iterable[tuple[str, str, Any]]) -> tuple["Workflow", list[tuple[str, str, Any]]]:
+        """Set node inputs: ``(node id, input name, value)`` each, a value written as in the API format
+        (a ``["id", index]`` list is a link). Returns the new workflow (re-parsed from a copy of the
+        prompt; this one is unchanged) and the overrides that name no node of it, in the given order.
+        Whether the input exists is validation's business (an unknown constant input is a warning)."""
+        overrides = list(overrides)
+        if not overrides:
+            return self, []
+        prompt = json.loads(json.dumps(self.prompt))
+        unused = []
+        for nid, name, value in overrides:
+            node = prompt.get(nid)
+            if isinstance(node, dict) and isinstance(node.get("inputs", {}), dict):
+                node.setdefault("inputs", {})[name] = value
+            else:
+                unused.append((nid, name, value))
+        return parse_api(prompt, self.extra_data), unused
+
 
 def is_link(v: Any) -> bool:
     if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)):
@@ -68,7 +86,8 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
         entry["errors"].append(item.to_dict())
 
     for nid, raw in prompt.items():
-        nid = str(nid)
+        if type(nid) is not str:
+            nid = str(nid)
         if not isinstance(raw, dict):
             bad(nid, None, ErrorItem("invalid_node", "Node must be an object",
                                      f"Node ID '#{nid}' is {type(raw).__name__}"))
@@ -78,8 +97,8 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
             bad(nid, None, ErrorItem("missing_class_type", "Node has no class_type",
                                      f"Node ID '#{nid}'"))
             continue
-        unknown = sorted(str(k) for k in raw if k not in NODE_KEYS)
-        if unknown:
+        if not NODE_KEYS.issuperset(raw):
+            unknown = sorted(str(k) for k in raw if k not in NODE_KEYS)
             bad(nid, ctype, ErrorItem("unknown_field", "Node has unknown fields",
                                       f"Node ID '#{nid}': {', '.join(unknown)}; expected class_type, inputs, _meta",
                                       {"fields": unknown}))
@@ -90,12 +109,15 @@ def parse_api(prompt: Any, extra_data: dict | None = None) -> Workflow:
             continue
         parsed = {}
         for name, v in inputs.items():
-            if is_link(v):
-                parsed[str(name)] = Link(v[0], int(v[1]) if isinstance(v[1], float) else v[1])
-            elif isinstance(v, dict) and set(v) == {"__value__"}:
-                parsed[str(name)] = v["__value__"]
-            else:
-                parsed[str(name)] = v
+            if type(name) is not str:
+                name = str(name)
+            tv = type(v)
+            if tv is list:
+                if is_link(v):
+                    v = Link(v[0], int(v[1]) if type(v[1]) is float else v[1])
+            elif isinstance(v, dict) and len(v) == 1 and "__value__" in v:
+                v = v["__value__"]
+            parsed[name] = v
         meta = raw.get("_meta")
         title = meta.get("title") if isinstance(meta, dict) and isinstance(meta.get("title"), str) else None
         nodes[nid] = NodeSpec(nid, ctype, parsed, title)

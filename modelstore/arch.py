@@ -27,7 +27,7 @@ SCALING_FACTOR = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 
 
 # ---------------------------------------------------------------------------------------------- detection
-def _indices(shapes, prefix: str) -> list[int]:
+def key_indices(shapes, prefix: str) -> list[int]:
     """Sorted distinct integers that directly follow ``prefix`` in the keys."""
     out = set()
     for k in shapes:
@@ -79,7 +79,7 @@ def infer_unet_config(shapes, arch: str, prefix: str = UNET_PREFIX) -> dict:
         return shapes[P + k]
 
     conv_in = shp("input_blocks.0.0.weight")
-    n_in = len(_indices(shapes, P + "input_blocks."))
+    n_in = len(key_indices(shapes, P + "input_blocks."))
     n_down = sum(1 for i in range(n_in) if P + f"input_blocks.{i}.0.op.weight" in shapes)
     levels = n_down + 1
     lpb, rem = divmod(n_in - 1 - n_down, levels)
@@ -91,10 +91,10 @@ def infer_unet_config(shapes, arch: str, prefix: str = UNET_PREFIX) -> dict:
         chans.append(shp(f"input_blocks.{first}.0.out_layers.3.weight")[0])
         has = P + f"input_blocks.{first}.1.proj_in.weight" in shapes
         attn.append(has)
-        depth.append(len(_indices(shapes, P + f"input_blocks.{first}.1.transformer_blocks.")) if has else 1)
+        depth.append(len(key_indices(shapes, P + f"input_blocks.{first}.1.transformer_blocks.")) if has else 1)
     if P + "middle_block.1.proj_in.weight" not in shapes:
         raise CheckpointError("UNet middle block without attention is not supported")
-    mid_depth = len(_indices(shapes, P + "middle_block.1.transformer_blocks."))
+    mid_depth = len(key_indices(shapes, P + "middle_block.1.transformer_blocks."))
     if not attn[-1]:
         depth[-1] = mid_depth
     elif depth[-1] != mid_depth:
@@ -140,7 +140,7 @@ def vae_prefix(shapes) -> str:
 def infer_vae_config(shapes, prefix: str, scaling_factor: float) -> dict:
     """diffusers ``AutoencoderKL`` config from LDM VAE key shapes."""
     P = prefix
-    levels = _indices(shapes, P + "encoder.down.")
+    levels = key_indices(shapes, P + "encoder.down.")
     if not levels:
         raise CheckpointError("VAE has no encoder.down.* blocks")
     chans = [shapes[P + f"encoder.down.{i}.block.0.conv2.weight"][0] for i in levels]
@@ -150,7 +150,7 @@ def infer_vae_config(shapes, prefix: str, scaling_factor: float) -> dict:
         "down_block_types": ["DownEncoderBlock2D"] * len(chans),
         "up_block_types": ["UpDecoderBlock2D"] * len(chans),
         "block_out_channels": chans,
-        "layers_per_block": len(_indices(shapes, P + "encoder.down.0.block.")),
+        "layers_per_block": len(key_indices(shapes, P + "encoder.down.0.block.")),
         "latent_channels": shapes[P + "decoder.conv_in.weight"][1],
         "sample_size": 512,
         "scaling_factor": scaling_factor,
@@ -168,7 +168,7 @@ def infer_clip_config(shapes, prefix: str, act: str = "quick_gelu") -> dict:
         raise CheckpointError(f"CLIP hidden size {hidden} is not a multiple of the head dim 64")
     return dict(vocab_size=tok[0], hidden_size=hidden, num_attention_heads=hidden // 64,
                 intermediate_size=shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0],
-                num_hidden_layers=len(_indices(shapes, prefix + "encoder.layers.")),
+                num_hidden_layers=len(key_indices(shapes, prefix + "encoder.layers.")),
                 max_position_embeddings=shapes[prefix + "embeddings.position_embedding.weight"][0],
                 hidden_act=act, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
@@ -179,7 +179,7 @@ def infer_openclip_config(shapes, prefix: str, drop_last: bool) -> dict:
     hidden = tok[1]
     if hidden % 64:
         raise CheckpointError(f"OpenCLIP width {hidden} is not a multiple of the head dim 64")
-    n = len(_indices(shapes, prefix + "transformer.resblocks."))
+    n = len(key_indices(shapes, prefix + "transformer.resblocks."))
     proj = shapes.get(prefix + "text_projection")
     return dict(vocab_size=tok[0], hidden_size=hidden, num_attention_heads=hidden // 64,
                 intermediate_size=shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0],

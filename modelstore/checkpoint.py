@@ -6,7 +6,7 @@
 - ``modelstore.convert``: LDM/OpenCLIP -> diffusers/transformers key conversion;
 - ``modelstore.build``: diffusers/transformers modules from configs + tensors, without a second weight copy.
 
-Every name stays importable from here (``from engine import checkpoint as ck``). Like its parts, this module
+Every name stays importable from here (``from modelstore import checkpoint as ck``). Like its parts, this module
 does not import torch: torch/diffusers are imported lazily inside functions.
 """
 from __future__ import annotations

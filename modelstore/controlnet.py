@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from .arch import UNET_PREFIX, _indices, infer_unet_config
+from .arch import UNET_PREFIX, key_indices, infer_unet_config
 from .tensorfile import CheckpointError
 
 CONTROL_ONLY = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")
@@ -65,7 +65,7 @@ def _arch(ctx_dim: int, has_label: bool) -> str:
 
 
 def _hint_channels(shapes, p: str) -> list[int]:
-    idx = _indices(shapes, p + "input_hint_block.")
+    idx = key_indices(shapes, p + "input_hint_block.")
     convs = [i for i in idx if shapes.get(f"{p}input_hint_block.{i}.weight", ()) and
              len(shapes[f"{p}input_hint_block.{i}.weight"]) == 4]
     outs = [shapes[f"{p}input_hint_block.{i}.weight"][0] for i in convs[:-1]]  # the last conv is the zero conv
@@ -90,18 +90,18 @@ def _plan_ldm(shapes, p: str, diff: bool) -> ControlNetPlan:
 
 def _plan_diffusers(shapes, diff: bool) -> ControlNetPlan:
     """Config of a diffusers-layout ControlNet from shapes (no config.json needed)."""
-    levels = _indices(shapes, "down_blocks.")
+    levels = key_indices(shapes, "down_blocks.")
     chans = [shapes[f"down_blocks.{i}.resnets.0.conv2.weight"][0] for i in levels]
     attn = [f"down_blocks.{i}.attentions.0.proj_in.weight" in shapes for i in levels]
-    lpb = len(_indices(shapes, "down_blocks.0.resnets."))
+    lpb = len(key_indices(shapes, "down_blocks.0.resnets."))
     ctx = shapes["mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"][1]
     has_add = "add_embedding.linear_1.weight" in shapes
     arch = _arch(ctx, has_add)
-    depth = [len(_indices(shapes, f"down_blocks.{i}.attentions.0.transformer_blocks.")) if a else 1
+    depth = [len(key_indices(shapes, f"down_blocks.{i}.attentions.0.transformer_blocks.")) if a else 1
              for i, a in zip(levels, attn)]
     emb = [shapes["controlnet_cond_embedding.conv_in.weight"][0]] + \
           [shapes[f"controlnet_cond_embedding.blocks.{i}.weight"][0]
-           for i in _indices(shapes, "controlnet_cond_embedding.blocks.")][1::2]
+           for i in key_indices(shapes, "controlnet_cond_embedding.blocks.")][1::2]
     cfg = {"in_channels": shapes["conv_in.weight"][1],
            "conditioning_channels": shapes["controlnet_cond_embedding.conv_in.weight"][1],
            "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .tensorfile import PICKLE_SUFFIXES, PickleRefused, load_pickle_state_dict, load_tensors, read_header
+from .tensorfile import PICKLE_SUFFIXES, CheckpointError, PickleRefused, load_pickle_state_dict, load_tensors, read_header
 
 log = logging.getLogger("loom.models")
 
@@ -23,9 +23,40 @@ def load_lora_file(path: str | Path, allow_pickle: bool = False) -> dict:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise PickleRefused(f"{path.name}: pickle LoRA refused (construct ModelStore(allow_pickle=True))")
-        return load_pickle_state_dict(path)
-    header = read_header(path)
-    return load_tensors(header, list(header.tensors))
+        state = load_pickle_state_dict(path)
+    else:
+        header = read_header(path)
+        state = load_tensors(header, list(header.tensors))
+    check_lora(state, path.name)
+    return state
+
+
+class LoraError(CheckpointError):
+    """A LoRA file whose tensors cannot form a low-rank update."""
+
+
+def check_lora(lora_state: dict, fname: str = "LoRA") -> None:
+    """Refuse LoRA groups that cannot be applied, naming the file and the key: ``up``/``down`` that are not
+    matrices (scalars, vectors), rank 0 (an empty ``down``), ranks that disagree, a non-scalar or
+    non-finite ``alpha``."""
+    for (comp, target), parts in parse_lora(lora_state).items():
+        if comp == "?":
+            continue
+        where = f"{fname}: LoRA {comp} {target[:200]}"
+        up, down, alpha = parts.get("up"), parts.get("down"), parts.get("alpha")
+        for role, t in (("up", up), ("down", down)):
+            if t is not None and (not hasattr(t, "dim") or t.dim() < 2):
+                raise LoraError(f"{where}: {role} weight has shape {tuple(getattr(t, 'shape', ()))}, expected a "
+                                "matrix (or a conv kernel)")
+        if up is not None and down is not None:
+            if down.shape[0] == 0:
+                raise LoraError(f"{where}: rank 0 (down weight {tuple(down.shape)})")
+            if up.shape[1] != down.shape[0]:
+                raise LoraError(f"{where}: up {tuple(up.shape)} and down {tuple(down.shape)} disagree on the rank")
+        if alpha is not None:
+            if not hasattr(alpha, "numel") or alpha.numel() != 1 or not torch.isfinite(alpha.float()).all():
+                raise LoraError(f"{where}: alpha must be one finite number, got shape "
+                                f"{tuple(getattr(alpha, 'shape', ()))}")
 
 
 def _norm(name: str) -> str:
@@ -96,6 +127,10 @@ def apply_lora(module, lora_state: dict, strength: float, component: str | None 
     mods = dict(patched.named_modules())
     for name, p in targets.items():
         w = mods[name]._parameters["weight"]
+        rows, cols = p["up"].shape[0], p["down"].flatten(1).shape[1]
+        if w is None or rows * cols != w.numel():
+            raise LoraError(f"LoRA {component} {name}: update of {rows}x{cols} does not fit the weight "
+                            f"{tuple(w.shape) if w is not None else None}")
         neww = (w.data.float() + strength * lora_delta(p["up"].to(w.device), p["down"].to(w.device), p.get("alpha"),
                                                        w.shape)).to(w.dtype)
         mods[name]._parameters["weight"] = torch.nn.Parameter(neww, requires_grad=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arch import (SCALING_FACTOR, scheduler_config, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
-                   UNET_PREFIX, _indices, detect_arch, detect_prediction_type, infer_clip_config,
+                   UNET_PREFIX, key_indices, detect_arch, detect_prediction_type, infer_clip_config,
                    infer_openclip_config, infer_unet_config, infer_vae_config, vae_prefix)
 from .tensorfile import CheckpointError, Header
 
@@ -77,6 +77,9 @@ def plan_checkpoint(header: Header) -> CheckpointPlan:
         if SDXL_CLIP_G_PREFIX + "token_embedding.weight" in shapes:
             tes.append(TextEncoderPlan("openclip", SDXL_CLIP_G_PREFIX,
                                        infer_openclip_config(shapes, SDXL_CLIP_G_PREFIX, False), True, "!"))
+        refiner_g = "conditioner.embedders.0.model."  # the SDXL refiner conditions on OpenCLIP-G alone
+        if refiner_g + "token_embedding.weight" in shapes:
+            tes.append(TextEncoderPlan("openclip", refiner_g, infer_openclip_config(shapes, refiner_g, False), True, "!"))
     return CheckpointPlan(arch, detect_prediction_type(header), unet, vae, vp, tes, sf)
 
 
@@ -100,7 +103,7 @@ def vae_file_plan(header: Header) -> tuple[str, dict]:
     can't tell an SDXL VAE apart; latents are scaled by the MODEL's factor, see models.py)."""
     shapes = header.shapes
     if any(k.startswith("encoder.down_blocks.") for k in shapes):
-        levels = _indices(shapes, "encoder.down_blocks.")
+        levels = key_indices(shapes, "encoder.down_blocks.")
         mid_attn = any(k.startswith("encoder.mid_block.attentions.0.") for k in shapes)
         return "diffusers", {
             "in_channels": shapes["encoder.conv_in.weight"][1],
@@ -108,7 +111,7 @@ def vae_file_plan(header: Header) -> tuple[str, dict]:
             "down_block_types": ["DownEncoderBlock2D"] * len(levels),
             "up_block_types": ["UpDecoderBlock2D"] * len(levels),
             "block_out_channels": [shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in levels],
-            "layers_per_block": len(_indices(shapes, "encoder.down_blocks.0.resnets.")),
+            "layers_per_block": len(key_indices(shapes, "encoder.down_blocks.0.resnets.")),
             "latent_channels": shapes["decoder.conv_in.weight"][1], "sample_size": 512,
             "scaling_factor": 0.18215, "mid_block_add_attention": mid_attn,
             "use_quant_conv": "quant_conv.weight" in shapes, "use_post_quant_conv": "post_quant_conv.weight" in shapes}

@@ -33,20 +33,18 @@ MODULES = [
     "nodes.string_ops",
     "nodes.controlnet",
     "nodes.model_merge",
+    "nodes.model_patches",
     "nodes.testing",
+    "nodes.loaders_split",
+    "nodes.text_encode_families",
+    "nodes.latent_formats",
 ]
 
 
 def all_nodes() -> list[type[Node]]:
     out: list[type[Node]] = []
-    for name in MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a module listed before it has landed
-                continue
-            raise
-        out.extend(mod.NODES)
+    for name in MODULES:  # a module that fails to import is an error, never silently skipped
+        out.extend(importlib.import_module(name).NODES)
     return out
 
 

@@ -128,9 +128,15 @@ def _hidden(te, ids, layer: int, arch: str, index: int):
     return h, getattr(o, "pooler_output", None)
 
 
-def encode_text(clip_ref, text: str, warn=None) -> list:
+def encode_text(clip_ref, text, warn=None) -> list:
     """CONDITIONING for ``text`` with the CLIP ref's encoders (clip skip from ``clip_ref.option('clip_skip')``).
-    ``embedding:name`` words use models/embeddings (nodes/embeddings.py); problems go to ``warn(message)``."""
+    ``text`` is one string, or one per encoder (CLIPTextEncodeSDXL: [text_l, text_g]). ``embedding:name`` words
+    use models/embeddings (nodes/embeddings.py); problems go to ``warn(message)``. A split-loader CLIP
+    (``FamilyClip``) is encoded by its family's rules (nodes/family_encode.py)."""
+    if hasattr(clip_ref, "encoders") and hasattr(clip_ref, "type"):
+        from .family_encode import encode
+
+        return encode(clip_ref, text)
     import torch
 
     from .embeddings import inject, resolver
@@ -139,7 +145,8 @@ def encode_text(clip_ref, text: str, warn=None) -> list:
     with clip_ref.store.using(clip_ref) as (tenc,):
         feats, pooled_out = [], None
         for i, (te, tok) in enumerate(zip(tenc.encoders, tenc.tokenizers)):
-            windows = tokenize_weighted(tok, text, resolver(clip_ref, i, te, warn) if "embedding:" in text else None)
+            t = text[i] if isinstance(text, (list, tuple)) else text
+            windows = tokenize_weighted(tok, t, resolver(clip_ref, i, te, warn) if "embedding:" in t else None)
             dev = next(te.parameters()).device
             ids = torch.tensor([[t for t, _ in w] for w in windows], device=dev)
             weights = torch.tensor([[w for _, w in win] for win in windows], dtype=torch.float32)

@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from engine.budget import tensor_bytes
 from engine.folders import UnsafePathError, confine
 from engine.node import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Result, Socket, String
 
@@ -169,6 +170,10 @@ class EmptyImage(Node):
               Int("batch_size", 1, min=1, max=4096), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, height, width, 3)
+
     def run(self, ctx, width, height, batch_size, color):
         import torch
 
@@ -261,6 +266,11 @@ class ImageScale(Node):
               Combo("crop", ["disabled", "center"]))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, image, width, height, **_):
+        b, h, w, c = image.shape
+        return tensor_bytes(b, height or h, width or w, c)
+
     def run(self, ctx, image, upscale_method, width, height, crop):
         return (upscale(image, upscale_method, width, height, crop),)
 
@@ -272,6 +282,11 @@ class ImageScaleBy(Node):
     inputs = (Socket("image", "IMAGE"), Combo("upscale_method", UPSCALE_METHODS),
               Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, image, scale_by, **_):
+        b, h, w, c = image.shape
+        return tensor_bytes(b, round(h * scale_by), round(w * scale_by), c)
 
     def run(self, ctx, image, upscale_method, scale_by):
         h, w = image.shape[1:3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from engine.budget import tensor_bytes
 from engine.node import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Socket
 
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
@@ -101,6 +102,10 @@ class EmptyLatentImage(Node):
               Int("batch_size", 1, min=1, max=4096, tooltip="The number of latent images in the batch."))
     outputs = (Output("LATENT", tooltip="The empty latent image batch."),)
 
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, 4, height // 8, width // 8)
+
     def run(self, ctx, width, height, batch_size):
         import torch
 
@@ -115,6 +120,11 @@ class LatentUpscale(Node):
               Int("width", 512, min=0, max=MAX_RESOLUTION, step=8), Int("height", 512, min=0, max=MAX_RESOLUTION, step=8),
               Combo("crop", CROP_METHODS))
     outputs = (Output("LATENT"),)
+
+    @classmethod
+    def estimate_bytes(cls, samples, width, height, **_):
+        b, c, h, w = samples["samples"].shape[:4]
+        return tensor_bytes(b, c, height // 8 or h, width // 8 or w)
 
     def run(self, ctx, samples, upscale_method, width, height, crop):
         s = samples["samples"]
@@ -136,6 +146,11 @@ class LatentUpscaleBy(Node):
     inputs = (Socket("samples", "LATENT"), Combo("upscale_method", UPSCALE_METHODS),
               Float("scale_by", 1.5, min=0.01, max=8.0, step=0.01))
     outputs = (Output("LATENT"),)
+
+    @classmethod
+    def estimate_bytes(cls, samples, scale_by, **_):
+        b, c, h, w = samples["samples"].shape[:4]
+        return tensor_bytes(b, c, round(h * scale_by), round(w * scale_by))
 
     def run(self, ctx, samples, upscale_method, scale_by):
         s = samples["samples"]

@@ -126,10 +126,6 @@ class _Job:
     control: Any = None  # nodes.controlnet.ControlApply chain, or None
 
 
-def _lcm(a, b):
-    return a * b // math.gcd(a, b)
-
-
 class Denoiser:
     """Model + conditionings -> guided model output (same parametrisation as the UNet: eps or v)."""
 
@@ -182,6 +178,9 @@ class Denoiser:
             H, W = self.h * 8, self.w * 8
             tid = [opts.get("height", H), opts.get("width", W), opts.get("crop_h", 0), opts.get("crop_w", 0),
                    opts.get("target_height", H), opts.get("target_width", W)]
+            cfg = self.unet.config
+            if (cfg.projection_class_embeddings_input_dim - pooled.shape[-1]) // cfg.addition_time_embed_dim == 5:
+                tid = tid[:4] + [opts.get("aesthetic_score", 6.0)]  # SDXL refiner: size, crop, aesthetic score
             extra["text_embeds"] = pooled
             extra["time_ids"] = torch.tensor([tid], device=self.device, dtype=self.dtype).expand(batch, -1)
         return _Job(which, emb, area, float(opts.get("strength", 1.0)), extra, mask,
@@ -411,7 +410,9 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     noise_t = noise.make(lat0.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat0)
     need_uncond = "cfg_pp" in choice.name
     cfg_fn, post = _hooks(model_ref)
-    with model_ref.store.using(model_ref) as (net,):
+    from .model_patches import post_cfg_patches, unet_patches
+
+    with model_ref.store.using(model_ref) as (net,), unet_patches(net, model_ref):  # FreeU etc. (ref options)
         device = next(net.parameters()).device
         z0 = ((lat0 - shift) * sf).to(device)
         mask = latent.get("noise_mask")
@@ -448,6 +449,7 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
             return cond, unc
 
         cfg_used = guider.cfg if den2 is None else (guider.cfg2 if guider.nested else 1.0)
+        post = tuple(post) + post_cfg_patches(model_ref, net, net_den, ms)  # PAG (ref option)
         gd = GuidedDenoiser(predict, cfg_used, cfg_fn, post, ms)
         last = {"x0": z0}
         total = len(sigmas) - 1

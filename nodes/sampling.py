@@ -53,6 +53,14 @@ class KSampler(Node):
 
     def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
             denoise=1.0):
+        from .family_sampling import is_flow_model
+
+        if is_flow_model(model):  # SD3 / FLUX.1 / Z-Image on the sigma-space core
+            from .family_sampling import sample as flow_sample
+
+            samples = flow_sample(ctx, model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
+                                  sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
+            return (out_latent(latent_image, samples),)
         _check_run(sampler_name, scheduler)
         if denoise <= 0.0:
             return (out_latent(latent_image, latent_image["samples"]),)

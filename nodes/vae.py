@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from engine.budget import tensor_bytes
 from engine.node import Int, Node, Output, Socket
 
 RATIO = 8
@@ -101,6 +102,11 @@ class VAEDecode(Node):
               Socket("vae", "VAE", tooltip="The VAE model used for decoding the latent."))
     outputs = (Output("IMAGE", tooltip="The decoded image."),)
 
+    @classmethod
+    def estimate_bytes(cls, samples, **_):
+        s = samples["samples"].shape  # decoded images: 8x the latent's size, 3 channels (video: per frame)
+        return tensor_bytes(s[0] * (s[2] if len(s) == 5 else 1), s[-2] * 8, s[-1] * 8, 3)
+
     def run(self, ctx, samples, vae):
         s = samples["samples"]
         if s.ndim == 5:  # video latents: frames into the batch
@@ -130,6 +136,11 @@ class VAEDecodeTiled(Node):
               Int("temporal_overlap", 8, min=4, max=4096, step=4,
                   tooltip="Only used for video VAEs: Amount of frames to overlap."))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, samples, **_):
+        s = samples["samples"].shape
+        return tensor_bytes(s[0] * (s[2] if len(s) == 5 else 1), s[-2] * 8, s[-1] * 8, 3)
 
     def run(self, ctx, samples, vae, tile_size, overlap, temporal_size=64, temporal_overlap=8):
         if tile_size < overlap * 4:

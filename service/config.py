@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
 
 def is_loopback_host(host: str) -> bool:
     h = (host or "").strip().lower().strip("[]")
@@ -55,6 +53,10 @@ class Config:
     replay_prompts: int = 32  # per-prompt event buffers kept in memory for /prompt/{id}/events
     replay_events: int = 200_000  # total events kept over all replay buffers (and per prompt)
     ws_queue_limit: int = 200_000  # messages buffered for one slow websocket before it is dropped
+    head_timeout_s: float = 30.0  # a request head must arrive within this (slowloris)
+    max_connections: int | None = None  # open connections at once; None: half the file limit, at most 1,000
+    cache_bytes: int = 2 * 1024**3  # output-cache budget (`loom serve --cache-mb`)
+    memory_budget_bytes: int | None = None  # what nodes may allocate per tensor (`--memory-mb`); None: RAM
     base_lock: Any = None  # service.store.BaseLock taken by `loom serve` before the app starts
     registry: Any = None  # engine.node.Registry; default nodes.default_registry()
     env: Any = None  # engine.context.Env; default built from the folders above

@@ -26,8 +26,6 @@ import msgpack
 # message prefixes such as '{"type": "progress_state"', so the byte form is part of the protocol.
 _enc = json.JSONEncoder().encode
 
-TO_CLIENT_ONLY = frozenset({"execution_start", "execution_cached", "executing", "executed", "execution_success",
-                            "execution_error"})
 BROADCAST_IF_NO_CLIENT = frozenset({"progress", "progress_state", "execution_interrupted"})
 LOOM_ONLY = frozenset({"node_done", "warning"})
 SERVER_FLAGS = {"supports_preview_metadata": True}

@@ -47,7 +47,7 @@ class LoomActor:
     """``config``: models_dir, input_dir, output_dir, temp_dir (the front door's), marker (a file the front door
     put in its output folder: if this worker sees it, it writes there directly), registry (see
     ``load_registry``), budget_bytes (model store budget; None: the store's default), preview_interval_s,
-    preview_size, preview_method (the server's default), cache_bytes (output cache budget)."""
+    preview_size, preview_method (the server's default), cache_bytes (output cache budget), torch_threads."""
 
     def __init__(self, worker_id: str, config: dict):
         from engine.cache import OutputCache
@@ -55,6 +55,10 @@ class LoomActor:
 
         self.id = worker_id
         self.config = config
+        if config.get("torch_threads"):  # several CPU actors on one machine: one thread each, not all cores each
+            import torch
+
+            torch.set_num_threads(int(config["torch_threads"]))
         out, tmp = Path(config["output_dir"]), Path(config["temp_dir"])
         marker = config.get("marker")
         self.shared_disk = bool(marker) and (out / marker).exists()

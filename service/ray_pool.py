@@ -128,8 +128,11 @@ class RayPool:
         marker = self.config.get("marker") or f".loom-pool-{uuid.uuid4().hex}"
         (out / marker).write_text("the Loom front door's output folder (pool workers look for this file)\n")
         self.config["marker"] = marker
-        for slot in self.slots:
-            self._spawn(slot)
+        spawning = [threading.Thread(target=self._spawn, args=(slot,), daemon=True) for slot in self.slots]
+        for t in spawning:  # actors start in parallel (each imports torch and the nodes)
+            t.start()
+        for t in spawning:
+            t.join()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -239,19 +242,20 @@ class RayPool:
         return out
 
     # -- dispatching ---------------------------------------------------------------------------------
-    def _needs_of(self, item: Item) -> Needs:
+    def _needs_of(self, pid: str) -> Needs:
         with self._lock:
-            v = self._needs.get(item.id)
+            v = self._needs.get(pid)
         if isinstance(v, Needs):
             return v
         try:
-            if v is None and self.prepare is not None:
-                v = self.prepare(item.prompt, item.outputs_to_execute or None)
+            if v is None and self.prepare is not None:  # queued before a restart
+                item = self.store.get(pid)
+                v = self.prepare(item.prompt, item.outputs_to_execute or None) if item is not None else None
             n = needs_of(v) if v is not None else Needs()
         except Exception:  # it will fail on the worker with a clear error; schedule it anywhere
             n = Needs()
         with self._lock:
-            self._needs[item.id] = n
+            self._needs[pid] = n
         return n
 
     def _dispatch(self) -> None:
@@ -259,8 +263,8 @@ class RayPool:
         while not self._stop:
             try:
                 if any(st.alive and st.busy is None for st in states):
-                    head = self.store.peek(max(self.scheduler.window, 2 * self.n))
-                    pending = [(i.id, self._needs_of(i)) for i in head]
+                    head = self.store.pending_ids(max(self.scheduler.window, 2 * self.n))
+                    pending = [(pid, self._needs_of(pid)) for pid in head]
                     assigned = self.scheduler.assign(pending, states)
                     for pid, st in assigned:
                         item = self.store.take(pid)
@@ -415,7 +419,7 @@ class RayPool:
             self._write_files(entry, files)
         slot.info = info
         st.models = set(info.get("resident_models") or ())
-        st.remember(self._needs_of(item).keys)
+        st.remember(self._needs_of(pid).keys)
         st.done += 1
         self._finish(slot, pid, outcome, entry)
 

@@ -1,6 +1,7 @@
 """Prompt, queue, history, jobs, interrupt and free: ComfyUI's shapes, over the durable store."""
 from __future__ import annotations
 
+import logging
 import uuid
 
 from starlette.concurrency import run_in_threadpool
@@ -8,12 +9,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.errors import WorkflowError, envelope
+from engine.errors import WorkflowError, envelope, internal_error
 
 from .bodies import ClearDelete, PromptBody, parse
 from .http import JSON, dumps, qint, read_json, svc
 from .store import Item, now_ms
 
+log = logging.getLogger("loom.server")
 STRIP_EXTRA = ("auth_token_comfy_org", "api_key_comfy_org")
 JOB_STATUS = {"pending": "pending", "running": "in_progress", "success": "completed", "error": "failed",
               "crashed": "failed", "interrupted": "cancelled"}
@@ -46,23 +48,32 @@ async def post_prompt(request: Request) -> Response:
     if client_id is not None:
         extra["client_id"] = client_id
     extra["create_time"] = now_ms()
+    front = bool(body.front)
     try:
-        if len(prompt) > 200:  # big graphs validate off the event loop
-            v = await run_in_threadpool(s.executor.prepare, prompt, targets)
-        else:
-            v = s.executor.prepare(prompt, targets)
+        v, number = await run_in_threadpool(_admit, s, pid, prompt, targets, extra, number, front, client_id)
     except WorkflowError as e:
         return JSON(e.to_dict(), status_code=400)
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
-        return _bad_prompt("invalid_prompt", "Workflow could not be validated", f"{type(e).__name__}: {e}"[:500])
-    if s.store.exists(pid):
+    except Exception as e:  # a bug in Loom, not in the workflow: say so, and keep the traceback
+        log.exception("POST /prompt %s: internal error while validating or queueing", pid)
+        return JSON(internal_error(e, "validation"), status_code=500)
+    if v is None:
         return _bad_prompt("invalid_prompt", "prompt_id already used", pid)
-    number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=bool(body.front),
-                         client_id=client_id)
-    s.worker.submit(pid, v)
     s.hub.status(s.store.remaining())
     return JSON({"prompt_id": pid, "number": int(number) if float(number).is_integer() else number,
                  "node_errors": v.node_errors})
+
+
+def _admit(s, pid: str, prompt: dict, targets, extra: dict, number, front: bool, client_id) -> tuple:
+    """Validate and enqueue one prompt, in a worker thread (never on the event loop): (Validated,
+    queue number), or (None, None) when ``pid`` is taken. Raises ``WorkflowError`` for an invalid
+    workflow; anything else it raises is a Loom bug."""
+    v = s.executor.prepare(prompt, targets)
+    if s.store.exists(pid):
+        return None, None
+    number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=front,
+                         client_id=client_id)
+    s.worker.submit(pid, v)
+    return v, number
 
 
 async def get_prompt(request: Request) -> Response:

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.schema import node_info, object_info
+from engine.schema import COMFYUI_API_VERSION, node_info, object_info
 
 from .devices import local_devices, ram
 from .http import JSON, svc
@@ -39,11 +39,12 @@ async def system_stats(request: Request) -> Response:
     except metadata.PackageNotFoundError:
         fe = ""
     return JSON({"system": {"os": os.name, "ram_total": total, "ram_free": free,
-                            "comfyui_version": s.config.version, "loom_version": s.config.version,
+                            "comfyui_version": COMFYUI_API_VERSION, "loom_version": s.config.version,
                             "required_frontend_version": fe, "installed_templates_version": "",
                             "required_templates_version": "", "python_version": sys.version,
                             "pytorch_version": _torch_version(), "embedded_python": False,
-                            "argv": ["loom", "serve"], "platform": platform.platform()},
+                            "argv": ["loom", "serve"], "platform": platform.platform(),
+                            "loom_model_families": _families()},
                  "devices": _devices(s)})
 
 
@@ -60,6 +61,13 @@ async def get_workers(request: Request) -> Response:
     last error)."""
     s = svc(request)
     return JSON({"workers": s.worker.workers() if s.worker is not None else []})
+
+
+def _families() -> dict:
+    """The model families this server can load (torch-free catalogue), for the editor's missing-models view."""
+    from modelstore.families.catalog import summary
+
+    return summary()
 
 
 async def get_object_info(request: Request) -> Response:

@@ -9,15 +9,16 @@ ran (a bounded memory standing in for its output cache).
 
 The affinity rule, for a window at the head of the queue: a pair (prompt, idle worker) scores (models the
 worker holds, keys it has, minus the prompt's models that a *busy* worker holds); the best pair goes first,
-ties to the older prompt, then to the worker with the fewest prompts done. A later prompt can overtake the
-head only with a better score than the head gets on that worker, and the head is overtaken at most
-``max_skips`` times, so nothing starves. ``round_robin`` is the baseline a home-made dispatcher gives:
+ties to the older prompt, then to the worker with the fewest prompts done. A later prompt (one of the oldest
+few needing a model the worker holds) can overtake the head only with a better score than the head gets on
+that worker, and the head is overtaken at most ``max_skips`` times, so nothing starves. ``round_robin`` is the baseline a home-made dispatcher gives:
 queue order, workers in turn.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from engine.cache import node_key
 from engine.graph import dependencies, execution_order
@@ -50,12 +51,27 @@ def needs_of(validated) -> Needs:
     return Needs(frozenset(models), frozenset(keys.values()))
 
 
-def holds(resident: set[str] | frozenset, model: str) -> bool:
+def suffixes(paths) -> set[str]:
+    """Every trailing part of each path ("checkpoints/sub/x.safetensors" -> it, "sub/x...", "x..."), so a model
+    named in a prompt relative to its folder matches a resident path relative to the models folder in O(1)."""
+    out: set[str] = set()
+    for p in paths:
+        out.update(_suffixes(str(p)))
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _suffixes(path: str) -> tuple[str, ...]:
+    parts = path.split("/")
+    return tuple("/".join(parts[i:]) for i in range(len(parts)))
+
+
+def holds(resident, model: str) -> bool:
     """Whether a worker's resident model paths (relative to its models folder) include ``model``."""
-    return any(r == model or r.endswith("/" + model) for r in resident)
+    return model in suffixes(resident)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: workers are compared as objects
 class WorkerState:
     id: str
     models: set = field(default_factory=set)      # resident model paths, as the worker reports them
@@ -72,9 +88,16 @@ class WorkerState:
         while len(self.keys) > limit:
             self.keys.popitem(last=False)
 
-    def model_hits(self, needs: Needs) -> int:
-        have = self.models | self.expect
-        return sum(1 for m in needs.models if holds(have, m))
+    _names: tuple | None = field(default=None, repr=False, compare=False)
+
+    def names(self) -> set[str]:
+        """Suffixes of its resident and expected models (cached until ``models`` or ``expect`` change)."""
+        c = self._names
+        if c is None or c[0] is not self.models or c[1] is not self.expect or c[2] != (len(self.models),
+                                                                                      len(self.expect)):
+            c = self._names = (self.models, self.expect, (len(self.models), len(self.expect)),
+                               suffixes(self.models | self.expect))
+        return c[3]
 
 
 class Scheduler:
@@ -94,26 +117,39 @@ class Scheduler:
             return []
         if self.policy == "round_robin":
             return self._round_robin(pending, workers)
-        busy = [w for w in workers if w.alive and w.busy is not None]
+        claimed: set[str] = set()  # model names held by busy workers (resident or about to be)
+        for w in workers:
+            if w.alive and w.busy is not None:
+                claimed.update(w.names())
+        names = {id(w): w.names() for w in idle}
         max_skips = self.max_skips if self.max_skips is not None else max(2, len(workers))
         window = list(pending[: max(self.window, 2 * len(workers))])
+
+        def score(needs: Needs, w: WorkerState) -> tuple:
+            have = names[id(w)]
+            return (sum(1 for m in needs.models if m in have), sum(1 for k in needs.keys if k in w.keys),
+                    -sum(1 for m in needs.models if m in claimed))
+
         out: list[tuple[str, WorkerState]] = []
         while idle and window:
             head_id, head_needs = window[0]
-
-            def score(needs: Needs, w: WorkerState) -> tuple:
-                claimed = sum(1 for m in needs.models if any(holds(b.models | b.expect, m) for b in busy))
-                return (w.model_hits(needs), len(needs.keys & w.keys.keys()), -claimed)
-
-            best = None  # (score, -index, -done) , index, worker
+            may_skip = self._skips.get(head_id, 0) < max_skips
+            by_model: dict[str, list[int]] = {}  # model -> window positions of the prompts needing it
+            if may_skip:
+                held = set().union(*(names[id(w)] for w in idle))
+                for i in range(1, len(window)):
+                    for m in window[i][1].models:
+                        if m in held:
+                            by_model.setdefault(m, []).append(i)
+            best = None  # ((score, -index, -done), index, worker)
             for w in idle:
                 head_score = score(head_needs, w)
                 cand = ((head_score, 0, -w.done), 0, w)
-                if self._skips.get(head_id, 0) < max_skips:
-                    for i in range(1, len(window)):
-                        s = score(window[i][1], w)
-                        if s > head_score and (s, -i, -w.done) > cand[0]:
-                            cand = ((s, -i, -w.done), i, w)
+                for m in names[id(w)] if may_skip else ():
+                    for i in by_model.get(m, ())[:4]:  # the oldest few prompts for each model it holds
+                        sc = score(window[i][1], w)
+                        if sc > head_score and (sc, -i, -w.done) > cand[0]:
+                            cand = ((sc, -i, -w.done), i, w)
                 if best is None or cand[0] > best[0]:
                     best = cand
             _, i, w = best
@@ -123,7 +159,7 @@ class Scheduler:
             self._skips.pop(pid, None)
             idle.remove(w)
             w.busy, w.expect = pid, set(needs.models)
-            busy.append(w)
+            claimed.update(needs.models)
             out.append((pid, w))
         return out
 

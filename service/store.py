@@ -238,9 +238,11 @@ class Store:
         item.state, item.start_time = "running", ts
         return item
 
-    def peek(self, limit: int) -> list[Item]:
-        """The first ``limit`` pending prompts in queue order, left pending (a pool's scheduling window)."""
-        return self._rows("WHERE state='pending' ORDER BY number, seq LIMIT ?", (max(0, int(limit)),))
+    def pending_ids(self, limit: int) -> list[str]:
+        """Ids of the first ``limit`` pending prompts in queue order, left pending (a pool's scheduling window)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM prompts WHERE state='pending' ORDER BY number, "
+                                                   "seq LIMIT ?", (max(0, int(limit)),))]
 
     def take(self, prompt_id: str) -> Item | None:
         """Mark one pending prompt running and return it (None if it is no longer pending)."""

@@ -17,6 +17,7 @@ MODULES = [
     "modelstore.kinds.upscale",
     "modelstore.kinds.taesd",
     "modelstore.kinds.controlnet",
+    "modelstore.kinds.families",
 ]
 
 

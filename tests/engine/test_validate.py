@@ -73,11 +73,28 @@ def test_type_compatibility_follows_comfyui(received, expected, ok):
 
 def test_unknown_class_type_suggests_a_name():
     err = fail({"1": {"class_type": "Numbr", "inputs": {}}, "2": {"class_type": "Show", "inputs": {}}})
-    assert err.error.type == "invalid_prompt"
+    assert err.error.type == "missing_node_type"
+    assert err.error.extra_info == {"node_id": "1", "class_type": "Numbr", "node_title": "Numbr"}
     item = err.node_errors["1"]["errors"][0]
     assert item["type"] == "unknown_class_type"
     assert "Number" in item["extra_info"]["suggestions"] and "did you mean 'Number'" in item["details"]
     assert err.node_errors["1"]["class_type"] == "Numbr"
+
+
+def test_unknown_node_still_reports_every_other_error():
+    # ComfyUI stops at the unknown node; Loom answers the editor's type and still lists the other errors,
+    # including those of nodes upstream of the unknown one and of outputs that do not depend on it.
+    err = fail({"1": {"class_type": "Number", "inputs": {"value": "many"}},
+                "2": {"class_type": "Mystery", "inputs": {"x": ["1", 0]}, "_meta": {"title": "My node"}},
+                "3": {"class_type": "Show", "inputs": {"label": "a"}}})
+    assert err.error.type == "missing_node_type"
+    assert err.error.message == "Node 'My node' not found. The custom node may not be installed."
+    assert err.error.extra_info["node_title"] == "My node"
+    assert set(err.node_errors) == {"1", "2", "3"}
+    assert err.node_errors["1"]["errors"][0]["type"] == "invalid_input_type"
+    assert err.node_errors["2"]["errors"][0]["type"] == "unknown_class_type"
+    assert err.node_errors["3"]["errors"][0]["type"] == "required_input_missing"
+    assert err.node_errors["3"]["dependent_outputs"] == ["3"]
 
 
 def test_required_input_missing():

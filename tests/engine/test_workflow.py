@@ -3,6 +3,7 @@ the node schemas), PNGs carrying either; every bad input is a WorkflowError (fuz
 from __future__ import annotations
 
 import json
+import struct
 import zlib
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import Combo, Int, Node, Output, Registry, Result, Seed, Socket, String, WorkflowError
-from engine.pnginfo import add_text_chunks, read_text_chunks, text_chunk
+from engine.pnginfo import read_text_chunks
 from engine.ui_format import ui_to_api
 from engine.validate import validate
 from engine.workflow import Link, from_json_value, load, parse_api
@@ -41,12 +42,24 @@ REG = Registry(stubs.STUBS + [Sampler, Upload])
 # --- a tiny PNG -----------------------------------------------------------------------------------
 
 
+def chunk(t: bytes, b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
+
+
+def text_chunk(key: str, text: str) -> bytes:
+    """tEXt when the text is Latin-1, else uncompressed iTXt (what SaveImage's PIL writer does)."""
+    try:
+        return chunk(b"tEXt", key.encode("latin-1") + b"\x00" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text.encode("utf-8"))
+
+
+def add_text_chunks(png: bytes, texts: dict[str, str]) -> bytes:
+    """``png`` with text chunks inserted after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    return png[:33] + b"".join(text_chunk(k, v) for k, v in texts.items()) + png[33:]
+
+
 def tiny_png() -> bytes:
-    import struct
-
-    def chunk(t, b):
-        return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
-
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
             + chunk(b"IEND", b""))
@@ -98,11 +111,6 @@ def test_pnginfo_reads_all_text_chunk_kinds_and_survives_damage():
     body = tiny_png()
     z = b"zk\x00\x00" + zlib.compress("zipped".encode("latin-1"))
     itxt_z = b"iz\x00\x01\x00en\x00\x00" + zlib.compress("日本".encode())
-    import struct
-
-    def chunk(t, b):
-        return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
-
     png = body[:33] + text_chunk("a", "plain") + text_chunk("u", "ünï日本") + chunk(b"zTXt", z) + \
         chunk(b"iTXt", itxt_z) + body[33:]
     assert read_text_chunks(png) == {"a": "plain", "u": "ünï日本", "zk": "zipped", "iz": "日本"}
@@ -194,14 +202,6 @@ def test_unknown_node_types_are_kept_for_validation_to_report():
     assert "Number" in ei.value.node_errors["1"]["errors"][0]["extra_info"]["suggestions"]
 
 
-def test_subgraphs_are_a_structured_unsupported_error():
-    ui = {"nodes": [{"id": 1, "type": "0b7c-uuid"}], "links": [],
-          "definitions": {"subgraphs": [{"id": "0b7c-uuid", "nodes": []}]}}
-    with pytest.raises(WorkflowError) as ei:
-        ui_to_api(ui, REG)
-    assert ei.value.error.type == "unsupported_subgraph" and ei.value.error.extra_info == {"node_id": 1}
-
-
 def test_ui_workflow_file_loads_and_keeps_the_graph_for_png_metadata(tmp_path):
     p = tmp_path / "ui.json"
     p.write_text(json.dumps(UI))
@@ -278,3 +278,16 @@ def test_fuzz_png_reader_never_raises(junk, cut):
         load(png[:len(png) - cut] + junk, REG)
     except WorkflowError:
         pass
+
+
+def test_with_overrides_returns_a_new_workflow_and_the_unused_overrides():
+    wf = parse_api({"1": {"class_type": "Number", "inputs": {"value": 3}},
+                    "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+                    "3": {"class_type": "Number"}})
+    new, unused = wf.with_overrides([("1", "value", 7), ("2", "value", ["3", 0]), ("3", "value", 1),
+                                     ("9", "value", 1), ("2", "label", "hi")])
+    assert new.nodes["1"].inputs == {"value": 7} and wf.nodes["1"].inputs == {"value": 3}  # original untouched
+    assert new.nodes["2"].inputs == {"value": Link("3", 0), "label": "hi"}  # a link-shaped value is a link
+    assert new.nodes["3"].inputs == {"value": 1} and wf.prompt["3"] == {"class_type": "Number"}
+    assert unused == [("9", "value", 1)]
+    assert wf.with_overrides([]) == (wf, [])

@@ -74,5 +74,7 @@ def test_diffusers_folder(models_root, tiny_sd1, tmp_path):
     with torch.no_grad():
         assert torch.equal(te(ids)[0], clip.get().encoders[0](ids)[0])
     for a, b in ((unet, model.get()), (vae, vref.get())):
-        for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
-            assert k == k2 and torch.equal(v, v2)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb)  # the same keys in the same order: none missing on either side
+        for k, v in sa.items():
+            assert torch.equal(v, sb[k]), k

@@ -15,8 +15,8 @@ from engine.schema import object_info
 from engine.workflow import load
 from nodes import default_registry
 from nodes.image import input_images, upscale
+from tests.comfy_spec import comfy_object_info
 
-REF = Path("/work/shared/spec/object_info-comfyui-0.3.75.json")
 
 
 @pytest.fixture
@@ -51,9 +51,8 @@ def grab(ex, wf):
 
 # --- schema vs ComfyUI ----------------------------------------------------------------------------
 
-@pytest.mark.skipif(not REF.exists(), reason="reference object_info not available")
 def test_object_info_matches_comfyui_for_names_inputs_defaults_and_ranges():
-    ref = json.loads(REF.read_text())
+    ref = comfy_object_info()
     mine = object_info(default_registry())
     names = {"EmptyImage", "LoadImage", "LoadImageMask", "ImageInvert", "ImageScale", "ImageScaleBy", "SaveImage",
              "PreviewImage", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString", "PrimitiveStringMultiline",

@@ -1,6 +1,4 @@
 """ComfyUI's core mask nodes: their declarations match ComfyUI's object_info and they do what the names say."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,15 +6,14 @@ import torch
 from engine.schema import object_info
 from nodes import default_registry
 from nodes.mask_ops import GrowMask, ImageToMask, InvertMask, MaskComposite, MaskToImage, SolidMask
+from tests.comfy_spec import comfy_object_info
 
-REF = Path("/work/shared/spec/object_info-comfyui-0.3.75.json")
 NAMES = ["SolidMask", "InvertMask", "MaskComposite", "ImageToMask", "MaskToImage", "GrowMask"]
 
 
-@pytest.mark.skipif(not REF.exists(), reason="reference object_info not available")
 @pytest.mark.parametrize("name", NAMES)
 def test_declaration_matches_comfyui(name):
-    ref, mine = json.loads(REF.read_text())[name], object_info(default_registry())[name]
+    ref, mine = comfy_object_info()[name], object_info(default_registry())[name]
     for field in ("input_order", "output", "output_name", "display_name", "category", "output_node"):
         assert mine[field] == ref[field], field
     for iname, rspec in ref["input"]["required"].items():

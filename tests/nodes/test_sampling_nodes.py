@@ -3,8 +3,6 @@ pair, ComfyUI's noise and start scaling, step ranges, cfg=1, model-sampling node
 areas, latent/VAE/mask/upscale nodes. (The numbers of the sampling core itself: tests/sampling.)"""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +14,8 @@ from nodes import latents as L
 from nodes import default_registry
 from nodes.sampler_core import Noise, make_noise, sample
 from nodes.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, Plan, supported_pairs, unsupported_reason
+from tests.comfy_spec import comfy_object_info
 
-SPEC = Path("/work/shared/spec/object_info-comfyui-0.3.75.json")
 MINE = ["CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "UpscaleModelLoader",
         "CLIPTextEncode", "CLIPSetLastLayer", "ConditioningCombine", "ConditioningSetArea", "ConditioningZeroOut",
         "InpaintModelConditioning", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "LatentBlend",
@@ -62,10 +60,9 @@ def _norm_spec(v):
 
 
 # ------------------------------------------------------------------------------------------ schema
-@pytest.mark.skipif(not SPEC.exists(), reason="ComfyUI object_info snapshot not available")
 @pytest.mark.parametrize("name", MINE)
 def test_schema_matches_comfyui(name, session_env):
-    spec = json.loads(SPEC.read_text())[name]
+    spec = comfy_object_info()[name]
     ours = object_info(default_registry(), session_env)[name]
     assert ours["input_order"] == spec["input_order"]
     assert ours["output"] == spec["output"]
@@ -88,7 +85,7 @@ def test_schema_matches_comfyui(name, session_env):
 
 
 def test_name_tables_in_comfyui_order():
-    spec = json.loads(SPEC.read_text())["KSampler"]["input"]["required"]
+    spec = comfy_object_info()["KSampler"]["input"]["required"]
     assert SAMPLER_NAMES == spec["sampler_name"][0]
     assert SCHEDULER_NAMES == spec["scheduler"][0]
 

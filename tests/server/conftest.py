@@ -28,8 +28,9 @@ class LiveServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, ws="websockets-sansio", log_level="warning", lifespan="on",
-                                                    ws_max_size=1 << 20))
+        from service.serving import uvicorn_config
+
+        self.server = uvicorn.Server(uvicorn_config(self.app, self.config, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.start_timeout = start_timeout
 

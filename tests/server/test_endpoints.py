@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 from .conftest import IMAGE_WF
 
@@ -42,6 +43,13 @@ def test_object_info_and_system_stats_shapes(live):
         for k in ("os", "python_version", "embedded_python", "comfyui_version", "pytorch_version", "argv",
                   "ram_total", "ram_free"):
             assert k in st["system"], k
+        # the ComfyUI API Loom matches, and Loom's own version (pyproject's) separately
+        import tomllib
+        loom_v = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
+        assert st["system"]["comfyui_version"] == "0.3.75" and st["system"]["loom_version"] == loom_v
+        fams = st["system"]["loom_model_families"]
+        assert {"sd1", "sdxl", "flux", "sd3", "zimage"} <= set(fams["diffusion_models"])
+        assert fams["clip_loader_types"]["lumina2"] == ["qwen3"]
         for dev in st["devices"]:
             assert all(isinstance(dev[k], (int, float)) for k in ("index", "vram_total", "vram_free",
                                                                   "torch_vram_total", "torch_vram_free"))

@@ -110,7 +110,7 @@ def test_validation_errors_are_comfyui_400s(live):
         r = c.post("/prompt", json={"client_id": "x"})
         assert r.status_code == 400 and r.json()["error"]["type"] == "no_prompt"
         r = c.post("/prompt", json={"prompt": {"1": {"class_type": "Nope", "inputs": {}}}})
-        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_prompt"
+        assert r.status_code == 400 and r.json()["error"]["type"] == "missing_node_type"
         r = c.post("/prompt", json={"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}})
         assert r.status_code == 400 and r.json()["error"]["type"] == "prompt_no_outputs"
         bad = {**IMAGE_WF, "1": {"class_type": "EmptyImage", "inputs": {"width": "wide", "height": 8,
@@ -232,3 +232,33 @@ def test_execution_error_reaches_client_and_history(live):
             assert job["status"] == "failed" and job["execution_error"]["node_id"] == "1"
         await ws.close()
     run(go())
+
+
+def test_a_bug_inside_validation_is_a_labelled_500_not_an_invalid_prompt(make_server, caplog):
+    """An exception escaping validation (here a combo whose option list raises) is Loom's fault: a 500
+    with type internal_error and the exception, and its traceback in the server log; never a 400."""
+    from engine.node import Combo, Node, Output, Registry
+
+    def broken_options(env):
+        raise KeyError("options table")
+
+    class BrokenCombo(Node):
+        """A node whose option list cannot be computed."""
+        output_node = True
+        inputs = (Combo("choice", broken_options),)
+        outputs = (Output("STRING"),)
+
+        def run(self, ctx, choice):
+            return (choice,)
+
+    live = make_server(registry=Registry([*stubs.registry(), BrokenCombo]))
+    with caplog.at_level("ERROR", logger="loom.server"), live.client() as c:
+        r = c.post("/prompt", json={"prompt": {"1": {"class_type": "BrokenCombo", "inputs": {"choice": "a"}}}})
+        assert r.status_code == 500
+        err = r.json()["error"]
+        assert err["type"] == "internal_error" and "bug in Loom" in err["message"]
+        assert err["details"] == "KeyError: 'options table'" and err["extra_info"]["exception_type"] == "KeyError"
+        assert c.get("/queue").json()["queue_pending"] == []  # nothing was queued
+    logged = [rec for rec in caplog.records if "internal error" in rec.getMessage()]
+    assert logged and logged[0].exc_info and "broken_options" in "".join(
+        __import__("traceback").format_exception(*logged[0].exc_info))

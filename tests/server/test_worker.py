@@ -136,3 +136,12 @@ def test_workers_endpoint_lists_the_in_process_worker(live):
         hist = c.get(f"/history/{pid}").json()[pid]
     assert w["id"] == "local" and w["prompts_done"] == 1 and w["devices"][0]["type"] in ("cpu", "cuda")
     assert hist["loom"]["worker"] == "local"
+
+
+def test_serve_options_select_the_ray_pool():
+    from server import config_from_args, parse_args
+
+    c = config_from_args(parse_args(["--ray", "local", "--workers", "3"]))
+    assert (c.ray, c.workers) == ("local", 3)
+    c = config_from_args(parse_args([]))
+    assert c.ray is None and c.workers == 1  # the in-process worker, as before

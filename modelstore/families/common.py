@@ -1,0 +1,88 @@
+"""Shared pieces of the model families (SD3, Flux, Z-Image ...): key helpers, the family error, and the
+flow-model adapter interface every transformer family implements.
+
+Torch-free at import (diffusers/transformers are imported inside the build functions of each family).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..tensorfile import CheckpointError
+
+DIFFUSION_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
+
+
+class UnknownModelFile(CheckpointError):
+    """A file's tensors match no known family. ``unmatched`` lists the probe keys that were looked for."""
+
+    def __init__(self, name: str, role: str, sample_keys: list[str], known: list[str]):
+        self.name, self.role, self.sample_keys, self.known = name, role, sample_keys, known
+        keys = ", ".join(sample_keys[:8]) or "(no tensors)"
+        super().__init__(f"{name}: not a {role} of a known family. Its tensors ({keys} ...) match none of the "
+                         f"known families: {', '.join(known)}")
+
+
+def strip_prefix(shapes: dict, prefixes=DIFFUSION_PREFIXES) -> tuple[str, dict]:
+    """(prefix, {key without prefix: shape}) for the first prefix that any key starts with (ComfyUI split
+    files have none; all-in-one checkpoints use ``model.diffusion_model.``)."""
+    for p in prefixes:
+        if p and any(k.startswith(p) for k in shapes):
+            return p, {k[len(p):]: v for k, v in shapes.items() if k.startswith(p)}
+    return "", dict(shapes)
+
+
+def indices(shapes, prefix: str) -> list[int]:
+    """Sorted distinct integers directly after ``prefix`` in the keys (block counts)."""
+    out = set()
+    for k in shapes:
+        if k.startswith(prefix):
+            head = k[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                out.add(int(head))
+    return sorted(out)
+
+
+def need(shapes, key: str, family: str):
+    """The shape of ``key``, or a CheckpointError naming the family and the missing key."""
+    if key not in shapes:
+        raise CheckpointError(f"{family}: tensor {key} missing: cannot infer the model config")
+    return shapes[key]
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """How a family's VAE latents relate to its diffusion model's space and to RGB.
+
+    ``channels``: latent channels; model space = (latent - shift) * scale (ComfyUI's process_in); ``rgb``: rows
+    of per-channel (R, G, B) factors for the cheap latent preview, ``rgb_bias`` its bias; ``downscale``: pixels
+    per latent pixel."""
+    name: str
+    channels: int
+    scale: float
+    shift: float = 0.0
+    rgb: tuple = ()
+    rgb_bias: tuple | None = None
+    downscale: int = 8
+
+
+@dataclass(frozen=True)
+class FlowSampling:
+    """Flow-matching model sampling (ComfyUI's CONST): x_sigma = (1 - sigma) x0 + sigma * noise, the model
+    predicts a velocity v with x0 = x - sigma * v. ``kind`` 'discrete_flow' (SD3/AuraFlow: shift s maps
+    t -> s t / (1 + (s - 1) t)) or 'flux' (exponential shift mu: t -> e^mu / (e^mu + 1/t - 1));
+    ``multiplier``: timestep = sigma * multiplier as ComfyUI feeds it to the model."""
+    kind: str = "discrete_flow"
+    shift: float = 3.0
+    multiplier: float = 1000.0
+
+
+@dataclass
+class FamilyPlan:
+    """Everything known about a diffusion-model file before reading weights: ``family`` name, ``prefix`` of its
+    keys in the file, diffusers ``config``, default model sampling and latent format."""
+    family: str
+    prefix: str
+    config: dict
+    sampling: FlowSampling
+    latent: LatentFormat
+    extra: dict = field(default_factory=dict)

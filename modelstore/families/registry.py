@@ -1,0 +1,37 @@
+"""The diffusion-model families Loom loads from split files, and detection of a file's family from its tensors.
+
+A family module provides ``PROBE`` (keys that identify it, without prefix), ``matches(shapes)``,
+``plan(shapes, prefix) -> FamilyPlan`` and ``build(plan, state_dict) -> FlowDenoiser``. Register it in
+``FAMILIES``; detection tries them in order and never falls back to another family.
+"""
+from __future__ import annotations
+
+from . import flux, sd3, zimage
+from .catalog import DIFFUSION
+from .common import FamilyPlan, UnknownModelFile, strip_prefix
+
+#: name -> (module, human description). Order matters only for error messages.
+FAMILIES = {name: (mod, DIFFUSION[name]) for name, mod in (("flux", flux), ("sd3", sd3), ("zimage", zimage))}
+#: UNet families the SD checkpoint loader handles
+UNET_FAMILIES = {k: v for k, v in DIFFUSION.items() if k not in FAMILIES}
+
+
+def known() -> list[str]:
+    """'name: description' for every loadable diffusion-model family (for errors and /features)."""
+    return [f"{n}: {d}" for n, (_, d) in FAMILIES.items()] + [f"{n}: {d}" for n, d in UNET_FAMILIES.items()]
+
+
+def detect(shapes, name: str = "file") -> FamilyPlan:
+    """The FamilyPlan of a transformer diffusion-model file, or ``UnknownModelFile`` naming the keys probed."""
+    prefix, s = strip_prefix(shapes)
+    for fam, (mod, _) in FAMILIES.items():
+        if mod.matches(s):
+            return mod.plan(s, prefix)
+    probes = [f"{fam}: {', '.join(mod.PROBE)}" for fam, (mod, _) in FAMILIES.items()]
+    err = UnknownModelFile(name, "diffusion model", sorted(shapes)[:8], known())
+    err.args = (f"{err.args[0]}. Keys looked for (after stripping {prefix or 'no'} prefix): " + "; ".join(probes),)
+    raise err
+
+
+def build(plan: FamilyPlan, sd: dict):
+    return FAMILIES[plan.family][0].build(plan, sd)

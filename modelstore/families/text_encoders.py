@@ -1,0 +1,158 @@
+"""Standalone text-encoder files (models/text_encoders, models/clip): which encoder a file holds, its
+transformers config from shapes, and where its tokenizer comes from without a network.
+
+Kinds and the file layouts read (the HF transformers layouts ComfyUI's split files use):
+- ``clip_l``: ``text_model.*`` (+ optional ``text_projection.weight``), fewer than 24 layers (CLIP ViT-L has 12);
+- ``clip_g``: ``text_model.*`` + ``text_projection.weight`` with 24 or more layers (OpenCLIP bigG has 32);
+- ``t5``: T5 v1.1 encoder, ``shared.weight`` + ``encoder.block.N.layer.*`` (gated GELU when ``wi_0``/``wi_1``);
+- ``qwen3``: ``model.embed_tokens.weight`` + ``model.layers.N.self_attn.{q,k}_norm`` (Qwen3, Z-Image's encoder).
+A key prefix such as ``text_encoders.clip_l.transformer.`` is stripped first.
+
+Tokenizers are model data. CLIP's BPE files ship with Loom (modelstore/model_configs/clip_tokenizer, MIT like
+OpenAI CLIP). T5 and Qwen3 tokenizers are not shipped: a ``tokenizer.json`` (+ ``tokenizer_config.json``) is read
+from ``<file stem>_tokenizer/`` beside the text-encoder file, or from ``models/tokenizers/<t5|qwen3>/``; otherwise
+``MissingTokenizer`` names the folders looked in. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..tensorfile import CheckpointError
+from .common import UnknownModelFile, indices, need
+
+KINDS = ("clip_l", "clip_g", "t5", "qwen3")
+_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.", "text_encoders.t5xxl.transformer.",
+             "cond_stage_model.transformer.", "transformer.", "")
+#: the model each tokenizer folder must come from (for error messages)
+TOKENIZER_SOURCES = {"t5": "google/t5-v1_1-xxl", "qwen3": "Qwen/Qwen3-4B"}
+
+
+class MissingTokenizer(CheckpointError):
+    """No tokenizer files for a text encoder; ``looked_in`` lists the folders searched."""
+
+    def __init__(self, kind: str, file: str, looked_in: list[Path]):
+        self.kind, self.file, self.looked_in = kind, file, looked_in
+        where = " or ".join(str(p / "tokenizer.json") for p in looked_in)
+        super().__init__(f"{file}: no {kind} tokenizer: put tokenizer.json and tokenizer_config.json of "
+                         f"{TOKENIZER_SOURCES.get(kind, kind)} at {where} (Loom never downloads them)")
+
+
+def strip(shapes) -> tuple[str, dict]:
+    """(prefix, shapes without it) for the first known prefix present."""
+    for p in _PREFIXES:
+        if p and any(k.startswith(p) for k in shapes):
+            return p, {k[len(p):]: v for k, v in shapes.items() if k.startswith(p)}
+    return "", dict(shapes)
+
+
+def detect(shapes, name: str = "file") -> tuple[str, str]:
+    """(kind, prefix) of a text-encoder file, or ``UnknownModelFile`` listing the known kinds."""
+    prefix, s = strip(shapes)
+    if "text_model.embeddings.token_embedding.weight" in s:
+        n = len(indices(s, "text_model.encoder.layers."))
+        return ("clip_g" if n >= 24 and "text_projection.weight" in s else "clip_l"), prefix
+    if "shared.weight" in s and "encoder.block.0.layer.0.SelfAttention.q.weight" in s:
+        return "t5", prefix
+    if "model.embed_tokens.weight" in s and "model.layers.0.self_attn.q_norm.weight" in s:
+        return "qwen3", prefix
+    raise UnknownModelFile(name, "text encoder", sorted(shapes)[:8],
+                           ["clip_l (CLIP ViT-L text model)", "clip_g (OpenCLIP bigG text model)", "t5 (T5 v1.1 XXL encoder)",
+                            "qwen3 (Qwen3, Z-Image)"])
+
+
+def config(kind: str, s: dict) -> dict:
+    """transformers config kwargs for ``kind`` from prefix-stripped shapes."""
+    if kind in ("clip_l", "clip_g"):
+        P = "text_model."
+        tok = need(s, P + "embeddings.token_embedding.weight", kind)
+        hidden = tok[1]
+        head = 64 if hidden % 64 == 0 else 32 if hidden % 32 == 0 else hidden
+        cfg = dict(vocab_size=tok[0], hidden_size=hidden, num_attention_heads=hidden // head,
+                   intermediate_size=need(s, P + "encoder.layers.0.mlp.fc1.weight", kind)[0],
+                   num_hidden_layers=len(indices(s, P + "encoder.layers.")),
+                   max_position_embeddings=need(s, P + "embeddings.position_embedding.weight", kind)[0],
+                   hidden_act="quick_gelu" if kind == "clip_l" else "gelu", bos_token_id=49406, eos_token_id=49407,
+                   pad_token_id=49407 if kind == "clip_l" else 0)
+        if "text_projection.weight" in s:
+            cfg["projection_dim"] = s["text_projection.weight"][0]
+        return cfg
+    if kind == "t5":
+        shared = need(s, "shared.weight", kind)
+        heads = need(s, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", kind)
+        gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in s
+        ff = s["encoder.block.0.layer.1.DenseReluDense.wi_0.weight" if gated else
+               "encoder.block.0.layer.1.DenseReluDense.wi.weight"]
+        return dict(vocab_size=shared[0], d_model=shared[1], num_heads=heads[1],
+                    d_kv=need(s, "encoder.block.0.layer.0.SelfAttention.q.weight", kind)[0] // heads[1],
+                    d_ff=ff[0], num_layers=len(indices(s, "encoder.block.")), relative_attention_num_buckets=heads[0],
+                    feed_forward_proj="gated-gelu" if gated else "relu", is_encoder_decoder=False, use_cache=False)
+    if kind == "qwen3":
+        emb = need(s, "model.embed_tokens.weight", kind)
+        hd = need(s, "model.layers.0.self_attn.q_norm.weight", kind)[0]
+        return dict(vocab_size=emb[0], hidden_size=emb[1], head_dim=hd,
+                    num_attention_heads=need(s, "model.layers.0.self_attn.q_proj.weight", kind)[0] // hd,
+                    num_key_value_heads=need(s, "model.layers.0.self_attn.k_proj.weight", kind)[0] // hd,
+                    intermediate_size=need(s, "model.layers.0.mlp.gate_proj.weight", kind)[0],
+                    num_hidden_layers=len(indices(s, "model.layers.")), rms_norm_eps=1e-6,
+                    max_position_embeddings=40960, rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"},
+                    tie_word_embeddings=False)
+    raise KeyError(kind)
+
+
+def build(kind: str, cfg: dict, sd: dict):
+    """The transformers module for ``kind`` from prefix-stripped tensors (no second weight copy)."""
+    from ..build import instantiate
+
+    if kind in ("clip_l", "clip_g"):
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        proj = "text_projection.weight" in sd
+        cls = CLIPTextModelWithProjection if proj else CLIPTextModel
+        conv = {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in sd.items()
+                if not k.endswith("position_ids")}
+        return instantiate(lambda: cls(CLIPTextConfig(**cfg)), conv)
+    if kind == "t5":
+        from transformers import T5Config, T5EncoderModel
+
+        conv = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
+        conv.setdefault("encoder.embed_tokens.weight", conv["shared.weight"])
+        m = instantiate(lambda: T5EncoderModel(T5Config(**cfg)), conv)
+        m.encoder.embed_tokens.weight = m.shared.weight  # tied, as in the file
+        return m
+    if kind == "qwen3":
+        from transformers import Qwen3Config, Qwen3Model
+
+        conv = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        return instantiate(lambda: Qwen3Model(Qwen3Config(**cfg)), conv)
+    raise KeyError(kind)
+
+
+def tokenizer_dirs(kind: str, file: Path, models_root: Path | None) -> list[Path]:
+    """Folders searched, in order, for the tokenizer of a ``kind`` encoder stored in ``file``."""
+    out = [file.parent / f"{file.stem}_tokenizer"]
+    if models_root is not None:
+        out.append(models_root / "tokenizers" / kind)
+    return out
+
+
+def find_tokenizer(kind: str, file: Path, models_root: Path | None) -> Path:
+    """The first folder holding ``tokenizer.json`` for a T5 / Qwen3 encoder file, or ``MissingTokenizer``."""
+    dirs = tokenizer_dirs(kind, file, models_root)
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            return d
+    raise MissingTokenizer(kind, file.name, dirs)
+
+
+def load_tokenizer(kind: str, file: Path, models_root: Path | None, folder: Path | None = None):
+    """The tokenizer for a T5 / Qwen3 encoder file (``PreTrainedTokenizerFast``) from ``folder`` (or searched
+    for), or ``MissingTokenizer``."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    dirs = [folder] if folder is not None else tokenizer_dirs(kind, file, models_root)
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            if (d / "tokenizer_config.json").is_file():
+                return AutoTokenizer.from_pretrained(d, local_files_only=True)
+            return PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
+    raise MissingTokenizer(kind, file.name, dirs)

@@ -1,0 +1,97 @@
+"""Split files of the transformer families: diffusion models ('family_dm', socket MODEL: SD3, FLUX.1, Z-Image;
+family detected from the tensors) and standalone text encoders ('family_te', socket CLIP: CLIP-L/G, T5, Qwen3).
+Each file is its own store entry, so the budget keeps, drops or offloads every component on its own.
+Plans and builds live in ``modelstore.families``; the ModelKey dtype of an fp8 diffusion model reads
+``float8_e4m3fn+float32`` (storage + compute dtype)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..refs import ModelKey, module_nbytes
+from ..sources import Source
+from ..tensorfile import CheckpointError
+from .base import BuildContext
+
+
+def _header(src: Source):
+    if src.header is None or src.kind != "safetensors":
+        raise CheckpointError(f"{src.path.name}: split loaders read single .safetensors files")
+    return src.header
+
+
+class DiffusionModelFiles:
+    components = ("family_dm",)
+    socket = "MODEL"
+    folder = "diffusion_models"
+
+    def plan(self, src: Source, ctx: BuildContext):
+        from ..families import registry
+
+        return ctx.sources.plan(src, "family_dm", lambda s: registry.detect(_header(s).shapes, s.path.name))
+
+    def describe(self, src: Source, ctx: BuildContext) -> tuple:
+        p = self.plan(src, ctx)
+        s = p.sampling
+        return (("arch", p.family), ("family", p.family), ("model_sampling", (s.kind, s.shift, s.multiplier)),
+                ("prediction_type", "flow"), ("scaling_factor", p.latent.scale), ("shift_factor", p.latent.shift),
+                ("latent_channels", p.latent.channels), ("variant", p.extra.get("variant", "")))
+
+    def build(self, key: ModelKey, ctx: BuildContext) -> Any:
+        import torch
+
+        from ..families import registry
+        from ..families.store import fp8_linears
+
+        src = ctx.sources.current(key.file)
+        plan = self.plan(src, ctx)
+        storage, _, compute = key.dtype.partition("+")
+        dt = getattr(torch, compute or storage)
+        keys = [k for k in src.header.tensors if k.startswith(plan.prefix)]
+        sd = {k[len(plan.prefix):]: v for k, v in ctx.sources.tensors(src, keys, dt).items()}
+        m = registry.build(plan, sd)
+        if compute:
+            fp8_linears(m, getattr(torch, storage))
+        return m.to(key.device)
+
+    def nbytes(self, value: Any) -> int:
+        return module_nbytes(value)
+
+
+class TextEncoderFiles:
+    components = ("family_te",)
+    socket = "CLIP"
+    folder = "text_encoders"
+
+    def plan(self, src: Source, ctx: BuildContext):
+        from ..families import text_encoders as te
+
+        def make(s):
+            shapes = _header(s).shapes
+            kind, prefix = te.detect(shapes, s.path.name)
+            return kind, prefix, te.config(kind, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)})
+        return ctx.sources.plan(src, "family_te", make)
+
+    def describe(self, src: Source, ctx: BuildContext) -> tuple:
+        return (("kind", self.plan(src, ctx)[0]),)
+
+    def build(self, key: ModelKey, ctx: BuildContext) -> Any:
+        from ..families import text_encoders as te
+        from ..families.store import TextEncoderModule
+
+        src = ctx.sources.current(key.file)
+        kind, prefix, cfg = self.plan(src, ctx)
+        keys = [k for k in src.header.tensors if k.startswith(prefix)]
+        sd = {k[len(prefix):]: v for k, v in ctx.sources.tensors(src, keys, ctx.torch_dtype(key)).items()}
+        model = te.build(kind, cfg, sd).to(key.device)
+        if kind in ("clip_l", "clip_g"):
+            tok = ctx.tokenizer("<|endoftext|>" if kind == "clip_l" else "!")
+        else:  # the folder found when the file was selected (see families.store.load_text_encoder)
+            folder = ctx.sources.plan(src, "family_te_tokenizer", lambda s: None)
+            tok = te.load_tokenizer(kind, src.path, None, folder)
+        return TextEncoderModule(model, kind, tok)
+
+    def nbytes(self, value: Any) -> int:
+        return module_nbytes(value.model)
+
+
+LOADERS = [DiffusionModelFiles(), TextEncoderFiles()]

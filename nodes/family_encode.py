@@ -1,0 +1,115 @@
+"""Text encoding for the split-loader families (a ``FamilyClip`` from CLIPLoader / DualCLIPLoader /
+TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
+
+- ``lumina2`` (Z-Image, Qwen3): the prompt in Qwen's chat form ``<|im_start|>user\\n{text}<|im_end|>\\n
+  <|im_start|>assistant\\n``, unpadded, penultimate hidden layer -> (1, L, D); no pooled output.
+- ``flux``: T5 last hidden state over 256 tokens (eos, then pad) -> (1, 256, D); CLIP-L's pooled output (B, 768).
+- ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
+  T5's 256 tokens; pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute zeros.
+Prompt weighting ``(word:1.2)`` is not applied for these families yet (the text is encoded as written).
+"""
+from __future__ import annotations
+
+import torch
+
+QWEN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+T5_TOKENS = 256
+#: loader type -> encoder kinds it accepts (ComfyUI's recipes for the families Loom loads)
+ACCEPTS = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}, "sd3": {"clip_l", "clip_g", "t5"},
+           "stable_diffusion": {"clip_l"}}
+REQUIRED = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}}
+
+
+def check_kinds(type_: str, kinds, names) -> None:
+    """Raise ValueError when the files' encoder kinds do not fit the loader type (at load, never silently)."""
+    if type_ not in ACCEPTS:
+        raise ValueError(f"CLIP type {type_!r} is not supported by Loom yet; supported: {sorted(ACCEPTS)}")
+    bad = [f"{n} ({k})" for n, k in zip(names, kinds) if k not in ACCEPTS[type_]]
+    if bad:
+        raise ValueError(f"type {type_!r} takes {' / '.join(sorted(ACCEPTS[type_]))} text encoders; got "
+                         f"{', '.join(bad)}")
+    missing = REQUIRED.get(type_, set()) - set(kinds)
+    if missing:
+        raise ValueError(f"type {type_!r} needs {' and '.join(sorted(REQUIRED[type_]))}; missing {sorted(missing)}")
+
+
+def _ids(tok, text: str, length: int | None, dev):
+    if length is None:
+        enc = tok(text, return_tensors="pt")
+    else:
+        enc = tok(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return enc.input_ids.to(dev)
+
+
+def _clip(te, text: str):
+    """(penultimate hidden (1,77,D), pooled (1,P)): pooled = projected text_embeds when the file has a projection,
+    else CLIP's pooled output (final-norm feature at the first end token)."""
+    dev = next(te.model.parameters()).device
+    ids = _ids(te.tokenizer, text, 77, dev)
+    o = te.model(ids, output_hidden_states=True)
+    pooled = getattr(o, "text_embeds", None)
+    if pooled is None:
+        pooled = o.pooler_output
+    return o.hidden_states[-2].float().cpu(), pooled.float().cpu()
+
+
+def _clip_pooled_output(te, text: str):
+    """CLIP's un-projected pooled output (Flux uses it): final-norm feature at the first end token."""
+    dev = next(te.model.parameters()).device
+    ids = _ids(te.tokenizer, text, 77, dev)
+    o = te.model(ids, output_hidden_states=True)
+    if getattr(o, "pooler_output", None) is not None:
+        return o.pooler_output.float().cpu()
+    eos = te.model.config.eos_token_id
+    pos = (ids == eos).int().argmax(-1)
+    return o.last_hidden_state[torch.arange(ids.shape[0]), pos].float().cpu()
+
+
+def _t5(te, text: str):
+    dev = next(te.model.parameters()).device
+    ids = _ids(te.tokenizer, text, T5_TOKENS, dev)
+    return te.model(ids).last_hidden_state.float().cpu()
+
+
+def _qwen(te, text: str):
+    dev = next(te.model.parameters()).device
+    ids = _ids(te.tokenizer, QWEN_TEMPLATE.format(text), None, dev)
+    return te.model(input_ids=ids, output_hidden_states=True).hidden_states[-2].float().cpu()
+
+
+def encode(clip, text: str | dict) -> list:
+    """CONDITIONING for ``text`` (one string, or a dict kind -> string as CLIPTextEncodeFlux/SD3 give)."""
+    texts = text if isinstance(text, dict) else {k: text for k in ("clip_l", "clip_g", "t5", "qwen3")}
+    refs = [r for _, r in clip.encoders]
+    with clip.store.using(*refs) as tes, torch.no_grad():
+        by = {te.kind: te for te in tes}
+        if clip.type == "lumina2":
+            return [[_qwen(by["qwen3"], texts["qwen3"]), {}]]
+        if clip.type == "flux":
+            return [[_t5(by["t5"], texts["t5"]), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"])}]]
+        if clip.type == "sd3":
+            return [_sd3(by, texts)]
+        if clip.type == "stable_diffusion":
+            te = by["clip_l"]
+            dev = next(te.model.parameters()).device
+            o = te.model(_ids(te.tokenizer, texts["clip_l"], 77, dev))
+            pooled = getattr(o, "text_embeds", None)
+            return [[o.last_hidden_state.float().cpu(), {"pooled_output": (pooled if pooled is not None else o.pooler_output).float().cpu()}]]
+    raise ValueError(f"CLIP type {clip.type!r} cannot encode text yet")
+
+
+def _sd3(by: dict, texts: dict):
+    feats, pooled = [], []
+    t5 = _t5(by["t5"], texts["t5"]) if "t5" in by else None
+    width = t5.shape[-1] if t5 is not None else 4096
+    for kind, dim in (("clip_l", 768), ("clip_g", 1280)):
+        if kind in by:
+            h, p = _clip(by[kind], texts[kind])
+        else:  # ComfyUI's widths for a missing CLIP (real files: 768 / 1280)
+            h, p = torch.zeros(1, 77, dim), torch.zeros(1, dim)
+        feats.append(h)
+        pooled.append(p)
+    clip_feats = torch.cat(feats, -1)
+    clip_feats = torch.nn.functional.pad(clip_feats, (0, width - clip_feats.shape[-1]))
+    cond = clip_feats if t5 is None else torch.cat([clip_feats, t5], 1)
+    return [cond, {"pooled_output": torch.cat(pooled, -1)}]

@@ -1,0 +1,147 @@
+"""Sampling for the flow-matching families (SD3, FLUX.1, Z-Image) on the sampling core (``sampling/``).
+
+The MODEL ref's ``get()`` is a ``modelstore.families.denoiser.FlowDenoiser`` (``velocity(x, sigma, cond)``); this
+module turns it plus CONDITIONING into the core's ``predict(x, sigma) -> (cond_x0, uncond_x0)`` and runs
+``sampling.ksampler.run`` with the model's sampling (``ModelSampling*`` nodes set the ``model_sampling`` option,
+else the family default). LATENT values stay raw VAE latents; model space is (latent - shift) * scale.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOW_FAMILIES = ("sd3", "flux", "zimage")
+
+
+def is_flow_model(model) -> bool:
+    return getattr(model, "kind", None) == "MODEL" and model.meta.get("family") in FLOW_FAMILIES
+
+
+def sampling_spec(model) -> tuple:
+    """The model-sampling spec of a flow MODEL ref: the ``model_sampling`` option (ModelSampling* nodes) or the
+    family's default, as ``sampling.model_sampling.from_spec`` reads it."""
+    spec = model.option("model_sampling")
+    if spec is not None:
+        return tuple(spec)
+    kind, shift, mult = model.meta["model_sampling"]
+    return ("flux", shift) if kind == "flux" else ("flow", shift, mult)
+
+
+def _entries(conds, family: str, batch: int, device):
+    """[(cond dict for FlowDenoiser.velocity, strength)] from CONDITIONING entries."""
+    out = []
+    for emb, opts in conds:
+        if opts.get("area") is not None or opts.get("mask") is not None:
+            raise ValueError(f"{family}: area/mask conditioning is not supported for this family yet")
+        c = {}
+        if family == "zimage":
+            if emb.shape[0] not in (1, batch):
+                raise ValueError(f"conditioning batch {emb.shape[0]} does not match the latent batch {batch}")
+            c["context"] = [emb[min(i, emb.shape[0] - 1)] for i in range(batch)]
+        else:
+            c["context"] = emb.expand(batch, -1, -1) if emb.shape[0] == 1 else emb
+        pooled = opts.get("pooled_output")
+        if family in ("sd3", "flux"):
+            if pooled is None:
+                raise ValueError(f"{family} conditioning has no pooled_output: encode the prompt with this family's "
+                                 "text encoders (DualCLIPLoader/TripleCLIPLoader)")
+            c["pooled"] = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
+        if opts.get("guidance") is not None:
+            c["guidance"] = torch.full((batch,), float(opts["guidance"]))
+        out.append((c, float(opts.get("strength", 1.0))))
+    if not out:
+        raise ValueError("conditioning is empty")
+    return out
+
+
+def _batchable(a: dict, b: dict) -> bool:
+    if isinstance(a["context"], list):
+        return True
+    return a["context"].shape[1:] == b["context"].shape[1:]
+
+
+def _cat(a: dict, b: dict) -> dict:
+    out = {}
+    for k in a:
+        out[k] = a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]], 0)
+    return out
+
+
+def make_predict(den, ms, positive, negative, cfg: float, batch: int):
+    """``predict(x, sigma) -> (cond_x0, uncond_x0 | None)``; cond and uncond share one model call when their
+    token shapes allow (uncond first, as the diffusers pipelines batch them)."""
+    fam = den.family
+    dev = den.device
+    pos = _entries(positive, fam, batch, dev)
+    neg = _entries(negative, fam, batch, dev) if negative is not None and float(cfg) != 1.0 else None
+
+    def x0(x, sigma, c):
+        return ms.calculate_denoised(sigma, den.velocity(x, sigma, c), x)
+
+    def avg(x, sigma, entries):
+        acc, tot = None, 0.0
+        for c, s in entries:
+            d = x0(x, sigma, c) * s
+            acc = d if acc is None else acc + d
+            tot += s
+        return acc / tot
+
+    def predict(x, sigma):
+        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        if neg is not None and len(pos) == 1 and len(neg) == 1 and _batchable(neg[0][0], pos[0][0]):
+            both = x0(torch.cat([x, x]), torch.cat([sigma, sigma]), _cat(neg[0][0], pos[0][0]))
+            u, c = both.chunk(2)
+            return c, u
+        return avg(x, sigma, pos), (avg(x, sigma, neg) if neg is not None else None)
+
+    return predict
+
+
+def sample(ctx, model, positive, negative, latent: dict, *, seed: int | None, steps: int, cfg: float,
+           sampler_name: str, scheduler: str, denoise: float = 1.0, sigmas=None) -> torch.Tensor:
+    """Sample a LATENT with a flow-family MODEL; returns raw VAE latents (B, C, H, W) float32 on the CPU."""
+    from sampling.guidance import GuidedDenoiser
+    from sampling.ksampler import run
+    from sampling.model_sampling import from_spec
+    from sampling.noise import prepare_noise
+    from sampling.schedulers import ksampler_sigmas
+
+    meta = model.meta
+    scale, shift = float(meta["scaling_factor"]), float(meta["shift_factor"])
+    lat = latent["samples"].to(torch.float32)
+    ch = int(meta["latent_channels"])
+    if lat.shape[1] != ch:
+        raise ValueError(f"{meta['family']} models take {ch}-channel latents, got {lat.shape[1]} channels "
+                         f"(use EmptySD3LatentImage for 16-channel families)")
+    ms = from_spec(sampling_spec(model))
+    if sigmas is None:
+        sigmas = ksampler_sigmas(ms, scheduler, sampler_name, steps, denoise)
+    if len(sigmas) <= 1:
+        return lat
+    noise = prepare_noise(lat, seed, latent.get("batch_index")) if seed is not None else None
+    with model.store.using(model) as (den,):
+        dev = den.device
+        z = ((lat - shift) * scale).to(dev)
+        predict = make_predict(den, ms, positive, negative, cfg, lat.shape[0])
+        guided = GuidedDenoiser(predict, cfg, model_sampling=ms)
+        mask = latent.get("noise_mask")
+        if mask is not None:
+            mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(), size=z.shape[-2:],
+                                                   mode="bilinear")
+        total = len(sigmas) - 1
+
+        def callback(i, denoised, x, _total):
+            if ctx is not None:
+                ctx.progress(i + 1, total, preview=lambda d=denoised: _preview(d))
+
+        with torch.no_grad():
+            out = run(guided, ms, sampler_name, sigmas, z, noise, seed, callback=callback, mask=mask)
+    return (out.float().cpu() / scale + shift).contiguous()
+
+
+def _preview(x0):
+    """Grey channel-mean preview of a 16-channel latent (no fitted RGB factors for these families yet)."""
+    from PIL import Image
+
+    g = x0[0].float().mean(0)
+    g = (g - g.min()) / (g.max() - g.min() + 1e-6)
+    return Image.fromarray((g * 255).to(torch.uint8).cpu().numpy()).convert("RGB")
