@@ -133,9 +133,9 @@ def encode_text(clip_ref, text, warn=None) -> list:
     ``text`` is one string, or one per encoder (CLIPTextEncodeSDXL: [text_l, text_g]). ``embedding:name`` words
     use models/embeddings (nodes/embeddings.py); problems go to ``warn(message)``. A split-loader CLIP
     (``FamilyClip``) is encoded by its family's rules (nodes/family_encode.py)."""
-    if hasattr(clip_ref, "encoders") and hasattr(clip_ref, "type"):
-        from .family_encode import encode
+    from .family_encode import clip_type, encode
 
+    if clip_type(clip_ref) is not None:
         return encode(clip_ref, text)
     import torch
 

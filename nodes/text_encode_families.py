@@ -8,8 +8,11 @@ from .conditioning import encode_text
 
 
 def _family(clip, what: str, types):
-    if getattr(clip, "type", None) not in types:
-        got = getattr(clip, "type", None) or (clip.meta.get("arch") if hasattr(clip, "meta") else type(clip).__name__)
+    from .family_encode import clip_type
+
+    got = clip_type(clip)
+    if got not in types:
+        got = got or (clip.meta.get("arch") if hasattr(clip, "meta") else type(clip).__name__)
         raise ValueError(f"{what} needs a CLIP loaded with type {' or '.join(types)}; got {got}")
     return clip
 
@@ -89,7 +92,7 @@ class CLIPTextEncodeSD3(Node):
 
         _family(clip, "CLIPTextEncodeSD3", ("sd3",))
         texts = {"clip_l": clip_l, "clip_g": clip_g, "t5": t5xxl}
-        if empty_padding == "none":
+        if empty_padding == "none" and hasattr(clip, "encoders"):
             keep = tuple((k, r) for k, r in clip.encoders if texts[k] != "")
             clip = type(clip)(clip.type, keep, clip.options, clip.store)
         return (encode(clip, texts),)
