@@ -20,6 +20,10 @@ Measured (Nov 30 2026, 2 shared cores under load from other jobs, one torch thre
   weights (0.13 GiB over baseline + weights). Before this change (a fresh buffer per tensor, then a cast; no heap
   trim): peak = warm = 4.562-4.570 GiB (0.59-0.60 over), and 2.1 GiB stayed in RSS after the store was dropped.
 - fp32 file (3.97 GiB) -> fp32 store: baseline 0.315, peak 4.415, warm 4.415 GiB: 0.443 over the weights.
+- fp16 file -> bf16 store: weights 1.986, peak 2.433, warm 2.430 GiB (0.447 / 0.444 over).
+- After ``unload_all``: 0.444 GiB in every case, i.e. baseline + 0.13 GiB; that 0.13 GiB stays after the weights
+  are gone, so it is the code imported while building (diffusers' converters, transformers' CLIP), not data.
+- ComfyUI 0.3.75 on the same machine (issue 10): 6.4 GiB peak, 4.6 GiB warm for the fp32 weights.
 """
 from __future__ import annotations
 

@@ -62,6 +62,18 @@ def rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
+def warm_up(port: int) -> None:
+    import httpx
+
+    from tests.server.fuzz import BASES
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+        pid = c.post("/prompt", json={"prompt": BASES[0]}).json()["prompt_id"]
+        t0 = time.time()
+        while pid not in c.get(f"/history/{pid}").json() and time.time() - t0 < 120:
+            time.sleep(0.2)
+
+
 def fuzz_phase(port: int, n: int) -> dict:
     import httpx
 
@@ -146,19 +158,22 @@ def main(argv=None) -> int:
     p.add_argument("--fuzz", type=int, default=2000)
     p.add_argument("--attack-seconds", type=float, default=60.0)
     p.add_argument("--slow-conns", type=int, default=300)
-    p.add_argument("--head-timeout", type=float, default=30.0)
+    p.add_argument("--head-timeout", type=float, default=None, help="server's --head-timeout (default: its own)")
     p.add_argument("--max-connections", type=int, default=None)
     a = p.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="loom-resilience-"))
     port = _free_port()
     log_path = base / "server.log"
-    extra = ["--head-timeout", str(a.head_timeout)]
+    extra = ["--head-timeout", str(a.head_timeout)] if a.head_timeout is not None else []
     if a.max_connections:
         extra += ["--max-connections", str(a.max_connections)]
     srv = start_server(base, port, extra, log_path)
     try:
-        print(f"server pid {srv.pid} on 127.0.0.1:{port}, head timeout {a.head_timeout} s")
+        print(f"server pid {srv.pid} on 127.0.0.1:{port}, head timeout {a.head_timeout or 'default'}")
+        cold = rss(srv.pid)
+        warm_up(port)  # one valid prompt first: importing torch and the nodes is not a leak
         r0, l0 = rss(srv.pid), log_path.stat().st_size
+        print(f"RSS at start {cold / 2**20:.1f} MiB, after one valid prompt {r0 / 2**20:.1f} MiB")
         f = fuzz_phase(port, a.fuzz)
         r1, l1 = rss(srv.pid), log_path.stat().st_size
         print(f"fuzz:      requests {f['requests']}  2xx {f['2xx']}  4xx {f['4xx']}  5xx {f['5xx']}  resets "

@@ -85,3 +85,30 @@ def original_names(unet):
                 return lprefix + key[len(d):]
         return key
     return name
+
+
+@dataclass(frozen=True)
+class ScalePatch:
+    """A computed patch multiplying the tensors whose names contain a pattern: ``rules`` ((pattern, factor), ...);
+    the first matching pattern wins. (ComfyUI's attention-multiply nodes: q/k/v/out projections.)"""
+    rules: tuple
+
+    def apply(self, base, ctx):
+        if isinstance(base, TextEncoders):
+            encs = tuple(self._scale(e) for e in base.encoders)
+            return TextEncoders(base.arch, encs, base.tokenizers)
+        return self._scale(base)
+
+    def _scale(self, module):
+        import copy
+
+        import torch
+
+        out = copy.deepcopy(module)
+        with torch.no_grad():
+            for k, v in out.state_dict().items():
+                for pattern, factor in self.rules:
+                    if pattern in k and v.is_floating_point():
+                        v.mul_(float(factor))
+                        break
+        return out

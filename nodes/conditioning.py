@@ -133,9 +133,14 @@ def encode_text(clip_ref, text, warn=None) -> list:
     ``text`` is one string, or one per encoder (CLIPTextEncodeSDXL: [text_l, text_g]). ``embedding:name`` words
     use models/embeddings (nodes/embeddings.py); problems go to ``warn(message)``. A split-loader CLIP
     (``FamilyClip``) is encoded by its family's rules (nodes/family_encode.py)."""
-    if hasattr(clip_ref, "encoders") and hasattr(clip_ref, "type"):
-        from .family_encode import encode
+    from .family_encode import clip_type, encode
 
+    if clip_type(clip_ref) is not None:
+        texts = text if isinstance(text, (list, tuple)) else [text]
+        if any("embedding:" in t for t in texts):  # never silently: say that the words stay plain text
+            msg = (f"textual-inversion embeddings are not applied with a split-loader {clip_type(clip_ref)} CLIP yet; "
+                   "'embedding:' words are encoded as plain text")
+            (warn or (lambda m: __import__("logging").getLogger(__name__).warning("%s", m)))(msg)
         return encode(clip_ref, text)
     import torch
 

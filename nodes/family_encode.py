@@ -78,24 +78,38 @@ def _qwen(te, text: str):
 
 
 def encode(clip, text: str | dict) -> list:
-    """CONDITIONING for ``text`` (one string, or a dict kind -> string as CLIPTextEncodeFlux/SD3 give)."""
+    """CONDITIONING for ``text`` (one string, or a dict kind -> string as CLIPTextEncodeFlux/SD3 give). ``clip`` is a
+    split loader's ``FamilyClip`` or the CLIP ref of an all-in-one checkpoint (meta ``clip_type``)."""
     texts = text if isinstance(text, dict) else {k: text for k in ("clip_l", "clip_g", "t5", "qwen3")}
-    refs = [r for _, r in clip.encoders]
-    with clip.store.using(*refs) as tes, torch.no_grad():
-        by = {te.kind: te for te in tes}
-        if clip.type == "lumina2":
-            return [[_qwen(by["qwen3"], texts["qwen3"]), {}]]
-        if clip.type == "flux":
-            return [[_t5(by["t5"], texts["t5"]), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"])}]]
-        if clip.type == "sd3":
-            return [_sd3(by, texts)]
-        if clip.type == "stable_diffusion":
-            te = by["clip_l"]
-            dev = next(te.model.parameters()).device
-            o = te.model(_ids(te.tokenizer, texts["clip_l"], 77, dev))
-            pooled = getattr(o, "text_embeds", None)
-            return [[o.last_hidden_state.float().cpu(), {"pooled_output": (pooled if pooled is not None else o.pooler_output).float().cpu()}]]
-    raise ValueError(f"CLIP type {clip.type!r} cannot encode text yet")
+    if hasattr(clip, "encoders"):
+        with clip.store.using(*[r for _, r in clip.encoders]) as tes, torch.no_grad():
+            return _encode(clip.type, {te.kind: te for te in tes}, texts)
+    with clip.store.using(clip) as (bundle,), torch.no_grad():
+        return _encode(bundle.clip_type, {te.kind: te for te in bundle.encoders}, texts)
+
+
+def clip_type(clip) -> str | None:
+    """The loader type of a family CLIP value (None for SD checkpoint CLIPs)."""
+    if hasattr(clip, "encoders") and hasattr(clip, "type"):
+        return clip.type
+    return getattr(clip, "meta", {}).get("clip_type")
+
+
+def _encode(type_: str, by: dict, texts: dict) -> list:
+    if type_ == "lumina2":
+        return [[_qwen(by["qwen3"], texts["qwen3"]), {}]]
+    if type_ == "flux":
+        return [[_t5(by["t5"], texts["t5"]), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"])}]]
+    if type_ == "sd3":
+        return [_sd3(by, texts)]
+    if type_ == "stable_diffusion":
+        te = by["clip_l"]
+        dev = next(te.model.parameters()).device
+        o = te.model(_ids(te.tokenizer, texts["clip_l"], 77, dev))
+        pooled = getattr(o, "text_embeds", None)
+        pooled = pooled if pooled is not None else o.pooler_output
+        return [[o.last_hidden_state.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+    raise ValueError(f"CLIP type {type_!r} cannot encode text yet")
 
 
 def _sd3(by: dict, texts: dict):
@@ -105,8 +119,10 @@ def _sd3(by: dict, texts: dict):
     for kind, dim in (("clip_l", 768), ("clip_g", 1280)):
         if kind in by:
             h, p = _clip(by[kind], texts[kind])
-        else:  # ComfyUI's widths for a missing CLIP (real files: 768 / 1280)
+        elif kind == "clip_l":  # a missing CLIP-L is zeros of its real width (768), before CLIP-G
             h, p = torch.zeros(1, 77, dim), torch.zeros(1, dim)
+        else:  # a missing CLIP-G: zero features come from the padding to T5's width, zero pooled from the sampler
+            continue
         feats.append(h)
         pooled.append(p)
     clip_feats = torch.cat(feats, -1)

@@ -26,7 +26,7 @@ def sampling_spec(model) -> tuple:
     return ("flux", shift) if kind == "flux" else ("flow", shift, mult)
 
 
-def _entries(conds, family: str, batch: int, device):
+def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = None):
     """[(cond dict for FlowDenoiser.velocity, strength)] from CONDITIONING entries."""
     out = []
     for emb, opts in conds:
@@ -45,6 +45,9 @@ def _entries(conds, family: str, batch: int, device):
                 raise ValueError(f"{family} conditioning has no pooled_output: encode the prompt with this family's "
                                  "text encoders (DualCLIPLoader/TripleCLIPLoader)")
             c["pooled"] = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
+            want = pooled_dim or c["pooled"].shape[-1]
+            if c["pooled"].shape[-1] < want:  # SD3 without CLIP-G: its pooled half is zeros
+                c["pooled"] = torch.nn.functional.pad(c["pooled"], (0, want - c["pooled"].shape[-1]))
         if opts.get("guidance") is not None:
             c["guidance"] = torch.full((batch,), float(opts["guidance"]))
         out.append((c, float(opts.get("strength", 1.0))))
@@ -71,8 +74,9 @@ def make_predict(den, ms, positive, negative, cfg: float, batch: int):
     token shapes allow (uncond first, as the diffusers pipelines batch them)."""
     fam = den.family
     dev = den.device
-    pos = _entries(positive, fam, batch, dev)
-    neg = _entries(negative, fam, batch, dev) if negative is not None and float(cfg) != 1.0 else None
+    pdim = den.config.get("pooled_projection_dim")
+    pos = _entries(positive, fam, batch, dev, pdim)
+    neg = _entries(negative, fam, batch, dev, pdim) if negative is not None and float(cfg) != 1.0 else None
 
     def x0(x, sigma, c):
         return ms.calculate_denoised(sigma, den.velocity(x, sigma, c), x)

@@ -335,17 +335,22 @@ class AddNoise(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, model, noise, sigmas, latent_image):
+        import torch
+
+        from .sampler_core import model_sampling_of
+
         values = getattr(sigmas, "values", sigmas)
-        if len(values) == 0:
+        if len(values) == 0 or getattr(noise, "seed", None) is None:
             return (latent_image,)
         s = latent_image["samples"].float()
-        seed = getattr(noise, "seed", None)
-        if seed is None:
-            return (latent_image,)
-        n, _ = noise.make(s.shape, latent_image.get("batch_index"))
+        n = noise.make(s.shape, latent_image.get("batch_index"))
         sf = float(model.meta.get("scaling_factor", 0.18215))
-        scale = float(values[0]) - float(values[-1])
-        return (_copy(latent_image, (s * sf + n * scale) / sf),)
+        shift = float(model.meta.get("shift_factor", 0.0) or 0.0)
+        sigma = torch.tensor([float(values[0]) - float(values[-1])])
+        ms = model_sampling_of(model)
+        z = ms.noise_scaling(sigma, n, (s - shift) * sf)  # the model sampling's rule (VP: z + noise x sigma)
+        z = ms.inverse_noise_scaling(sigma, z)
+        return (_copy(latent_image, z / sf + shift),)
 
 
 NODES = [LatentAdd, LatentSubtract, LatentMultiply, LatentInterpolate, LatentFlip, LatentRotate, LatentCrop,

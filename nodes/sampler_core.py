@@ -410,7 +410,9 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     noise_t = noise.make(lat0.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat0)
     need_uncond = "cfg_pp" in choice.name
     cfg_fn, post = _hooks(model_ref)
-    with model_ref.store.using(model_ref) as (net,):
+    from .model_patches import post_cfg_patches, unet_patches
+
+    with model_ref.store.using(model_ref) as (net,), unet_patches(net, model_ref):  # FreeU etc. (ref options)
         device = next(net.parameters()).device
         z0 = ((lat0 - shift) * sf).to(device)
         mask = latent.get("noise_mask")
@@ -447,6 +449,7 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
             return cond, unc
 
         cfg_used = guider.cfg if den2 is None else (guider.cfg2 if guider.nested else 1.0)
+        post = tuple(post) + post_cfg_patches(model_ref, net, net_den, ms)  # PAG (ref option)
         gd = GuidedDenoiser(predict, cfg_used, cfg_fn, post, ms)
         last = {"x0": z0}
         total = len(sigmas) - 1

@@ -8,8 +8,11 @@ from .conditioning import encode_text
 
 
 def _family(clip, what: str, types):
-    if getattr(clip, "type", None) not in types:
-        got = getattr(clip, "type", None) or (clip.meta.get("arch") if hasattr(clip, "meta") else type(clip).__name__)
+    from .family_encode import clip_type
+
+    got = clip_type(clip)
+    if got not in types:
+        got = got or (clip.meta.get("arch") if hasattr(clip, "meta") else type(clip).__name__)
         raise ValueError(f"{what} needs a CLIP loaded with type {' or '.join(types)}; got {got}")
     return clip
 
@@ -24,10 +27,16 @@ class CLIPTextEncodeSDXL(Node):
               String("text_g", multiline=True, dynamicPrompts=True), String("text_l", multiline=True, dynamicPrompts=True))
     outputs = (Output("CONDITIONING"),)
 
+    @classmethod
+    def warnings(cls, env, text_g=None, text_l=None, **_):
+        from .embeddings import validation_warnings
+
+        return list(dict.fromkeys(validation_warnings(env, text_g) + validation_warnings(env, text_l)))
+
     def run(self, ctx, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
         if getattr(clip, "meta", {}).get("arch") != "sdxl":
             raise ValueError("CLIPTextEncodeSDXL needs the CLIP of an SDXL base checkpoint (CLIP-L + CLIP-G)")
-        cond = encode_text(clip, [text_l, text_g])
+        cond = encode_text(clip, [text_l, text_g], warn=getattr(ctx, "warn", None))
         extra = dict(width=width, height=height, crop_w=crop_w, crop_h=crop_h, target_width=target_width,
                      target_height=target_height)
         return ([[c, {**o, **extra}] for c, o in cond],)
@@ -41,10 +50,16 @@ class CLIPTextEncodeSDXLRefiner(Node):
               Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)
 
+    @classmethod
+    def warnings(cls, env, text=None, **_):
+        from .embeddings import validation_warnings
+
+        return validation_warnings(env, text)
+
     def run(self, ctx, ascore, width, height, text, clip):
         if getattr(clip, "meta", {}).get("arch") != "sdxl":
             raise ValueError("CLIPTextEncodeSDXLRefiner needs the CLIP of an SDXL refiner checkpoint (CLIP-G)")
-        cond = encode_text(clip, text)
+        cond = encode_text(clip, text, warn=getattr(ctx, "warn", None))
         return ([[c, {**o, "aesthetic_score": float(ascore), "width": width, "height": height}] for c, o in cond],)
 
 
@@ -89,7 +104,7 @@ class CLIPTextEncodeSD3(Node):
 
         _family(clip, "CLIPTextEncodeSD3", ("sd3",))
         texts = {"clip_l": clip_l, "clip_g": clip_g, "t5": t5xxl}
-        if empty_padding == "none":
+        if empty_padding == "none" and hasattr(clip, "encoders"):
             keep = tuple((k, r) for k, r in clip.encoders if texts[k] != "")
             clip = type(clip)(clip.type, keep, clip.options, clip.store)
         return (encode(clip, texts),)

@@ -62,13 +62,10 @@ class LoomActor:
         out, tmp = Path(config["output_dir"]), Path(config["temp_dir"])
         marker = config.get("marker")
         self.shared_disk = bool(marker) and (out / marker).exists()
+        self._shared_dirs = (out, tmp)
+        self._local_dirs: tuple[Path, Path] | None = None
         if not self.shared_disk:  # a machine of its own: write locally, ship the files back
-            import tempfile
-
-            base = Path(tempfile.mkdtemp(prefix=f"loom-{worker_id}-"))
-            out, tmp = base / "output", base / "temp"
-            out.mkdir(parents=True, exist_ok=True)
-            tmp.mkdir(parents=True, exist_ok=True)
+            out, tmp = self._local()
         budget = config.get("budget_bytes")
 
         def store_factory(env):
@@ -89,6 +86,16 @@ class LoomActor:
         self._current: tuple[str, CancelToken] | None = None
         self.done = 0
         self.last_error: str | None = None
+
+    def _local(self) -> tuple[Path, Path]:
+        if self._local_dirs is None:
+            import tempfile
+
+            base = Path(tempfile.mkdtemp(prefix=f"loom-{self.id}-"))
+            self._local_dirs = (base / "output", base / "temp")
+            for d in self._local_dirs:
+                d.mkdir(parents=True, exist_ok=True)
+        return self._local_dirs
 
     # -- state --------------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -112,9 +119,13 @@ class LoomActor:
             free_models(self.executor, unload_models, free_memory)
 
     # -- a prompt -----------------------------------------------------------------------------------
-    def run(self, item: Any):
-        """Run one queued prompt (a ``service.store.Item``), yielding batches (see the module docstring)."""
+    def run(self, item: Any, ship: bool | None = None):
+        """Run one queued prompt (a ``service.store.Item``), yielding batches (see the module docstring).
+        ``ship``: write outputs locally and send them back even on a shared disk (None: only when not shared)."""
         with self._run_lock:
+            ship = not self.shared_disk if ship is None else bool(ship)
+            env = self.executor.env
+            env.output_dir, env.temp_dir = self._local() if ship else self._shared_dirs
             q = self._queue
             pid = item.id
             cancel = CancelToken()
@@ -162,7 +173,7 @@ class LoomActor:
                         if outcome == "error":
                             self.last_error = ((entry["loom"].get("error") or {}).get("exception_message")
                                                or "error")
-                        files = [] if self.shared_disk else self._files(entry.get("outputs") or {})
+                        files = self._files(entry.get("outputs") or {}) if ship else []
                         self._current = None
                         yield [("result", outcome, entry, files, self.info())]
                         return

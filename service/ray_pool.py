@@ -101,6 +101,7 @@ class RayPool:
         self.prepare = prepare
         self.scheduler = Scheduler(policy)
         self.fan_out = fan_out
+        self.ship_outputs: bool | None = None  # True: workers send files back even on a shared disk (tests)
         self.slots = [_Slot(WorkerState(f"w{i + 1}", alive=False)) for i in range(self.n)]
         self._lock = threading.Lock()
         self._needs: dict[str, Any] = {}  # prompt_id -> Validated (until the dispatcher computes Needs)
@@ -169,6 +170,9 @@ class RayPool:
         except Exception as e:
             log.error("worker %s did not start: %s", slot.state.id, e)
             slot.info = {**slot.info, "last_error": f"did not start: {e}"}
+            return
+        if self._stop:  # the pool stopped while this actor started
+            ray.kill(actor)
             return
         slot.info = info
         slot.state.models = set(info.get("resident_models") or ())
@@ -266,6 +270,9 @@ class RayPool:
                     head = self.store.pending_ids(max(self.scheduler.window, 2 * self.n))
                     pending = [(pid, self._needs_of(pid)) for pid in head]
                     assigned = self.scheduler.assign(pending, states)
+                    if assigned and log.isEnabledFor(logging.DEBUG):
+                        log.debug("dispatch %s", [(pid[:8], sorted(self._needs_of(pid).models), st.id,
+                                                   sorted(st.models)) for pid, st in assigned])
                     for pid, st in assigned:
                         item = self.store.take(pid)
                         slot = next(s for s in self.slots if s.state is st)
@@ -320,7 +327,7 @@ class RayPool:
             part = replace(item, prompt_json=json.dumps(fanout.part_prompt(whole, latent, s, n)),
                            extra_data={**item.extra_data, FANOUT_KEY: whole})
             try:
-                for ref in slots[j].actor.run.remote(part):
+                for ref in slots[j].actor.run.remote(part, self.ship_outputs):
                     for m in ray.get(ref):
                         started[j] = True
                         if m[0] == "result":
@@ -397,7 +404,7 @@ class RayPool:
         result = None
         started = False
         try:
-            for ref in slot.actor.run.remote(item):
+            for ref in slot.actor.run.remote(item, self.ship_outputs):
                 for m in ray.get(ref):
                     started = True
                     if m[0] == "result":

@@ -8,11 +8,12 @@ fingerprints). A worker's state is what it reported (its resident models) and th
 ran (a bounded memory standing in for its output cache).
 
 The affinity rule, for a window at the head of the queue: a pair (prompt, idle worker) scores (models the
-worker holds, keys it has, minus the prompt's models that a *busy* worker holds); the best pair goes first,
-ties to the older prompt, then to the worker with the fewest prompts done. A later prompt (one of the oldest
-few needing a model the worker holds) can overtake the head only with a better score than the head gets on
-that worker, and the head is overtaken at most ``max_skips`` times, so nothing starves. ``round_robin`` is the baseline a home-made dispatcher gives:
-queue order, workers in turn.
+worker holds, minus the prompt's models that a *busy* worker holds or is loading, keys it has); the best
+pair goes first, ties to the older prompt, then to the worker with the fewest prompts done. A later prompt
+(one of the oldest few needing a model the worker holds, or the oldest whose models no busy worker holds)
+can overtake the head only with a better score than the head gets on that worker, and the head is overtaken
+at most ``max_skips`` times, so nothing starves. ``round_robin`` is the baseline a home-made dispatcher
+gives: queue order, workers in turn.
 """
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ class Scheduler:
 
         def score(needs: Needs, w: WorkerState) -> tuple:
             have = names[id(w)]
-            return (sum(1 for m in needs.models if m in have), sum(1 for k in needs.keys if k in w.keys),
-                    -sum(1 for m in needs.models if m in claimed))
+            return (sum(1 for m in needs.models if m in have), -sum(1 for m in needs.models if m in claimed),
+                    sum(1 for k in needs.keys if k in w.keys))
 
         out: list[tuple[str, WorkerState]] = []
         while idle and window:
@@ -141,15 +142,21 @@ class Scheduler:
                     for m in window[i][1].models:
                         if m in held:
                             by_model.setdefault(m, []).append(i)
+            # when a busy worker is about to hold the head's models, the oldest prompt whose models nobody holds
+            # may go first instead (the head then waits for that worker, which loads nothing)
+            unclaimed: list[int] = []
+            if may_skip and any(m in claimed for m in head_needs.models):
+                unclaimed = next(([i] for i in range(1, min(len(window), 17))
+                                  if not any(m in claimed for m in window[i][1].models)), [])
             best = None  # ((score, -index, -done), index, worker)
             for w in idle:
                 head_score = score(head_needs, w)
                 cand = ((head_score, 0, -w.done), 0, w)
-                for m in names[id(w)] if may_skip else ():
-                    for i in by_model.get(m, ())[:4]:  # the oldest few prompts for each model it holds
-                        sc = score(window[i][1], w)
-                        if sc > head_score and (sc, -i, -w.done) > cand[0]:
-                            cand = ((sc, -i, -w.done), i, w)
+                held_by_w = [i for m in (names[id(w)] if may_skip else ()) for i in by_model.get(m, ())[:4]]
+                for i in unclaimed + held_by_w:  # and the oldest few prompts for each model it holds
+                    sc = score(window[i][1], w)
+                    if sc > head_score and (sc, -i, -w.done) > cand[0]:
+                        cand = ((sc, -i, -w.done), i, w)
                 if best is None or cand[0] > best[0]:
                     best = cand
             _, i, w = best

@@ -298,3 +298,20 @@ def write_sd3_set(models: Path) -> dict:
     write_t5_tokenizer(models / "tokenizers" / "t5")
     save(vae_to_ldm(vae, prefix=""), models / "vae" / "sd3_vae.safetensors")
     return {"transformer": dit, "clip_l": l, "clip_g": g, "t5": t5, "vae": vae}
+
+
+def write_checkpoints(models: Path, sets: dict) -> None:
+    """All-in-one checkpoints in ComfyUI's layout from the split sets: ``model.diffusion_model.`` +
+    ``text_encoders.{clip_l,clip_g,t5xxl}.transformer.`` + ``vae.`` (FLUX.1) / ``first_stage_model.`` (SD3)."""
+    def te(prefix, sd):
+        return {f"text_encoders.{prefix}.transformer." + k: v for k, v in sd.items()}
+
+    f = sets["flux"]
+    save({**{"model.diffusion_model." + k: v for k, v in flux_file(f["transformer"]).items()},
+          **te("clip_l", clip_file(f["clip_l"])), **te("t5xxl", t5_file(f["t5"])), **vae_to_ldm(f["vae"], prefix="vae.")},
+         models / "checkpoints" / "flux1-dev-aio.safetensors")
+    s = sets["sd3"]
+    save({**{"model.diffusion_model." + k: v for k, v in sd3_file(s["transformer"]).items()},
+          **te("clip_l", clip_file(s["clip_l"])), **te("clip_g", clip_file(s["clip_g"])), **te("t5xxl", t5_file(s["t5"])),
+          **vae_to_ldm(s["vae"], prefix="first_stage_model.")},
+         models / "checkpoints" / "sd3.5_medium_incl_clips.safetensors")

@@ -33,6 +33,18 @@ class TextEncoderModule(_module_base()):
         self.model, self.kind, self.tokenizer = model, kind, tokenizer
 
 
+class TextEncoderBundle(_module_base()):
+    """CLIP value of an all-in-one checkpoint: ``clip_type`` (the loader type its family implies) and its
+    ``TextEncoderModule``s (``encoders``), one store entry for the checkpoint's 'clip' component."""
+
+    def __init__(self, clip_type: str, modules):
+        super().__init__()
+        import torch
+
+        self.clip_type = clip_type
+        self.encoders = torch.nn.ModuleList(modules)
+
+
 @dataclass(frozen=True)
 class FamilyClip:
     """The CLIP value of the split loaders: ComfyUI's loader ``type`` and one ref per text-encoder file

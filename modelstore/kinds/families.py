@@ -95,3 +95,57 @@ class TextEncoderFiles:
 
 
 LOADERS = [DiffusionModelFiles(), TextEncoderFiles()]
+
+
+class TransformerCheckpoints:
+    """Family 'transformer': all-in-one SD3 / FLUX.1 / Z-Image checkpoints (see modelstore.families.checkpoint).
+    Priority above the SD fallback, which would otherwise claim any ``model.diffusion_model.`` file."""
+    name = "transformer"
+    priority = 10
+
+    def claims(self, src: Source) -> bool:
+        from ..families.checkpoint import claims
+
+        return src.kind == "safetensors" and claims(src.header.shapes)
+
+    def plan(self, src: Source):
+        from ..families.checkpoint import plan
+
+        return plan(src.header.shapes, src.path.name)
+
+    def build(self, component: str, src: Source, plan, key: ModelKey, ctx: BuildContext) -> Any:
+        import torch
+
+        from ..build import build_vae
+        from ..families import registry, text_encoders as te
+        from ..families.checkpoint import tokenizer_folder
+        from ..families.store import TextEncoderBundle, TextEncoderModule
+
+        dt = getattr(torch, key.dtype)
+        names = list(src.header.tensors)
+        if component == "unet":
+            p = "model.diffusion_model."
+            sd = {k[len(p):]: v for k, v in ctx.sources.tensors(src, [k for k in names if k.startswith(p)], dt).items()}
+            return registry.build(plan.dm, sd).to(key.device)
+        if component == "vae":
+            vp = plan.vae_prefix
+            keys = [k for k in names if k.startswith(vp + "encoder.") or k.startswith(vp + "decoder.")
+                    or k.startswith(vp + "quant_conv.") or k.startswith(vp + "post_quant_conv.")]
+            return build_vae(plan.vae, ctx.sources.tensors(src, keys, dt, key.device), key.device)
+        mods = []
+        for kind, prefix, cfg in plan.text_encoders:
+            sd = {k[len(prefix):]: v for k, v in
+                  ctx.sources.tensors(src, [k for k in names if k.startswith(prefix)], dt).items()}
+            model = te.build(kind, cfg, sd).to(key.device)
+            if kind in ("clip_l", "clip_g"):
+                tok = ctx.tokenizer("<|endoftext|>" if kind == "clip_l" else "!")
+            else:
+                tok = te.load_tokenizer(kind, src.path, None, tokenizer_folder(kind, src.path))
+            mods.append(TextEncoderModule(model, kind, tok))
+        return TextEncoderBundle(dict(plan.info())["clip_type"], tuple(mods))
+
+    def patch(self, component: str, base: Any, lora_state: dict, strength: float) -> Any:
+        raise CheckpointError("LoRA on SD3 / FLUX.1 / Z-Image models is not supported yet")
+
+
+FAMILIES = [TransformerCheckpoints()]

@@ -23,7 +23,12 @@ def family_models(tmp_path_factory):
     from tests import tiny_families as tf
 
     root = tmp_path_factory.mktemp("family_models")
-    return root, {"zimage": tf.write_zimage_set(root), "flux": tf.write_flux_set(root), "sd3": tf.write_sd3_set(root)}
+    sets = {"zimage": tf.write_zimage_set(root), "flux": tf.write_flux_set(root), "sd3": tf.write_sd3_set(root)}
+    schnell = tf.tiny_flux(seed=16, guidance=False)  # FLUX.1 schnell: no guidance_in
+    tf.save(tf.flux_file(schnell), root / "diffusion_models" / "flux1-schnell.safetensors")
+    sets["flux_schnell"] = {"transformer": schnell}
+    tf.write_checkpoints(root, sets)
+    return root, sets
 
 
 @pytest.fixture(scope="session")

@@ -120,4 +120,6 @@ def test_fp8_weight_dtype_keeps_linears_in_8_bits(family_models):
     cond = {"context": [torch.randn(7, 32)]}
     full = fs.load_diffusion_model(st, root / "diffusion_models" / "z_image_turbo_bf16.safetensors", "z").get()
     a, b = m.velocity(x, torch.tensor([0.5]), cond), full.velocity(x, torch.tensor([0.5]), cond)
-    assert torch.isfinite(a).all() and (a - b).abs().max() < 0.1 * b.abs().max()
+    other = full.velocity(torch.randn(1, 16, 8, 8), torch.tensor([0.5]), cond)
+    # e4m3 keeps 3 mantissa bits (~6% per weight): close to the full-precision output, far from another input's
+    assert torch.isfinite(a).all() and (a - b).abs().mean() < 0.25 * (other - b).abs().mean()

@@ -25,7 +25,8 @@ def test_the_reference_covers_the_new_modules():
 
     modules = ["nodes.conditioning_ops", "nodes.latent_ops", "nodes.image_ops", "nodes.mask_edit",
                "nodes.preprocessors", "nodes.controlnet", "nodes.model_merge", "nodes.model_patches",
-               "nodes.save_models", "nodes.string_ops"]
+               "nodes.save_models", "nodes.string_ops", "nodes.attention_multiply", "nodes.latent_operations",
+               "nodes.animation", "nodes.compositing", "nodes.preview_any"]
     names = set()
     for m in modules:
         try:

@@ -112,15 +112,15 @@ def test_save_and_load_latent_round_trip(tmp_path):
     assert torch.equal(back, a["samples"])
 
 
-def test_add_noise_scales_by_the_sigma_range():
+def test_add_noise_scales_by_the_sigma_range(refs):
     from nodes.sampler_core import Noise, make_noise
-
-    class Model:
-        meta = {"scaling_factor": 0.5}
 
     class S:
         values = torch.tensor([3.0, 1.0])
     a = lat(1, 4, 4, 4)
-    out = L.AddNoise().run(None, Model(), Noise(9), S(), a)[0]["samples"]
+    out = L.AddNoise().run(None, refs[0], Noise(9), S(), a)[0]["samples"]
     n, _ = make_noise(9, a["samples"].shape)
-    assert torch.allclose(out, (a["samples"] * 0.5 + n * 2.0) / 0.5, atol=1e-6)
+    sf = refs[0].meta["scaling_factor"]
+    assert torch.allclose(out, (a["samples"] * sf + n * 2.0) / sf, atol=1e-5)  # eps model: z + noise x sigma
+    assert torch.equal(L.AddNoise().run(None, refs[0], Noise(9), type("E", (), {"values": []})(), a)[0]["samples"],
+                       a["samples"])

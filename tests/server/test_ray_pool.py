@@ -7,10 +7,12 @@ with each worker's model budget set to one checkpoint, so a worker switching che
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from .conftest import LiveServer, collect, done_for
+from .conftest import IMAGE_WF, LiveServer, collect, done_for
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -218,14 +220,17 @@ def _run_mix(pool, c, policy: str, seed0: int) -> tuple[int, dict]:
     c.post("/free", json={"unload_models": True})
     while any(w["resident_models"] for w in workers(c)):
         time.sleep(0.05)
-    blockers = [post(c, steps(n=20, delay=0.05, seed=seed0 + k)) for k in range(2)]
+    blockers = [post(c, steps(n=6000, delay=0.01, seed=seed0 + k)) for k in range(2)]
     while len([w for w in workers(c) if w["busy_prompt"] in blockers]) < 2:
         time.sleep(0.02)
     before = _loads(c)
     mix = [CKPTS[(k // 2) % 2] for k in range(8)]
     ids = [post(c, txt2img(ck, seed=seed0 + k)) for k, ck in enumerate(mix)]
+    for b in blockers:  # both workers free up with the whole mix queued
+        c.post("/interrupt", json={"prompt_id": b})
     h = wait_history(c, blockers + ids, timeout=300)
     assert {h[i]["status"]["status_str"] for i in ids} == {"success"}
+    assert all(h[b]["status"]["completed"] is False for b in blockers)  # interrupted, not finished
     return _loads(c) - before, {i: h[i]["loom"]["worker"] for i in ids}
 
 
@@ -234,9 +239,15 @@ def test_model_affinity_loads_fewer_models_than_round_robin(pool):
         rr, _ = _run_mix(pool, c, "round_robin", 1000)
         aff, placed = _run_mix(pool, c, "affinity", 2000)
         pool.svc.worker.scheduler.policy = "affinity"
-    # three components per checkpoint; affinity keeps each worker on one checkpoint: 2 x 3 loads
+    print(f"model loads for A A B B A A B B on 2 workers: round-robin {rr}, affinity {aff}")
+    # three components per checkpoint; affinity keeps each worker on one checkpoint: at most 2 x 3 loads (fewer
+    # where a worker's output cache still holds the text encoding from the round-robin run)
     assert aff < rr, (aff, rr)
-    assert aff <= 9, (aff, placed)
+    assert aff <= 6, (aff, placed)
+    by_worker: dict = {}
+    for pid, w in placed.items():
+        by_worker.setdefault(w, set()).add(pid)
+    assert len(by_worker) == 2
 
 
 # -- batch fan-out ---------------------------------------------------------------------------------------
@@ -266,6 +277,61 @@ def test_batch_fan_out_gives_the_single_worker_images_bit_for_bit(pool):
     # the PNGs carry the whole prompt, not a part's
     meta = Image.open(pool.config.output_dir / h["outputs"]["7"]["images"][3]["filename"]).text
     assert json.loads(meta["prompt"]) == wf
+
+
+# -- interrupt, previews, outputs from a worker without the front door's disk -------------------------------
+def test_interrupt_reaches_the_worker_running_the_prompt(pool):
+    with pool.client() as c:
+        wait_all_alive(c)
+        pid = post(c, steps(n=400, delay=0.02, seed=31337))
+        while not any(w["busy_prompt"] == pid for w in workers(c)):
+            time.sleep(0.01)
+        c.post("/interrupt", json={"prompt_id": pid})
+        h = wait_history(c, [pid], timeout=30)[pid]
+    types = [m[0] for m in h["status"]["messages"]]
+    assert "execution_interrupted" in types and h["status"]["completed"] is False
+
+
+def test_previews_stream_from_the_worker(pool):
+    async def go():
+        ws = await websockets.connect(pool.ws_url + "?clientId=pv", max_size=None)
+        await ws.recv()
+        await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+        async with httpx.AsyncClient(base_url=pool.url) as c:
+            r = await c.post("/prompt", json={"prompt": steps(n=6, delay=0.05, seed=99, preview=1), "client_id": "pv",
+                                              "extra_data": {"preview_method": "auto"}})
+            pid = r.json()["prompt_id"]
+        msgs, bins = await collect(ws, done_for(pid), timeout=60)
+        await ws.close()
+        return pid, bins
+
+    pid, bins = asyncio.run(go())
+    assert bins
+    kind, n = struct.unpack(">II", bins[0][:8])
+    meta = json.loads(bins[0][8:8 + n])
+    assert kind == 4 and meta["prompt_id"] == pid and meta["node_id"] == "1"
+    assert Image.open(io.BytesIO(bins[0][8 + n:])).format == "JPEG"
+
+
+def test_outputs_reach_the_front_door_when_the_worker_has_no_shared_disk(pool):
+    out = pool.config.output_dir
+    (out / "shipped_00001_.png").write_bytes(b"already here")  # the worker's own folder does not have it
+    wf = {**IMAGE_WF, "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "shipped"}}}
+    pool.svc.worker.ship_outputs = True
+    try:
+        with pool.client() as c:
+            pid = post(c, wf)
+            h = wait_history(c, [pid])[pid]
+            (img,) = h["outputs"]["3"]["images"]
+            got = c.get("/view", params={"filename": img["filename"], "type": "output"})
+    finally:
+        pool.svc.worker.ship_outputs = None
+    assert h["status"]["status_str"] == "success"
+    assert img["filename"] != "shipped_00001_.png" and (out / img["filename"]).is_file()
+    assert (out / "shipped_00001_.png").read_bytes() == b"already here"
+    assert Image.open(io.BytesIO(got.content)).size == (32, 24)
+    manifest = json.loads((out / img["filename"]).with_suffix(".manifest.json").read_text())
+    assert manifest["files"] == ["shipped_00001_.png"]  # as the worker wrote it
 
 
 # -- faults (last: they kill workers) --------------------------------------------------------------------
@@ -299,7 +365,7 @@ def test_killed_worker_mid_prompt_and_50_queued_prompts_none_lost(pool):
         ws = {w["id"]: w for w in workers(c)}
     assert all(h[i]["status"]["status_str"] == "success" for i in [slow] + rest)
     assert h[slow]["outputs"]["1"]["text"] == ["ran 40 steps"]
-    assert ws[killed]["restarts"] == 1 and ws[killed]["last_error"].startswith("lost")
+    assert ws[killed]["restarts"] == 1 and (ws[killed]["last_error"] or "").startswith("lost"), ws[killed]
 
 
 def test_a_prompt_that_loses_two_workers_fails_with_a_clear_error(pool):

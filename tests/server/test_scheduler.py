@@ -47,6 +47,23 @@ def test_a_later_prompt_overtakes_only_with_affinity_and_never_starves_the_head(
     assert taken == ["b1", "b2", "head"]  # overtaken twice, then served
 
 
+def test_empty_workers_split_a_paired_mix_by_checkpoint():
+    """A A B B A A B B on two empty workers: the second worker takes B, not the A the first is loading."""
+    ws = [WorkerState("w1"), WorkerState("w2")]
+    queue = [(f"p{k}", need("AB"[(k // 2) % 2] + ".safetensors")) for k in range(8)]
+    s = Scheduler()
+    placed = {}
+    for _ in range(4):
+        for pid, w in s.assign(queue, ws):
+            placed[pid] = w.id
+            queue = [q for q in queue if q[0] != pid]
+        for w in ws:  # both finish; what they ran is now resident
+            w.models |= w.expect
+            w.busy, w.expect = None, set()
+    assert {placed[f"p{k}"] for k in (0, 1, 4, 5)} != {placed[f"p{k}"] for k in (2, 3, 6, 7)}
+    assert len({placed[f"p{k}"] for k in (0, 1, 4, 5)}) == 1 and len({placed[f"p{k}"] for k in (2, 3, 6, 7)}) == 1
+
+
 def test_no_worker_is_left_idle_while_prompts_wait():
     ws = [WorkerState(str(i), models={"A.safetensors"}) for i in range(3)]
     got = Scheduler().assign([(f"p{i}", need("B.safetensors")) for i in range(5)], ws)
