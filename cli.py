@@ -38,17 +38,19 @@ REPO = Path(__file__).resolve().parent
 
 # --- environment ----------------------------------------------------------------------------------
 
-def _model_store_factory(env):
+def _model_store_factory(env, store_kwargs=None):
     from modelstore.models import ModelStore
 
-    return ModelStore(env.folders)
+    return ModelStore(env.folders, **(store_kwargs or {}))
 
 
 def make_env(args):
     from engine.context import Env
+    from modelstore.precision import store_kwargs
 
+    kw = store_kwargs(getattr(args, "device", None), getattr(args, "dtype", None))
     return Env(input_dir=Path(args.input), output_dir=Path(args.output), temp_dir=Path(args.temp),
-               models_dir=Path(args.models), model_store_factory=_model_store_factory)
+               models_dir=Path(args.models), model_store_factory=lambda env: _model_store_factory(env, kw))
 
 
 def make_registry():
@@ -230,6 +232,9 @@ def load_workflows(paths: list[str], registry, sets: list) -> tuple[list[tuple],
 def cmd_run(args) -> int:
     try:
         sets = parse_sets(args.set)
+        from modelstore.precision import parse_dtype
+
+        parse_dtype(getattr(args, "dtype", None))  # a bad --dtype is a usage error
     except ValueError as e:
         print(f"loom run: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -467,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-mb", type=float, default=2048, help="output cache budget in MiB (default 2048)")
     r.add_argument("--server", metavar="URL", help="run on a Loom/ComfyUI server instead of in this process")
     r.add_argument("--token", help="access token for --server")
+    from modelstore.precision import add_arguments
+
+    add_arguments(r)
     _folders(r, run=True)
     v = sub.add_parser("validate", help="check workflow files without running them")
     v.add_argument("workflows", nargs="+", metavar="WORKFLOW")

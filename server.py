@@ -45,10 +45,14 @@ NO_FRONTEND = """<!doctype html><meta charset=utf-8><title>Loom</title>
 def _build_env(config: Config):
     from engine.context import Env
 
+    from modelstore.precision import store_kwargs
+
+    kw = store_kwargs(config.device, config.dtype)
+
     def store_factory(env):
         from modelstore.models import ModelStore
 
-        return ModelStore(env.folders)
+        return ModelStore(env.folders, **kw)
 
     return Env(input_dir=Path(config.input_dir), output_dir=Path(config.output_dir), temp_dir=Path(config.temp_dir),
                models_dir=Path(config.models_dir), model_store_factory=store_factory)
@@ -231,6 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "ADDRESS joins a cluster")
     p.add_argument("--workers", type=int, default=1, help="pool actors with --ray (one per GPU on GPU machines)")
     p.add_argument("--log-level", default="info")
+    from modelstore.precision import add_arguments
+
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -267,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{config.port}/"
     print(f"Loom server on {url}" + (f"?token={config.token}" if config.token else ""), file=sys.stderr)
-    uvicorn.Server(uvicorn_config(app, config, host=config.host, port=config.port,
-                                  log_level=a.log_level.lower())).run()
+    ucfg = uvicorn_config(app, config, host=config.host, port=config.port, log_level=a.log_level.lower())
+    install_log_filters(handlers=True)  # uvicorn has configured logging: limit repeats, redact everywhere
+    uvicorn.Server(ucfg).run()
     return 0
 
 

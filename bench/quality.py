@@ -7,6 +7,8 @@ per sampler and per cfg (cfg 1 vs the default), plus the generation time per ima
     python bench/quality.py                                   # through Loom's engine, euler+ddim, cfg 1 and 8
     python bench/quality.py --backend diffusers               # cross-check: a direct diffusers scheduler loop
     python bench/quality.py --samplers euler --cfgs 1,3,5,8 --prompts 120 --seeds 2 --json out.json
+    python bench/quality.py --table --prompts 8 --threads 1   # every sampler: 20 steps cfg 6 and its sensible
+                                                              # cfg, 10 steps cfg 6; a markdown table
 """
 from __future__ import annotations
 
@@ -77,9 +79,44 @@ class EngineBackend:
 
 
 def scheduler_for(sampler: str) -> str:
-    """KSampler's scheduler for a sampler: "normal" (SD1's own spacing), except for DDIM, which Loom runs only on
-    integer timesteps (ddim_uniform = diffusers' DDIMScheduler spacing)."""
-    return "ddim_uniform" if sampler == "ddim" else "normal"
+    """KSampler's scheduler for a sampler: "normal" (SD1's own spacing) for every sampler."""
+    return "normal"
+
+
+def all_samplers() -> list[str]:
+    """ComfyUI's 42 names without the *_gpu variants (on the CPU they are the same numbers as their base)."""
+    from sampling.names import SAMPLER_NAMES
+
+    return [s for s in SAMPLER_NAMES if not s.endswith("_gpu")]
+
+
+def sensible_cfg(sampler: str) -> float:
+    """The guidance a sampler is meant for: CFG++ samplers take a guidance scale around 1 (their update already
+    re-noises with the unguided estimate, Chung et al. 2024), lcm is for distilled models at cfg 1; the rest a
+    moderate 4."""
+    if sampler.endswith("cfg_pp") or sampler == "lcm":
+        return 1.0
+    return 4.0
+
+
+def table(backend, samplers, n_prompts, n_seeds, threads):
+    """Every sampler at 20 steps cfg 6, 20 steps at its sensible cfg and 10 steps cfg 6: a markdown table of
+    'all five' accuracy (and per-attribute for the 20-step cfg 6 row)."""
+    lines = ["| sampler | 20 steps cfg 6: bg / colour / pos / shape / size | all five | 20 steps, sensible cfg: all "
+             "five | 10 steps cfg 6: all five | time / image (20 steps cfg 6) |", "|---|---|---|---|---|---|"]
+    out = []
+    for s in samplers:
+        r20 = evaluate(backend, [s], [6.0], n_prompts, n_seeds, 20, threads)[0]
+        sc = sensible_cfg(s)
+        rs = evaluate(backend, [s], [sc], n_prompts, n_seeds, 20, threads)[0]
+        r10 = evaluate(backend, [s], [6.0], n_prompts, n_seeds, 10, threads)[0]
+        out += [r20, rs, r10]
+        attrs = " / ".join(f"{r20[k]:.2f}" for k in ("bg", "color", "pos", "shape", "size"))
+        lines.append(f"| {s} | {attrs} | {r20['all']:.2f} | {rs['all']:.2f} (cfg {sc:g}) | {r10['all']:.2f} | "
+                     f"{r20['s_per_image'] * 1000:.0f} ms |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+    return out
 
 
 def engine_workflow(ckpt_name: str, prompt: str, seed: int, steps: int, cfg: float, sampler: str,
@@ -172,14 +209,21 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--save-grids")
+    ap.add_argument("--table", action="store_true", help="every sampler (or --samplers): 20 steps cfg 6, 20 steps "
+                    "at its sensible cfg, 10 steps cfg 6, as a markdown table")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
     backend = (DiffusersBackend if a.backend == "diffusers" else EngineBackend)(Path(a.ckpt))
     print(f"backend {a.backend}, checkpoint {a.ckpt} ({os.path.getsize(a.ckpt) / 1e6:.1f} MB), "
           f"load {backend.load_s:.2f}s, {a.prompts} prompts x {a.seeds} seeds, {a.steps} steps, {a.threads} threads")
-    rows = evaluate(backend, a.samplers.split(","), [float(c) for c in a.cfgs.split(",")], a.prompts, a.seeds,
-                    a.steps, a.threads, a.save_grids)
+    samplers = all_samplers() if a.samplers == "all" or (a.table and a.samplers == "euler,ddim") \
+        else a.samplers.split(",")
+    if a.table:
+        rows = table(backend, samplers, a.prompts, a.seeds, a.threads)
+    else:
+        rows = evaluate(backend, samplers, [float(c) for c in a.cfgs.split(",")], a.prompts, a.seeds,
+                        a.steps, a.threads, a.save_grids)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return rows

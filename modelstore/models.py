@@ -47,12 +47,14 @@ class ModelStore:
 
     def __init__(self, folders: ModelFolders, device: str | None = None, dtype: str | None = None,
                  budget_bytes: int | None = None, allow_pickle: bool = False, channels_last: bool = False,
-                 offload_budget_bytes: int | None = None):
+                 offload_budget_bytes: int | None = None, component_dtypes: dict | None = None):
         import torch
 
         cuda = torch.cuda.is_available()
         self.folders = folders
         self.device, self.dtype = choose_device_dtype(cuda, cuda and torch.cuda.is_bf16_supported(), device, dtype)
+        # per-socket precision ('MODEL'|'CLIP'|'VAE' -> dtype name), like ComfyUI's --bf16-unet / --fp32-vae
+        self.component_dtypes = {k: self._dtype(v) for k, v in (component_dtypes or {}).items()}
         budget = budget_bytes if budget_bytes is not None else default_budget(self.device)
         self.residency = Residency(self.device, budget, "cpu" if self.device.startswith("cuda") else None,
                                    offload_budget_bytes)
@@ -85,10 +87,10 @@ class ModelStore:
         """(MODEL, CLIP, VAE) refs for ``checkpoints/<name>`` (single file or diffusers folder). Weights load
         on first ``get()``. CLIP/VAE are None if the file has none."""
         src, _, plan = self.loader.checkpoint(self.folders.resolve("checkpoints", name))
-        dt = self._dtype(dtype)
         info = (("name", name),) + tuple(plan.info())
         comps = plan.components()
-        return tuple(ModelRef(kind, ModelKey(src.fid, comps[kind], dt, self.device), info, store=self)
+        dt = lambda kind: self._dtype(dtype) if dtype is not None else self.component_dtypes.get(kind, self.dtype)
+        return tuple(ModelRef(kind, ModelKey(src.fid, comps[kind], dt(kind), self.device), info, store=self)
                      if kind in comps else None for kind in ("MODEL", "CLIP", "VAE"))
 
     def load_vae(self, name: str, dtype: str | None = None) -> ModelRef:
@@ -101,7 +103,8 @@ class ModelStore:
         the header now, so a file the kind cannot load fails here, in the loader node."""
         kind = self.loader.loader(component)
         src, info = self.loader.describe(component, self.folders.resolve(kind.folder, name))
-        return ModelRef(kind.socket, ModelKey(src.fid, component, self._dtype(dtype), self.device),
+        dt = self._dtype(dtype) if dtype is not None else self.component_dtypes.get(kind.socket, self.dtype)
+        return ModelRef(kind.socket, ModelKey(src.fid, component, dt, self.device),
                         (("name", name),) + info, store=self)
 
     def load_lora(self, model: ModelRef | None, clip: ModelRef | None, name: str, strength_model: float,

@@ -48,6 +48,8 @@ class Config:
     preview_size: int = 512
     preview_method: str = "none"  # live previews for prompts that do not ask (ComfyUI's --preview-method)
     frontend_root: Path | None = None  # default: comfyui_frontend_package's static dir, if installed
+    device: str | None = None  # model device (--device); None: cuda if present, else cpu
+    dtype: str | None = None  # model precision (--dtype): fp32 | bf16 | fp16 | unet=..,vae=..,clip=..
     replay_prompts: int = 32  # per-prompt event buffers kept in memory for /prompt/{id}/events
     replay_events: int = 200_000  # total events kept over all replay buffers (and per prompt)
     ws_queue_limit: int = 200_000  # messages buffered for one slow websocket before it is dropped
@@ -88,6 +90,12 @@ class Config:
                              "use --token generate to create one")
         if self.token == "generate":
             self.token = secrets.token_urlsafe(24)
+        from modelstore.precision import parse_dtype
+
+        try:
+            parse_dtype(self.dtype)
+        except ValueError as e:
+            raise SystemExit(f"loom serve: {e}") from None
 
     def ensure_dirs(self) -> None:
         for d in (self.models_dir, self.input_dir, self.output_dir, self.temp_dir, self.user_dir,

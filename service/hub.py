@@ -18,7 +18,6 @@ import json
 import struct
 import uuid
 from collections import OrderedDict
-from typing import Any
 
 import msgpack
 

@@ -171,6 +171,9 @@ class RayPool:
             log.error("worker %s did not start: %s", slot.state.id, e)
             slot.info = {**slot.info, "last_error": f"did not start: {e}"}
             return
+        if self._stop:  # the pool stopped while this actor started
+            ray.kill(actor)
+            return
         slot.info = info
         slot.state.models = set(info.get("resident_models") or ())
         slot.state.keys.clear()
@@ -267,6 +270,9 @@ class RayPool:
                     head = self.store.pending_ids(max(self.scheduler.window, 2 * self.n))
                     pending = [(pid, self._needs_of(pid)) for pid in head]
                     assigned = self.scheduler.assign(pending, states)
+                    if assigned and log.isEnabledFor(logging.DEBUG):
+                        log.debug("dispatch %s", [(pid[:8], sorted(self._needs_of(pid).models), st.id,
+                                                   sorted(st.models)) for pid, st in assigned])
                     for pid, st in assigned:
                         item = self.store.take(pid)
                         slot = next(s for s in self.slots if s.state is st)

@@ -50,7 +50,8 @@ async def post_prompt(request: Request) -> Response:
     extra["create_time"] = now_ms()
     front = bool(body.front)
     try:
-        v, number = await run_in_threadpool(_admit, s, pid, prompt, targets, extra, number, front, client_id)
+        v, number, remaining = await run_in_threadpool(_admit, s, pid, prompt, targets, extra, number, front,
+                                                       client_id)
     except WorkflowError as e:
         return JSON(e.to_dict(), status_code=400)
     except Exception as e:  # a bug in Loom, not in the workflow: say so, and keep the traceback
@@ -58,22 +59,23 @@ async def post_prompt(request: Request) -> Response:
         return JSON(internal_error(e, "validation"), status_code=500)
     if v is None:
         return _bad_prompt("invalid_prompt", "prompt_id already used", pid)
-    s.hub.status(s.store.remaining())
+    s.hub.status(remaining)
     return JSON({"prompt_id": pid, "number": int(number) if float(number).is_integer() else number,
                  "node_errors": v.node_errors})
 
 
 def _admit(s, pid: str, prompt: dict, targets, extra: dict, number, front: bool, client_id) -> tuple:
-    """Validate and enqueue one prompt, in a worker thread (never on the event loop): (Validated,
-    queue number), or (None, None) when ``pid`` is taken. Raises ``WorkflowError`` for an invalid
-    workflow; anything else it raises is a Loom bug."""
+    """Validate and enqueue one prompt, in a worker thread (never on the event loop, nor are the store's
+    writes and its lock): (Validated, queue number, prompts remaining), or (None, None, None) when
+    ``pid`` is taken. Raises ``WorkflowError`` for an invalid workflow; anything else is a Loom bug."""
     v = s.executor.prepare(prompt, targets)
     if s.store.exists(pid):
-        return None, None
+        return None, None, None
     number = s.store.add(pid, dumps(prompt), extra, list(v.outputs), number=number, front=front,
                          client_id=client_id)
+    remaining = s.store.remaining()  # before the worker is woken: it includes this prompt
     s.worker.submit(pid, v)
-    return v, number
+    return v, number, remaining
 
 
 async def get_prompt(request: Request) -> Response:

@@ -8,11 +8,12 @@ fingerprints). A worker's state is what it reported (its resident models) and th
 ran (a bounded memory standing in for its output cache).
 
 The affinity rule, for a window at the head of the queue: a pair (prompt, idle worker) scores (models the
-worker holds, keys it has, minus the prompt's models that a *busy* worker holds); the best pair goes first,
-ties to the older prompt, then to the worker with the fewest prompts done. A later prompt (one of the oldest
-few needing a model the worker holds) can overtake the head only with a better score than the head gets on
-that worker, and the head is overtaken at most ``max_skips`` times, so nothing starves. ``round_robin`` is the baseline a home-made dispatcher gives:
-queue order, workers in turn.
+worker holds, minus the prompt's models that a *busy* worker holds or is loading, keys it has); the best
+pair goes first, ties to the older prompt, then to the worker with the fewest prompts done. A later prompt
+(one of the oldest few needing a model the worker holds, or the oldest whose models no busy worker holds)
+can overtake the head only with a better score than the head gets on that worker, and the head is overtaken
+at most ``max_skips`` times, so nothing starves. ``round_robin`` is the baseline a home-made dispatcher
+gives: queue order, workers in turn.
 """
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ class Scheduler:
 
         def score(needs: Needs, w: WorkerState) -> tuple:
             have = names[id(w)]
-            return (sum(1 for m in needs.models if m in have), sum(1 for k in needs.keys if k in w.keys),
-                    -sum(1 for m in needs.models if m in claimed))
+            return (sum(1 for m in needs.models if m in have), -sum(1 for m in needs.models if m in claimed),
+                    sum(1 for k in needs.keys if k in w.keys))
 
         out: list[tuple[str, WorkerState]] = []
         while idle and window:

@@ -141,3 +141,29 @@ def test_ctrl_c_interrupts_with_exit_130(tmp_path):
     assert proc.returncode == 130
     assert summaries(out)[0]["status"] == "interrupted"
     assert any(m["type"] == "execution_interrupted" for m in lines(out))
+
+
+def test_a_bug_inside_loom_exits_70_with_a_labelled_traceback(tmp_path, monkeypatch, capsys):
+    """An exception escaping validation is Loom's bug, not an invalid workflow: exit 70, not 2."""
+    import cli
+    from engine.node import Combo, Node, Output, Registry
+
+    def broken_options(env):
+        raise KeyError("options table")
+
+    class BrokenCombo(Node):
+        """A node whose option list cannot be computed."""
+        output_node = True
+        inputs = (Combo("choice", broken_options),)
+        outputs = (Output("STRING"),)
+
+        def run(self, ctx, choice):
+            return (choice,)
+
+    monkeypatch.setattr(cli, "make_registry", lambda: Registry([BrokenCombo]))
+    p = tmp_path / "wf.json"
+    p.write_text(json.dumps({"1": {"class_type": "BrokenCombo", "inputs": {"choice": "a"}}}))
+    for command in ("validate", "run"):
+        assert cli.main([command, str(p), "--output", str(tmp_path / "out")]) == cli.EXIT_INTERNAL == 70
+        err = capsys.readouterr().err
+        assert f"loom {command}: internal error (a bug in Loom" in err and "broken_options" in err

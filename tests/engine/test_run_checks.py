@@ -37,7 +37,7 @@ def test_execution_start_is_sent_before_the_cache_key_work():
 
 
 # -- item 8: linked values are range-checked; outputs must fit the memory budget -----------------------------
-from engine.budget import LinkedValueError, MemoryBudgetExceeded, tensor_bytes  # noqa: E402
+from engine.budget import tensor_bytes  # noqa: E402
 from engine.node import Float  # noqa: E402
 
 
@@ -171,3 +171,14 @@ def test_estimates_of_the_tensor_creating_nodes():
     r = ex.run(wf)
     assert r.status == "error" and r.error["node_id"] == "1" and "memory budget" in r.error["exception_message"]
     assert r.nodes["1"].status == "failed" and r.nodes["2"].status == "skipped"
+
+
+def test_cache_keys_accept_text_that_is_not_utf8():
+    """Item 4: a lone surrogate in a constant made msgpack raise while deriving the cache key (a traceback in
+    `loom run`); keys now encode it, distinct from every real string."""
+    from engine.cache import node_key
+
+    a = node_key("X", "1", {"s": "a\ud800"}, {})
+    b = node_key("X", "1", {"s": "a\udfff"}, {})
+    c = node_key("X", "1", {"s": "a"}, {})
+    assert len({a, b, c}) == 3 and a == node_key("X", "1", {"s": "a\ud800"}, {})
