@@ -88,7 +88,8 @@ def _make_worker(config: Config, executor, store: Store, hub: Hub, loop):
                     "output_dir": str(config.output_dir), "temp_dir": str(config.temp_dir),
                     "registry": config.ray_registry, "budget_bytes": config.worker_model_budget_bytes,
                     "preview_interval_s": config.preview_interval_s, "preview_size": config.preview_size,
-                    "preview_method": config.preview_method}
+                    "preview_method": config.preview_method, "cache_bytes": config.cache_bytes,
+                    "memory_budget_bytes": config.memory_budget_bytes}
     return RayPool(store, hub, loop, workers=config.workers, actor_config=actor_config, address=config.ray,
                    policy=config.ray_policy, prepare=executor.prepare, num_cpus=config.ray_num_cpus)
 

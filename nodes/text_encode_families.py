@@ -34,9 +34,15 @@ class CLIPTextEncodeSDXL(Node):
         return list(dict.fromkeys(validation_warnings(env, text_g) + validation_warnings(env, text_l)))
 
     def run(self, ctx, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
-        if getattr(clip, "meta", {}).get("arch") != "sdxl":
-            raise ValueError("CLIPTextEncodeSDXL needs the CLIP of an SDXL base checkpoint (CLIP-L + CLIP-G)")
-        cond = encode_text(clip, [text_l, text_g], warn=getattr(ctx, "warn", None))
+        from .family_encode import clip_type, encode
+
+        if clip_type(clip) == "sdxl":  # DualCLIPLoader type sdxl
+            cond = encode(clip, {"clip_l": text_l, "clip_g": text_g})
+        elif getattr(clip, "meta", {}).get("arch") != "sdxl":
+            raise ValueError("CLIPTextEncodeSDXL needs the CLIP of an SDXL base checkpoint or a DualCLIPLoader "
+                             "of type sdxl (CLIP-L + CLIP-G)")
+        else:
+            cond = encode_text(clip, [text_l, text_g], warn=getattr(ctx, "warn", None))
         extra = dict(width=width, height=height, crop_w=crop_w, crop_h=crop_h, target_width=target_width,
                      target_height=target_height)
         return ([[c, {**o, **extra}] for c, o in cond],)
