@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clip-eval-prompts", type=int, default=48)
     ap.add_argument("--lora-steps", type=int, default=200)
     ap.add_argument("--lora-out", default="models/loras/loom-shapes-grayscale-lora.safetensors")
-    ap.add_argument("--upscaler-steps", type=int, default=600)
+    ap.add_argument("--upscaler-steps", type=int, default=3000)
     ap.add_argument("--upscaler-out", default="models/upscale_models/loom-shapes-esrgan-x4.safetensors")
+    ap.add_argument("--upscaler-lr", type=float, default=2e-3)
+    ap.add_argument("--upscaler-init", default=None, help="continue from this RRDBNet file (a second stage)")
     return ap
 
 
@@ -93,7 +95,8 @@ def main(argv=None):
         (work / "lora_eval.json").write_text(json.dumps(r, indent=1))
     if a.only in ("all", "upscaler"):
         from . import train_upscaler
-        r = train_upscaler.train(Path(a.upscaler_out), a.upscaler_steps, seed=a.seed, log=log)
+        r = train_upscaler.train(Path(a.upscaler_out), a.upscaler_steps, lr=a.upscaler_lr, seed=a.seed,
+                                 init=Path(a.upscaler_init) if a.upscaler_init else None, log=log)
         (work / "upscaler_eval.json").write_text(json.dumps(r, indent=1))
     log(f"this invocation {time.time() - t0:.0f}s")
 

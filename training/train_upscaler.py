@@ -69,8 +69,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / F.mse_loss(a.clamp(0, 1), b)))
 
 
-def train(out: Path, steps: int = 600, batch: int = 8, lr: float = 2e-3, n: int = 600, seed: int = 0,
-          log=print) -> dict:
+def train(out: Path, steps: int = 3000, batch: int = 8, lr: float = 2e-3, n: int = 600, seed: int = 0,
+          init: Path | None = None, log=print) -> dict:
+    """``init``: continue from an RRDBNet file of the same size (a second stage) instead of the smooth start."""
     from safetensors.torch import save_file
 
     from modelstore.kinds.upscale import RRDBNet
@@ -78,7 +79,11 @@ def train(out: Path, steps: int = 600, batch: int = 8, lr: float = 2e-3, n: int 
     torch.manual_seed(seed)
     lo, hi = pairs(n, seed + 31)
     net = RRDBNet(nf=NF, nb=NB, gc=GC, scale=4)
-    smooth_init(net)
+    if init is not None:
+        from safetensors.torch import load_file
+        net.load_state_dict(load_file(str(init)))
+    else:
+        smooth_init(net)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     t0 = time.time()
