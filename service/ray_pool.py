@@ -64,7 +64,10 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
     else:
-        ray.init(address=None if address == "auto" else address, log_to_driver=False, configure_logging=False)
+        kw = {}
+        if address.rpartition(":")[0] in ("127.0.0.1", "localhost"):  # a loopback-only instance on this machine:
+            kw["_node_ip_address"] = "127.0.0.1"  # join as its node, not as the machine's interface address
+        ray.init(address=None if address == "auto" else address, log_to_driver=False, configure_logging=False, **kw)
     return True
 
 

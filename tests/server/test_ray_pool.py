@@ -441,3 +441,61 @@ def test_front_door_restart_keeps_the_queue_and_runs_every_prompt_once(ray_local
     out = tmp_path / "output"
     for wf, _ in wfs.values():  # every prompt ran to the end exactly once
         assert len(list(out.glob(f"rs{wf['1']['inputs']['seed']}_*.png"))) == 1
+
+
+_FRONT_DOOR = """
+import sys, time
+from pathlib import Path
+from tests.server.conftest import LiveServer
+base, models, address = sys.argv[1:4]
+s = LiveServer(Path(base), start_timeout=300, models_dir=Path(models), ray=address, workers=2,
+               ray_registry="tests.server.stubs:registry").__enter__()
+print(s.port, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_front_door_killed_abruptly_a_new_one_reruns_its_prompts_once(ray_local, tmp_path):
+    """A front door in a process of its own joins the session's Ray instance by address and is killed (-9) with
+    two prompts running and four pending; its actors die with it (they belong to its Ray driver), and a new
+    front door on the same base (``--requeue-interrupted``) runs all six once."""
+    import subprocess
+    import sys
+
+    address = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", _FRONT_DOOR, str(tmp_path), str(MODELS), address], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wfs = {}
+    try:
+        port = int(proc.stdout.readline())
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            wait_all_alive(c)
+            for k, (n, delay) in enumerate([(100, 0.03)] * 2 + [(12, 0.01)] * 4):
+                wf = _gated(8000 + k, n, delay)
+                wfs[post(c, wf)] = (wf, n)
+            ids = list(wfs)
+            t0 = time.time()
+            while {w["busy_prompt"] for w in workers(c)} != set(ids[:2]):
+                assert time.time() - t0 < 60, workers(c)
+                time.sleep(0.02)
+            old = workers(c)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert all(_gone(w["pid"]) for w in old), old  # no orphaned actor keeps running the old prompts
+    cfg = dict(start_timeout=300, models_dir=MODELS, ray="local", workers=2, ray_registry="tests.server.stubs:registry",
+               requeue_interrupted=True)
+    with LiveServer(tmp_path, **cfg) as second:
+        with second.client() as c:
+            h = wait_history(c, ids, timeout=120)
+            now = wait_all_alive(c)
+    assert all(w["alive"] for w in now) and not {w["pid"] for w in now} & {w["pid"] for w in old}
+    out = tmp_path / "output"
+    for pid, (wf, n) in wfs.items():
+        e = h[pid]
+        seed = wf["1"]["inputs"]["seed"]
+        assert e["status"]["status_str"] == "success", (pid, e["status"])
+        assert e["outputs"]["1"]["text"] == [f"ran {n} steps"]
+        assert [i["filename"] for i in e["outputs"]["3"]["images"]] == [f"rs{seed}_00001_.png"]
+        assert len(list(out.glob(f"rs{seed}_*.png"))) == 1
