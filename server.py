@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from service import routes_files, routes_prompt, routes_system, routes_user
+from service import routes_files, routes_prompt, routes_system, routes_templates, routes_user
 from service.config import Config
 from service.http import JSON, Service
 from service.hub import Hub
@@ -146,13 +146,13 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
             lock.release()
 
     routes: list = []
-    for mod in (routes_prompt, routes_files, routes_user, routes_system):
+    for mod in (routes_prompt, routes_files, routes_user, routes_system, routes_templates):
         for path, endpoint, methods in mod.ROUTES:
             routes.append(Route(path, endpoint, methods=methods))
             routes.append(Route("/api" + path, endpoint, methods=methods))
         for path, endpoint, methods in getattr(mod, "INTERNAL", ()):
             routes.append(Route("/internal" + path, endpoint, methods=methods))
-    for path, endpoint in routes_system.STATIC_JSON:
+    for path, endpoint in routes_system.STATIC_JSON + routes_templates.STATIC:
         routes.append(Route(path, endpoint, methods=["GET"]))
 
     async def ws_endpoint(websocket):
