@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from service import routes_files, routes_prompt, routes_system, routes_user
+from service import routes_files, routes_prompt, routes_system, routes_templates, routes_user
 from service.config import Config
 from service.http import JSON, Service
 from service.hub import Hub
@@ -88,7 +88,8 @@ def _make_worker(config: Config, executor, store: Store, hub: Hub, loop):
                     "output_dir": str(config.output_dir), "temp_dir": str(config.temp_dir),
                     "registry": config.ray_registry, "budget_bytes": config.worker_model_budget_bytes,
                     "preview_interval_s": config.preview_interval_s, "preview_size": config.preview_size,
-                    "preview_method": config.preview_method}
+                    "preview_method": config.preview_method, "cache_bytes": config.cache_bytes,
+                    "memory_budget_bytes": config.memory_budget_bytes}
     return RayPool(store, hub, loop, workers=config.workers, actor_config=actor_config, address=config.ray,
                    policy=config.ray_policy, prepare=executor.prepare, num_cpus=config.ray_num_cpus)
 
@@ -145,13 +146,13 @@ def create_app(config: Config | None = None, *, registry=None) -> Starlette:
             lock.release()
 
     routes: list = []
-    for mod in (routes_prompt, routes_files, routes_user, routes_system):
+    for mod in (routes_prompt, routes_files, routes_user, routes_system, routes_templates):
         for path, endpoint, methods in mod.ROUTES:
             routes.append(Route(path, endpoint, methods=methods))
             routes.append(Route("/api" + path, endpoint, methods=methods))
         for path, endpoint, methods in getattr(mod, "INTERNAL", ()):
             routes.append(Route("/internal" + path, endpoint, methods=methods))
-    for path, endpoint in routes_system.STATIC_JSON:
+    for path, endpoint in routes_system.STATIC_JSON + routes_templates.STATIC:
         routes.append(Route(path, endpoint, methods=["GET"]))
 
     async def ws_endpoint(websocket):
@@ -274,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{config.port}/"
     print(f"Loom server on {url}" + (f"?token={config.token}" if config.token else ""), file=sys.stderr)
-    uvicorn.Server(uvicorn_config(app, config, host=config.host, port=config.port,
-                                  log_level=a.log_level.lower())).run()
+    ucfg = uvicorn_config(app, config, host=config.host, port=config.port, log_level=a.log_level.lower())
+    install_log_filters(handlers=True)  # uvicorn has configured logging: limit repeats, redact everywhere
+    uvicorn.Server(ucfg).run()
     return 0
 
 

@@ -40,6 +40,7 @@ MODULES = [
     "nodes.animation",
     "nodes.compositing",
     "nodes.preview_any",
+    "nodes.clip_vision",
     "nodes.testing",
     "nodes.loaders_split",
     "nodes.text_encode_families",

@@ -136,6 +136,11 @@ def encode_text(clip_ref, text, warn=None) -> list:
     from .family_encode import clip_type, encode
 
     if clip_type(clip_ref) is not None:
+        texts = text if isinstance(text, (list, tuple)) else [text]
+        if any("embedding:" in t for t in texts):  # never silently: say that the words stay plain text
+            msg = (f"textual-inversion embeddings are not applied with a split-loader {clip_type(clip_ref)} CLIP yet; "
+                   "'embedding:' words are encoded as plain text")
+            (warn or (lambda m: __import__("logging").getLogger(__name__).warning("%s", m)))(msg)
         return encode(clip_ref, text)
     import torch
 

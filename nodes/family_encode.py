@@ -4,6 +4,7 @@ TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
 - ``lumina2`` (Z-Image, Qwen3): the prompt in Qwen's chat form ``<|im_start|>user\\n{text}<|im_end|>\\n
   <|im_start|>assistant\\n``, unpadded, penultimate hidden layer -> (1, L, D); no pooled output.
 - ``flux``: T5 last hidden state over 256 tokens (eos, then pad) -> (1, 256, D); CLIP-L's pooled output (B, 768).
+- ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens), CLIP-G's projected pooled output.
 - ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
   T5's 256 tokens; pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute zeros.
 Prompt weighting ``(word:1.2)`` is not applied for these families yet (the text is encoded as written).
@@ -16,8 +17,8 @@ QWEN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 T5_TOKENS = 256
 #: loader type -> encoder kinds it accepts (ComfyUI's recipes for the families Loom loads)
 ACCEPTS = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}, "sd3": {"clip_l", "clip_g", "t5"},
-           "stable_diffusion": {"clip_l"}}
-REQUIRED = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}}
+           "stable_diffusion": {"clip_l"}, "sdxl": {"clip_l", "clip_g"}}
+REQUIRED = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}, "sdxl": {"clip_l", "clip_g"}}
 
 
 def check_kinds(type_: str, kinds, names) -> None:
@@ -102,6 +103,10 @@ def _encode(type_: str, by: dict, texts: dict) -> list:
         return [[_t5(by["t5"], texts["t5"]), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"])}]]
     if type_ == "sd3":
         return [_sd3(by, texts)]
+    if type_ == "sdxl":  # SDXL: both CLIPs' penultimate layers side by side, CLIP-G's projected pooled output
+        hl, _ = _clip(by["clip_l"], texts["clip_l"])
+        hg, pg = _clip(by["clip_g"], texts["clip_g"])
+        return [[torch.cat([hl, hg], -1), {"pooled_output": pg}]]
     if type_ == "stable_diffusion":
         te = by["clip_l"]
         dev = next(te.model.parameters()).device

@@ -27,10 +27,22 @@ class CLIPTextEncodeSDXL(Node):
               String("text_g", multiline=True, dynamicPrompts=True), String("text_l", multiline=True, dynamicPrompts=True))
     outputs = (Output("CONDITIONING"),)
 
+    @classmethod
+    def warnings(cls, env, text_g=None, text_l=None, **_):
+        from .embeddings import validation_warnings
+
+        return list(dict.fromkeys(validation_warnings(env, text_g) + validation_warnings(env, text_l)))
+
     def run(self, ctx, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
-        if getattr(clip, "meta", {}).get("arch") != "sdxl":
-            raise ValueError("CLIPTextEncodeSDXL needs the CLIP of an SDXL base checkpoint (CLIP-L + CLIP-G)")
-        cond = encode_text(clip, [text_l, text_g])
+        from .family_encode import clip_type, encode
+
+        if clip_type(clip) == "sdxl":  # DualCLIPLoader type sdxl
+            cond = encode(clip, {"clip_l": text_l, "clip_g": text_g})
+        elif getattr(clip, "meta", {}).get("arch") != "sdxl":
+            raise ValueError("CLIPTextEncodeSDXL needs the CLIP of an SDXL base checkpoint or a DualCLIPLoader "
+                             "of type sdxl (CLIP-L + CLIP-G)")
+        else:
+            cond = encode_text(clip, [text_l, text_g], warn=getattr(ctx, "warn", None))
         extra = dict(width=width, height=height, crop_w=crop_w, crop_h=crop_h, target_width=target_width,
                      target_height=target_height)
         return ([[c, {**o, **extra}] for c, o in cond],)
@@ -44,10 +56,16 @@ class CLIPTextEncodeSDXLRefiner(Node):
               Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)
 
+    @classmethod
+    def warnings(cls, env, text=None, **_):
+        from .embeddings import validation_warnings
+
+        return validation_warnings(env, text)
+
     def run(self, ctx, ascore, width, height, text, clip):
         if getattr(clip, "meta", {}).get("arch") != "sdxl":
             raise ValueError("CLIPTextEncodeSDXLRefiner needs the CLIP of an SDXL refiner checkpoint (CLIP-G)")
-        cond = encode_text(clip, text)
+        cond = encode_text(clip, text, warn=getattr(ctx, "warn", None))
         return ([[c, {**o, "aesthetic_score": float(ascore), "width": width, "height": height}] for c, o in cond],)
 
 

@@ -47,7 +47,8 @@ class LoomActor:
     """``config``: models_dir, input_dir, output_dir, temp_dir (the front door's), marker (a file the front door
     put in its output folder: if this worker sees it, it writes there directly), registry (see
     ``load_registry``), budget_bytes (model store budget; None: the store's default), preview_interval_s,
-    preview_size, preview_method (the server's default), cache_bytes (output cache budget), torch_threads."""
+    preview_size, preview_method (the server's default), cache_bytes (output cache budget),
+    memory_budget_bytes (what nodes may allocate; None: RAM), torch_threads."""
 
     def __init__(self, worker_id: str, config: dict):
         from engine.cache import OutputCache
@@ -77,7 +78,8 @@ class LoomActor:
         env = Env(input_dir=Path(config["input_dir"]), output_dir=out, temp_dir=tmp,
                   models_dir=Path(config["models_dir"]), model_store_factory=store_factory)
         cache = OutputCache(config["cache_bytes"]) if config.get("cache_bytes") else None
-        self.executor = Executor(load_registry(config.get("registry")), env, cache=cache)
+        self.executor = Executor(load_registry(config.get("registry")), env, cache=cache,
+                                 memory_budget=config.get("memory_budget_bytes"))
         self.interval = float(config.get("preview_interval_s", 0.1))
         self.preview_method = config.get("preview_method") or "none"  # the server's default
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

@@ -14,6 +14,7 @@ from engine.schema import COMFYUI_API_VERSION, node_info, object_info
 
 from .devices import local_devices, ram
 from .http import JSON, svc
+from .routes_templates import templates_version
 
 LOGS: list[dict] = []  # the server's own log lines for /internal/logs (bounded by the log handler)
 
@@ -40,7 +41,7 @@ async def system_stats(request: Request) -> Response:
         fe = ""
     return JSON({"system": {"os": os.name, "ram_total": total, "ram_free": free,
                             "comfyui_version": COMFYUI_API_VERSION, "loom_version": s.config.version,
-                            "required_frontend_version": fe, "installed_templates_version": "",
+                            "required_frontend_version": fe, "installed_templates_version": templates_version(),
                             "required_templates_version": "", "python_version": sys.version,
                             "pytorch_version": _torch_version(), "embedded_python": False,
                             "argv": ["loom", "serve"], "platform": platform.platform(),
@@ -165,10 +166,6 @@ async def folder_paths(request: Request) -> Response:
     return JSON({k: [str(p) for p in f.paths(k)] for k in _kinds()})
 
 
-async def templates_index(request: Request) -> Response:
-    return JSON([])
-
-
 ROUTES = [
     ("/object_info", get_object_info, ["GET"]),
     ("/object_info/{node_class}", get_object_info_one, ["GET"]),
@@ -183,7 +180,6 @@ ROUTES = [
     ("/experiment/models/{folder}", experiment_models_folder, ["GET"]),
     ("/experiment/models/preview/{folder}/{index}/{filename:path}", not_found, ["GET"]),
     ("/i18n", empty_dict, ["GET"]),
-    ("/workflow_templates", empty_dict, ["GET"]),
     ("/global_subgraphs", empty_dict, ["GET"]),
     ("/node_replacements", empty_dict, ["GET"]),
 ]
@@ -193,4 +189,4 @@ INTERNAL = [
     ("/logs/subscribe", logs_subscribe, ["PATCH"]),
     ("/folder_paths", folder_paths, ["GET"]),
 ]
-STATIC_JSON = [("/templates/index.json", templates_index), ("/templates/index_logo.json", empty_dict)]
+STATIC_JSON: list = []  # /templates/... live in routes_templates

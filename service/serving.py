@@ -103,18 +103,22 @@ _TOKEN = re.compile(r"((?:[?&;]|%3[fF]|%26)(?:token|access_token|loom_token)=)[^
 
 
 class RedactTokens(logging.Filter):
-    """Replace the value of ``token=`` (query strings, URLs) with ``[redacted]`` in the formatted line."""
+    """Replace the value of ``token=`` (query strings, URLs) with ``[redacted]`` in a record's message and in
+    each of its string arguments, keeping the arguments' shape (uvicorn's access formatter unpacks them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            msg = record.getMessage()
-        except Exception:
-            return True
-        if "token" in msg.lower():
-            red = _TOKEN.sub(r"\1[redacted]", msg)
-            if red != msg:
-                record.msg, record.args = red, None
+        if isinstance(record.msg, str) and "token" in record.msg.lower():
+            record.msg = _redact(record.msg)
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, str) and "token" in a.lower() for a in args):
+            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, dict) and any(isinstance(a, str) and "token" in a.lower() for a in args.values()):
+            record.args = {k: _redact(a) if isinstance(a, str) else a for k, a in args.items()}
         return True
+
+
+def _redact(text: str) -> str:
+    return _TOKEN.sub(r"\1[redacted]", text)
 
 
 class RepeatFilter(logging.Filter):
@@ -151,20 +155,24 @@ class RepeatFilter(logging.Filter):
 _INSTALLED: dict[int, logging.Filter] = {}
 
 
-def install_log_filters(repeat: RepeatFilter | None = None) -> None:
-    """Token redaction on uvicorn's loggers and on every handler of the root and uvicorn loggers, and
-    repeat limiting on those handlers (idempotent)."""
+def install_log_filters(handlers: bool = False) -> None:
+    """Token redaction on uvicorn's loggers (where access and websocket lines are made); with ``handlers``,
+    also redaction and repeat limiting on every handler of the root, uvicorn and asyncio loggers, so lines
+    from any logger that reach them are covered (``loom serve`` does this once logging is configured;
+    tests leave their capture handlers alone). Idempotent."""
     redact = _INSTALLED.setdefault(0, RedactTokens())
-    repeat = repeat or _INSTALLED.setdefault(1, RepeatFilter())
     for name in ("uvicorn.access", "uvicorn.error", "uvicorn"):
         lg = logging.getLogger(name)
         if redact not in lg.filters:
             lg.addFilter(redact)
+    if not handlers:
+        return
+    repeat = _INSTALLED.setdefault(1, RepeatFilter())
     for name in ("", "uvicorn", "uvicorn.access", "uvicorn.error", "asyncio"):
         for h in logging.getLogger(name).handlers:
             if redact not in h.filters:
                 h.addFilter(redact)
-            if not any(isinstance(f, RepeatFilter) for f in h.filters):
+            if repeat not in h.filters:
                 h.addFilter(repeat)
 
 

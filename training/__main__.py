@@ -10,11 +10,17 @@ Stages (each resumable; finished stages are skipped, interrupted ones resume fro
                                           -> training/work/unet_ckpt.pt
   4. export EMA weights, fp16            -> --out
   5. the 9-channel inpainting variant (train_inpaint), fine-tuned from 3 -> --inpaint-out (--inpaint-steps 0 skips)
+  6. clip: a tiny CLIP (train_clip), exported in transformers' CLIPModel layout -> --clip-out, then measured
+     (eval_clip: retrieval among 8, ranking 8 generations of the bundled model) -> work/clip_eval.json
+  7. lora: the grayscale example LoRA for the bundled model (train_lora) -> --lora-out
+  8. upscaler: the 4x RRDBNet example upscaler (train_upscaler) -> --upscaler-out
+`--only clip` (or lora, upscaler, diffusion) runs one group; stages 6-8 need only the bundled checkpoint (--out).
 Everything is seeded; with the same thread count a rerun gives the same weights.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -45,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--inpaint-steps", type=int, default=600)
     ap.add_argument("--inpaint-out", default="models/checkpoints/loom-shapes-64-inpainting.safetensors")
     ap.add_argument("--fp32", action="store_true", help="store fp32 instead of fp16")
+    ap.add_argument("--only", choices=["all", "diffusion", "clip", "lora", "upscaler"], default="all")
+    ap.add_argument("--clip-steps", type=int, default=2000)
+    ap.add_argument("--clip-bs", type=int, default=64)
+    ap.add_argument("--clip-out", default="models/clip_vision/loom-shapes-clip.safetensors")
+    ap.add_argument("--clip-eval-prompts", type=int, default=48)
+    ap.add_argument("--lora-steps", type=int, default=200)
+    ap.add_argument("--lora-out", default="models/loras/loom-shapes-grayscale-lora.safetensors")
+    ap.add_argument("--upscaler-steps", type=int, default=600)
+    ap.add_argument("--upscaler-out", default="models/upscale_models/loom-shapes-esrgan-x4.safetensors")
     return ap
 
 
@@ -63,8 +78,28 @@ def main(argv=None):
         print(line, flush=True)
         logf.write(line + "\n"); logf.flush()
 
-    from . import export, finetune_decoder, train_inpaint, train_unet, train_vae
     t0 = time.time()
+    if a.only in ("all", "diffusion"):
+        _diffusion(a, work, log)
+    if a.only in ("all", "clip"):
+        from . import eval_clip, train_clip
+        ck = train_clip.train(work, a.clip_steps, a.clip_bs, seed=a.seed, log=log)
+        sd = train_clip.export(ck, Path(a.clip_out))
+        log(f"exported {a.clip_out}: {len(sd)} tensors, {os.path.getsize(a.clip_out) / 1e6:.1f} MB")
+        eval_clip.evaluate(Path(a.clip_out), Path(a.out), work / "clip_eval.json", a.clip_eval_prompts, log=log)
+    if a.only in ("all", "lora"):
+        from . import train_lora
+        r = train_lora.train(Path(a.out), Path(a.lora_out), a.lora_steps, seed=a.seed, work=work, log=log)
+        (work / "lora_eval.json").write_text(json.dumps(r, indent=1))
+    if a.only in ("all", "upscaler"):
+        from . import train_upscaler
+        r = train_upscaler.train(Path(a.upscaler_out), a.upscaler_steps, seed=a.seed, log=log)
+        (work / "upscaler_eval.json").write_text(json.dumps(r, indent=1))
+    log(f"this invocation {time.time() - t0:.0f}s")
+
+
+def _diffusion(a, work: Path, log) -> None:
+    from . import export, finetune_decoder, train_inpaint, train_unet, train_vae
     train_vae.train(work, a.vae_steps, a.vae_bs, a.vae_lr, a.seed, log=log)
     train_unet.encode_dataset(work, a.n_latents, log=log)
     finetune_decoder.finetune(work, a.decoder_steps, log=log)  # independent of the UNet (encoder frozen)
@@ -76,7 +111,6 @@ def main(argv=None):
         train_inpaint.InpaintTrainer(work, a.inpaint_steps, seed=a.seed, log=log).run()
         sd = train_inpaint.export(work, Path(a.inpaint_out), torch.float32 if a.fp32 else torch.float16)
         log(f"exported {a.inpaint_out}: {len(sd)} tensors, {os.path.getsize(a.inpaint_out) / 1e6:.1f} MB")
-    log(f"this invocation {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

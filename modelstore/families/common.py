@@ -31,6 +31,14 @@ def strip_prefix(shapes: dict, prefixes=DIFFUSION_PREFIXES) -> tuple[str, dict]:
     return "", dict(shapes)
 
 
+UNET_KEYS = ("input_blocks.0.0.weight", "out.2.weight")
+
+
+def is_ldm_unet(shapes) -> bool:
+    """True for a UNet-only file of the SD family (LDM keys, bare or under ``model.diffusion_model.``)."""
+    return all(k in shapes or "model.diffusion_model." + k in shapes for k in UNET_KEYS)
+
+
 def indices(shapes, prefix: str) -> list[int]:
     """Sorted distinct integers directly after ``prefix`` in the keys (block counts)."""
     out = set()

@@ -74,6 +74,16 @@ def load_diffusion_model(store, path: Path, name: str, weight_dtype: str = "defa
     """MODEL ref for a diffusion-model file (header read now: UnknownModelFile for files of no known family)."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r}: expected one of {list(WEIGHT_DTYPES)}")
+    from .common import is_ldm_unet
+
+    header = store.loader.sources.open(path).header
+    if header is not None and is_ldm_unet(header.shapes):  # an SD1/SD2/SDXL UNet on its own
+        if WEIGHT_DTYPES[weight_dtype]:
+            raise ValueError("fp8 weight storage is implemented for the transformer families (SD3, FLUX.1, "
+                             "Z-Image); load SD UNets with weight_dtype 'default'")
+        src, info = store.loader.describe("sd_unet", path)
+        return ModelRef("MODEL", ModelKey(src.fid, "sd_unet", store.dtype, store.device), (("name", name),) + info,
+                        store=store)
     src, info = store.loader.describe("family_dm", path)
     storage = WEIGHT_DTYPES[weight_dtype]
     dt = f"{storage}+{store.dtype}" if storage else store.dtype

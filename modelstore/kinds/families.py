@@ -149,3 +149,47 @@ class TransformerCheckpoints:
 
 
 FAMILIES = [TransformerCheckpoints()]
+
+
+class SDUNetFiles:
+    """UNet-only files of the SD family ('sd_unet', UNETLoader): SD1/SD2/SDXL UNets in the LDM layout, with or
+    without the ``model.diffusion_model.`` prefix; prediction type from a sidecar yaml or metadata as for
+    checkpoints."""
+    components = ("sd_unet",)
+    socket = "MODEL"
+    folder = "diffusion_models"
+
+    def plan(self, src: Source, ctx: BuildContext):
+        from dataclasses import replace
+
+        from ..plan import plan_checkpoint
+
+        def make(s):
+            h = _header(s)
+            p = "model.diffusion_model."
+            if not any(k.startswith(p) for k in h.tensors):
+                h = replace(h, tensors={p + k: v for k, v in h.tensors.items()})
+            return h, plan_checkpoint(h)
+        return ctx.sources.plan(src, "sd_unet", make)
+
+    def describe(self, src: Source, ctx: BuildContext) -> tuple:
+        return self.plan(src, ctx)[1].info()
+
+    def build(self, key: ModelKey, ctx: BuildContext) -> Any:
+        from ..build import build_unet
+        from ..convert import ldm_unet_module_map
+        from ..plan import component_keys
+        from ..tensorfile import load_tensors
+
+        src = ctx.sources.current(key.file)
+        header, plan = self.plan(src, ctx)
+        keys = component_keys(header, plan, "unet")
+        m = build_unet(plan.unet, load_tensors(header, keys, ctx.torch_dtype(key), key.device), key.device)
+        m._loom_ldm_names = ldm_unet_module_map(keys, plan.unet)
+        return m
+
+    def nbytes(self, value: Any) -> int:
+        return module_nbytes(value)
+
+
+LOADERS.append(SDUNetFiles())

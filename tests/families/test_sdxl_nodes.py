@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.models.test_arch import _clip, _vae
-from tests.models.ldm_export import clip_to_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm
+from tests.models.ldm_export import clip_to_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,68 @@ def test_sdxl_base_then_refiner(refiner_env):
     assert ex.run(wf).status == "success"
     b = np.asarray(Image.open(sorted(refiner_env.output_dir.glob("refined9*.png"))[-1]))
     assert not np.array_equal(a, b)
+
+
+def test_sdxl_from_split_files_matches_checkpoint(xl_env):
+    """SDXL as split files: UNETLoader on a UNet-only file (bare LDM keys), DualCLIPLoader type sdxl on CLIP-L and
+    CLIP-G text-encoder files (HF layout). CLIPTextEncodeSDXL gives exactly the checkpoint path's conditioning
+    for the same weights, and txt2img runs."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModelWithProjection
+
+    from engine.executor import Executor
+    from nodes import default_registry
+    from tests.tiny_families import clip_file
+
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(64, 128), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=128,
+                                attention_head_dim=[1, 2], use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=256, projection_class_embeddings_input_dim=64 + 6 * 256).eval()
+    l = _clip("quick_gelu")
+    from transformers import CLIPTextConfig
+
+    g = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=96,
+                                                   num_hidden_layers=24, num_attention_heads=1, max_position_embeddings=77,
+                                                   hidden_act="gelu", projection_dim=64, pad_token_id=0)).eval()
+    vae = _vae()
+    m = xl_env.models_dir
+    for d in ("diffusion_models", "text_encoders", "vae"):
+        (m / d).mkdir(exist_ok=True)
+    c = lambda sd: {k: v.contiguous() for k, v in sd.items()}
+    ldm = {k[len("model.diffusion_model."):]: v for k, v in unet_to_ldm(unet).items()}
+    save_file(c(ldm), str(m / "diffusion_models" / "xl_unet.safetensors"))
+    save_file(c(clip_file(l)), str(m / "text_encoders" / "xl_clip_l.safetensors"))
+    save_file(c(clip_file(g)), str(m / "text_encoders" / "xl_clip_g.safetensors"))
+    save_file(c(vae_to_ldm(vae, prefix="")), str(m / "vae" / "xl_vae.safetensors"))
+    save_file(c({**unet_to_ldm(unet), **vae_to_ldm(vae),
+                 **clip_to_ldm(l, "conditioner.embedders.0.transformer.text_model."),
+                 **clip_to_openclip(g, "conditioner.embedders.1.model.", False)}), str(m / "checkpoints" / "xl24.safetensors"))
+    reg = default_registry()
+    ctx = _Ctx(xl_env)
+    split_clip = reg.get("DualCLIPLoader")().run(ctx, "xl_clip_l.safetensors", "xl_clip_g.safetensors", "sdxl")[0]
+    _, ck_clip, _ = reg.get("CheckpointLoaderSimple")().run(ctx, "xl24.safetensors")
+    enc = reg.get("CLIPTextEncodeSDXL")()
+    kw = dict(width=64, height=64, crop_w=0, crop_h=0, target_width=64, target_height=64, text_g="a red circle",
+              text_l="a blue square")
+    a, b = enc.run(ctx, split_clip, **kw)[0][0], enc.run(ctx, ck_clip, **kw)[0][0]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["pooled_output"], b[1]["pooled_output"])
+    model = reg.get("UNETLoader")().run(ctx, "xl_unet.safetensors", "default")[0]
+    assert model.meta["arch"] == "sdxl"
+    e = lambda text: {"class_type": "CLIPTextEncodeSDXL", "inputs": {"clip": ["c", 0], **kw, "text_g": text,
+                                                                       "text_l": text}}
+    wf = {"u": {"class_type": "UNETLoader", "inputs": {"unet_name": "xl_unet.safetensors", "weight_dtype": "default"}},
+          "c": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "xl_clip_l.safetensors",
+                                                           "clip_name2": "xl_clip_g.safetensors", "type": "sdxl"}},
+          "v": {"class_type": "VAELoader", "inputs": {"vae_name": "xl_vae.safetensors"}},
+          "p": e("a red circle"), "n": e(""),
+          "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+          "ks": {"class_type": "KSampler", "inputs": {"model": ["u", 0], "seed": 1, "steps": 3, "cfg": 5.0,
+                                                      "sampler_name": "euler", "scheduler": "normal", "positive": ["p", 0],
+                                                      "negative": ["n", 0], "latent_image": ["lat", 0], "denoise": 1.0}},
+          "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["v", 0]}},
+          "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "xlsplit"}}}
+    r = Executor(reg, xl_env).run(wf)
+    assert r.status == "success", r.error

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -136,5 +137,39 @@ def test_frontend_works_with_a_token(tmp_path):
             # the websocket connected (the server's first status message carries the sid)
             page.wait_for_function("() => !!window.app.api.clientId", timeout=30_000)
             assert page.evaluate("() => window.app.api.clientId") in srv.svc.hub.clients
+        finally:
+            browser.close()
+
+
+def test_template_browser_lists_loom_and_official_templates(tmp_path):
+    """The editor's template browser (Comfy.BrowseTemplates) shows Loom's workflows/ (module "loom" of
+    /api/workflow_templates) and the official templates from the `ui` extra's packages."""
+    _prepare(tmp_path)
+    from playwright.sync_api import sync_playwright
+
+    from nodes import default_registry
+
+    with LiveServer(tmp_path, registry=default_registry()) as srv, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page()
+            page.goto(srv.url + "/")
+            page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager",
+                                   timeout=120_000)
+            page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+            # the official templates (the `ui` extra's packages) fill "All Templates"
+            page.wait_for_function(r"() => /Showing \d+ of \d+ templates/.test(document.body.innerText)",
+                                   timeout=60_000)
+            text = page.evaluate("() => document.body.innerText")
+            assert "No templates found" not in text
+            shown = int(text.split("Showing ", 1)[1].split(" ", 1)[0])
+            assert shown >= 20, shown
+            # Loom's workflows are the category "loom": all of them, by name
+            page.get_by_text("loom", exact=True).first.click()
+            n = len(list((Path(__file__).resolve().parents[2] / "workflows").glob("*.json")))
+            page.wait_for_function(f"() => document.body.innerText.includes('Showing {n} of {n} templates')",
+                                   timeout=60_000)
+            text = page.evaluate("() => document.body.innerText")
+            assert "latent-interpolation" in text and "upscale-with-model" in text
         finally:
             browser.close()

@@ -124,9 +124,14 @@ def test_token_is_redacted_from_logs(make_server, tmp_path):
     srv = make_server(token="s3cret-tok", base=tmp_path / "tok")
     lines = []
 
+    from uvicorn.logging import AccessFormatter, DefaultFormatter
+
+    fmts = {"uvicorn.access": AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'),
+            "uvicorn.error": DefaultFormatter("%(message)s")}
+
     class H(logging.Handler):
-        def emit(self, record):
-            lines.append(self.format(record))
+        def emit(self, record):  # uvicorn's own formatters: the access one unpacks the record's arguments
+            lines.append(fmts[record.name].format(record))
 
     h = H()
     loggers = [logging.getLogger(n) for n in ("uvicorn.access", "uvicorn.error")]
