@@ -81,8 +81,13 @@ def tokenize_weighted(tok, text: str, embeddings=None) -> list[list[tuple[int, f
                 words.append((word, w))
     ids_per_word = tok([w for w, _ in words], add_special_tokens=False)["input_ids"] if words else []
     if embeddings is not None:
-        ids_per_word = [embeddings(word) if word.startswith("embedding:") else ids
-                        for (word, _), ids in zip(words, ids_per_word)]
+        resolved = []
+        for (word, _), ids in zip(words, ids_per_word):
+            if word.startswith("embedding:"):
+                toks, rest = embeddings.split(word)  # 'embedding:name,': the comma stays prompt text
+                ids = toks + (tok(rest, add_special_tokens=False)["input_ids"] if rest else [])
+            resolved.append(ids)
+        ids_per_word = resolved
     windows: list[list[tuple[int, float]]] = []
     cur: list[tuple[int, float]] = []
     for (word, w), ids in zip(words, ids_per_word):

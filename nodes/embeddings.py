@@ -130,28 +130,34 @@ class Resolver:
             self.reported.add(name)
             self.warn(msg)
 
-    def __call__(self, word: str) -> list[EmbeddingToken] | None:
+    def __call__(self, word: str) -> list[EmbeddingToken]:
         """The tokens for ``word`` (starting with 'embedding:'); [] when it is left out (after a warning)."""
-        name = word[len(PREFIX):]
+        return self.split(word)[0]
+
+    def split(self, word: str) -> tuple[list[EmbeddingToken], str]:
+        """(the embedding's tokens, the trailing punctuation that is not part of its name): in
+        ``embedding:name,`` the comma is prompt text, to be tokenized like any other."""
+        name, rest = word[len(PREFIX):], ""
         path = find_file(self.folders, name)
         if path is None and name.rstrip(".,;:") != name:
-            name = name.rstrip(".,;:")
+            stripped = name.rstrip(".,;:")
+            name, rest = stripped, name[len(stripped):]
             path = find_file(self.folders, name)
         if path is None:
             self._report(name, f"embedding '{name}' not found in models/embeddings; the word is ignored")
-            return []
+            return [], rest
         try:
             tensors = load_file(path, self.allow_pickle)
         except Exception as e:  # refused pickle, corrupt file: a warning, the prompt still encodes
             self._report(name, f"embedding '{name}' could not be loaded ({e}); the word is ignored")
-            return []
+            return [], rest
         vec = vectors_for(tensors, self.width, self.arch, self.index)
         if vec is None:
             widths = sorted({t.shape[-1] for t in tensors.values()})
             self._report(name, f"embedding '{name}' has vectors of width {widths}, but text encoder {self.index + 1} "
                                f"of this CLIP ({self.arch}) expects {self.width}; ignored for that encoder")
-            return []
-        return [EmbeddingToken(v) for v in vec]
+            return [], rest
+        return [EmbeddingToken(v) for v in vec], rest
 
 
 def resolver(clip_ref, index: int, encoder, warn) -> Resolver | None:

@@ -9,6 +9,7 @@ switched them on, with that thread's parameters, so other prompts using the same
 - FreeU (Si et al. 2023): in the decoder, where the backbone feature ``h`` has 4x (b1, s1) or 2x (b2, s2) the
   model's base channels, the first half of ``h``'s channels is scaled by b (V2: by 1 + (b - 1) x the per-image
   min-max-normalised channel mean) and the skip feature's low frequencies (FFT, centre 2x2) are scaled by s.
+- DifferentialDiffusion (Levin & Fried 2023): the inpainting mask is thresholded per step (``mask_patch``).
 - PAG (Ahn et al. 2024): the conditional prediction is made again with the middle block's self-attention replaced
   by the identity (output = value), and ``scale x (cond - perturbed)`` is added to the guided estimate.
 """
@@ -159,6 +160,25 @@ def post_cfg_patches(model_ref, net, denoiser, ms) -> tuple:
     return (pag,)
 
 
+def mask_patch(model_ref, ms, sigmas):
+    """DifferentialDiffusion's per-step inpainting mask, or None: at each model call the soft mask becomes binary
+    with a threshold that falls linearly in the model's timesteps from 1 (first sigma) to 0 (last sigma), so a
+    pixel of mask value m is repainted only during the last m of the schedule; ``strength`` < 1 blends the binary
+    mask with the soft one."""
+    strength = model_ref.option("differential_diffusion")
+    if strength is None:
+        return None
+    ts_from = float(ms.timestep(sigmas[0].reshape(1)).reshape(-1)[0])
+    ts_to = float(ms.timestep(sigmas[-1].reshape(1)).reshape(-1)[0])
+
+    def fn(sigma, mask):
+        now = float(ms.timestep(sigma.reshape(-1)[:1]).reshape(-1)[0])
+        threshold = (now - ts_to) / (ts_from - ts_to) if ts_from != ts_to else 0.0
+        binary = (mask >= threshold).to(mask.dtype)
+        return binary if strength >= 1.0 else binary * strength + mask * (1.0 - strength)
+    return fn
+
+
 # ------------------------------------------------------------------------------------------------ nodes
 class FreeU(Node):
     """FreeU: re-weights the decoder's backbone (b1, b2 > 1 strengthen it) and damps the skip connections' low
@@ -196,4 +216,18 @@ class PerturbedAttentionGuidance(Node):
         return (model.with_options(pag_scale=float(scale)),)
 
 
-NODES = [FreeU, FreeU_V2, PerturbedAttentionGuidance]
+class DifferentialDiffusion(Node):
+    """Differential Diffusion: a soft inpainting mask says how much each pixel may change: pixels with mask m are
+    repainted only during the last m of the schedule (instead of all blending the same way)."""
+    display_name = "Differential Diffusion"
+    category = "_for_testing"
+    python_module = "comfy_extras.nodes_differential_diffusion"
+    experimental = True
+    inputs = (Socket("model", "MODEL"), Float("strength", 1.0, min=0.0, max=1.0, step=0.01, optional=True))
+    outputs = (Output("MODEL"),)
+
+    def run(self, ctx, model, strength=1.0):
+        return (model.with_options(differential_diffusion=float(strength)),)
+
+
+NODES = [FreeU, FreeU_V2, PerturbedAttentionGuidance, DifferentialDiffusion]

@@ -410,7 +410,7 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     noise_t = noise.make(lat0.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat0)
     need_uncond = "cfg_pp" in choice.name
     cfg_fn, post = _hooks(model_ref)
-    from .model_patches import post_cfg_patches, unet_patches
+    from .model_patches import mask_patch, post_cfg_patches, unet_patches
 
     with model_ref.store.using(model_ref) as (net,), unet_patches(net, model_ref):  # FreeU etc. (ref options)
         device = next(net.parameters()).device
@@ -462,7 +462,8 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
 
         with torch.no_grad():
             x = run_sampler(gd, ms, choice.name, sigmas.to(device), z0, noise_t.to(device),
-                            seed if seed is not None else 0, callback=callback, mask=m, options=dict(choice.options))
+                            seed if seed is not None else 0, callback=callback, mask=m, options=dict(choice.options),
+                            mask_fn=mask_patch(model_ref, ms, sigmas))
     out = (x / sf + shift).to("cpu", torch.float32).contiguous()
     x0 = (last["x0"] / sf + shift).to("cpu", torch.float32).contiguous()
     return SampleResult(out, x0, info)

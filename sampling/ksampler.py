@@ -28,23 +28,28 @@ class _Masked:
     """Wraps a denoiser for latent inpainting: x outside ``mask`` (1 = repaint) is replaced by the original
     latent noised to the current sigma before each model call, and the x0 estimate there by the latent."""
 
-    def __init__(self, inner, ms, latent, noise, mask):
+    def __init__(self, inner, ms, latent, noise, mask, mask_fn=None):
         self.inner, self.ms, self.latent, self.noise, self.mask = inner, ms, latent, noise, mask
+        self.mask_fn = mask_fn  # (sigma, mask) -> this step's mask (DifferentialDiffusion), or None
+        self.current = mask
 
     @property
     def uncond_denoised(self):
         u = self.inner.uncond_denoised
-        return u * self.mask + self.latent * (1 - self.mask)
+        return u * self.current + self.latent * (1 - self.current)
 
     def __call__(self, x, sigma):
+        m = self.mask if self.mask_fn is None else self.mask_fn(sigma, self.mask)
+        self.current = m
         ref = self.ms.noise_scaling(sigma.reshape([sigma.shape[0]] + [1] * (x.ndim - 1)), self.noise, self.latent)
-        x = x * self.mask + ref * (1 - self.mask)
+        x = x * m + ref * (1 - m)
         out = self.inner(x, sigma)
-        return out * self.mask + self.latent * (1 - self.mask)
+        return out * m + self.latent * (1 - m)
 
 
 def run(denoiser, ms, sampler: str, sigmas: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor | None,
-        seed: int | None, callback=None, mask: torch.Tensor | None = None, options: dict | None = None):
+        seed: int | None, callback=None, mask: torch.Tensor | None = None, options: dict | None = None,
+        mask_fn=None):
     """Sample ``latent`` (B,C,H,W, model space) along ``sigmas``; ``noise`` None = no noise added (the latent
     already carries it). Returns the final latent (model space)."""
     if len(sigmas) <= 1:
@@ -57,7 +62,7 @@ def run(denoiser, ms, sampler: str, sigmas: torch.Tensor, latent: torch.Tensor, 
         x = ms.noise_scaling(sigmas[0], noise.to(latent.device), latent, is_max_denoise(ms, sigmas))
     model = denoiser
     if mask is not None:
-        model = _Masked(denoiser, ms, latent, noise.to(latent.device), mask.to(latent.device, latent.dtype))
+        model = _Masked(denoiser, ms, latent, noise.to(latent.device), mask.to(latent.device, latent.dtype), mask_fn)
     ctx = SampleContext(seed, ms, callback, total=len(sigmas) - 1)
     fn = sampler_function(sampler)
     x = fn(model, x, sigmas, ctx, **(options or {}))

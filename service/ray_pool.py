@@ -8,8 +8,10 @@ the same ``LoopBridge`` as the in-process worker, so clients cannot tell the dif
 
 Faults: when an actor dies under a prompt (killed, OOM, node lost), the prompt goes back to its place in the
 queue once and runs on another actor; a second loss fails it with an ``execution_error`` (``WorkerLost``).
-The dead actor is replaced. Prompts never leave the durable store until finished, so a front door restart
-finds them pending (or running: ``--requeue-interrupted``).
+The dead actor is replaced. Prompts never leave the durable store until finished. A clean stop of the front
+door kills its actors and puts the prompts they were running back in the queue, so the next front door (a new
+pool, or one joined to the same persistent cluster) runs every prompt once; after an abrupt stop, the prompts
+found running are marked failed or, with ``--requeue-interrupted``, re-queued (``Store.recover``).
 
 Network: ``connect("local")`` starts a single-node Ray instance bound to loopback only
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, node address 127.0.0.1, no dashboard).
@@ -62,7 +64,10 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
     else:
-        ray.init(address=None if address == "auto" else address, log_to_driver=False, configure_logging=False)
+        kw = {}
+        if address.rpartition(":")[0] in ("127.0.0.1", "localhost"):  # a loopback-only instance on this machine:
+            kw["_node_ip_address"] = "127.0.0.1"  # join as its node, not as the machine's interface address
+        ray.init(address=None if address == "auto" else address, log_to_driver=False, configure_logging=False, **kw)
     return True
 
 
@@ -141,16 +146,22 @@ class RayPool:
 
         self._stop = True
         self._wake.set()
-        self.interrupt(None)
         self._thread.join(timeout)
+        # The front door going down is not a user's interrupt: the prompts running on the workers go back to the
+        # durable queue for the next front door (``_lost`` sees ``_stop``). Killing the actors ends them at once
+        # and leaves no actor of this pool holding work or resources on a cluster that outlives it.
+        for slot in self.slots:
+            if slot.actor is not None:
+                try:
+                    ray.kill(slot.actor, no_restart=True)
+                except Exception:
+                    pass
         for slot in self.slots:
             if slot.thread is not None:
                 slot.thread.join(timeout)
-            if slot.actor is not None:
-                try:
-                    ray.kill(slot.actor)
-                except Exception:
-                    pass
+        for slot in self.slots:  # a driver that did not end in time: its prompt still goes back
+            if slot.state.busy is not None:
+                self.store.requeue(slot.state.busy)
         try:
             (Path(self.config["output_dir"]) / self.config["marker"]).unlink(missing_ok=True)
         except OSError:
@@ -304,8 +315,9 @@ class RayPool:
         slots = [slot, *idle[: len(parts) - 1]]
         for s in slots[1:]:
             s.state.busy, s.state.expect = item.id, set(slot.state.expect)
-        threading.Thread(target=self._drive_fanout, args=(slots, item, latent, parts), daemon=True,
-                         name=f"loom-fanout-{item.id[:8]}").start()
+        slot.thread = threading.Thread(target=self._drive_fanout, args=(slots, item, latent, parts), daemon=True,
+                                       name=f"loom-fanout-{item.id[:8]}")
+        slot.thread.start()
         return True
 
     def _drive_fanout(self, slots: list[_Slot], item: Item, latent: str, parts: list[tuple[int, int]]) -> None:
@@ -445,6 +457,10 @@ class RayPool:
         pid = item.id
         st = slot.state
         st.alive = False
+        if self._stop:  # ``stop`` killed it: back to the queue, uncounted, for the next front door
+            self.store.requeue(pid)
+            st.busy, st.expect = None, set()
+            return
         slot.restarts += 1
         slot.lost = f"lost: {type(err).__name__}"
         log.warning("worker %s lost under prompt %s: %s", st.id, pid, err)

@@ -45,6 +45,10 @@ def test_embedding_encodes_like_its_words(emb_env):
         warnings = []
         got = encode_text(clip, text, warn=warnings.append)[0][0]
         assert warnings == [] and torch.allclose(got, want, atol=1e-5), text
+    # trailing punctuation is not part of the name but stays prompt text (the classic 'embedding:name, ...')
+    comma = encode_text(clip, "a embedding:redcircle, on blue")[0][0]
+    assert torch.allclose(comma, encode_text(clip, "a red circle, on blue")[0][0], atol=1e-5)
+    assert not torch.allclose(comma, want, atol=1e-3)
     weighted = encode_text(clip, "a (embedding:redcircle:1.3) on blue")[0][0]
     assert torch.allclose(weighted, encode_text(clip, "a (red circle:1.3) on blue")[0][0], atol=1e-5)
     assert not torch.allclose(weighted, want, atol=1e-3)

@@ -69,3 +69,35 @@ def test_pag_changes_guidance_only_when_on(refs):
     t.join()
     assert not close(patched, base)
     assert close(out["plain"], base)  # another thread with the plain model is unaffected
+
+
+def test_differential_diffusion(refs):
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(1, 4, 8, 8, generator=g)
+
+    def inpaint(model, mask):
+        pos, neg = encode_text(refs[1], "a cat"), encode_text(refs[1], "")
+        lat = {"samples": start, "noise_mask": mask}
+        return sample(None, model, pos, neg, lat, Plan("euler", "normal", 4), 0, 4, cfg=4.0, noise=Noise(2)).samples
+
+    dd = P.DifferentialDiffusion().run(None, refs[0])[0]
+    binary = torch.zeros(1, 1, 8, 8)
+    binary[..., 4:] = 1
+    # a 0/1 mask is the same mask at every threshold in (0, 1]: the same result as plain inpainting
+    assert close(inpaint(dd, binary), inpaint(refs[0], binary))
+    soft = torch.linspace(0, 1, 8).reshape(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
+    a, b = inpaint(dd, soft), inpaint(refs[0], soft)
+    assert not close(a, b)
+    assert torch.allclose(a[..., 0], start[..., 0], atol=1e-5)  # mask 0: never repainted
+    from nodes.model_patches import mask_patch
+    from nodes.sampler_core import model_sampling_of
+
+    ms = model_sampling_of(refs[0])
+    sig = torch.tensor([14.6, 5.0, 1.0, 0.0])
+    fn = mask_patch(dd, ms, sig)
+    m = torch.tensor([0.1, 0.5, 0.9])
+    assert fn(sig[:1], m).tolist() == [0.0, 0.0, 0.0]  # first step: nothing below threshold 1
+    late = fn(sig[2:3], m).tolist()
+    assert late[0] == 0.0 and late[2] == 1.0
+    half = P.DifferentialDiffusion().run(None, refs[0], 0.5)[0]
+    assert torch.allclose(mask_patch(half, ms, sig)(sig[:1], m), m * 0.5)

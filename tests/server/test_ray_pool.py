@@ -33,13 +33,14 @@ ONE_CHECKPOINT = 60 * 1024 * 1024  # a loaded bundled checkpoint is 49 MB (CLIP 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray instance (2 CPUs), started once per session, bound to loopback only."""
+    """A local Ray instance, started once per session, bound to loopback only. Four logical CPUs (one per
+    actor): the module's pool and a restarted front door's pool (two actors each) exist side by side."""
     import ray
 
     from service.ray_pool import connect
 
     assert (MODELS / "checkpoints" / CKPTS[0]).is_file() and (MODELS / "checkpoints" / CKPTS[1]).is_file()
-    started = connect("local", num_cpus=2)
+    started = connect("local", num_cpus=4)
     yield ray
     if started:
         ray.shutdown()
@@ -376,3 +377,125 @@ def test_a_prompt_that_loses_two_workers_fails_with_a_clear_error(pool):
     err = h["loom"]["error"]
     assert h["status"]["status_str"] == "error" and err["exception_type"] == "service.ray_pool.WorkerLost"
     assert "lost twice" in err["exception_message"]
+
+
+# -- front door restart (last: it starts pools of its own on the session's Ray instance) ----------------------
+def _gated(seed: int, steps_: int, delay: float) -> dict:
+    """ServerSteps, then an image whose width is the step count, saved under a prefix of its own: the file is
+    written only once the steps are done, so a prompt run to completion twice leaves two files."""
+    return {"1": {"class_type": "ServerSteps", "inputs": {"steps": steps_, "delay": delay, "seed": seed}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": ["1", 0], "height": 8, "batch_size": 1,
+                                                         "color": 0}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"rs{seed}"}}}
+
+
+def _gone(pid: int, timeout: float = 30.0) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_front_door_restart_keeps_the_queue_and_runs_every_prompt_once(ray_local, tmp_path):
+    from service.store import Store
+
+    cfg = dict(start_timeout=300, models_dir=MODELS, ray="local", workers=2, ray_registry="tests.server.stubs:registry")
+    wfs = {}
+    with LiveServer(tmp_path, **cfg) as first:
+        with first.client() as c:
+            wait_all_alive(c)
+            # two slow prompts hold both workers; four wait behind them
+            for k, (n, delay) in enumerate([(100, 0.03)] * 2 + [(12, 0.01)] * 4):
+                wf = _gated(7000 + k, n, delay)
+                wfs[post(c, wf)] = (wf, n)
+            ids = list(wfs)
+            t0 = time.time()
+            while {w["busy_prompt"] for w in workers(c)} != set(ids[:2]):
+                assert time.time() - t0 < 60, workers(c)
+                time.sleep(0.02)
+            old = workers(c)
+    # a clean stop (the lifespan's shutdown) with two prompts running and four pending
+    db = Store(first.config.db_path)
+    try:
+        rows = {i: db.get(i) for i in ids}
+    finally:
+        db.close()
+    assert {i: r.state for i, r in rows.items()} == {i: "pending" for i in ids}, \
+        {i: (r.state, r.outcome) for i, r in rows.items()}  # the running two went back to the queue, not to history
+    assert all(_gone(w["pid"]) for w in old), old  # the old front door's actors do not outlive it
+    with LiveServer(tmp_path, **cfg) as second:
+        with second.client() as c:
+            h = wait_history(c, ids, timeout=120)
+            now = wait_all_alive(c)
+    assert [w["id"] for w in now] == ["w1", "w2"] and not {w["pid"] for w in now} & {w["pid"] for w in old}
+    for pid, (wf, n) in wfs.items():
+        e = h[pid]
+        assert e["status"]["status_str"] == "success", (pid, e["status"])
+        assert e["outputs"]["1"]["text"] == [f"ran {n} steps"]
+        (img,) = e["outputs"]["3"]["images"]
+        assert img["filename"] == f"rs{wf['1']['inputs']['seed']}_00001_.png"
+    out = tmp_path / "output"
+    for wf, _ in wfs.values():  # every prompt ran to the end exactly once
+        assert len(list(out.glob(f"rs{wf['1']['inputs']['seed']}_*.png"))) == 1
+
+
+_FRONT_DOOR = """
+import sys, time
+from pathlib import Path
+from tests.server.conftest import LiveServer
+base, models, address = sys.argv[1:4]
+s = LiveServer(Path(base), start_timeout=300, models_dir=Path(models), ray=address, workers=2,
+               ray_registry="tests.server.stubs:registry").__enter__()
+print(s.port, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_front_door_killed_abruptly_a_new_one_reruns_its_prompts_once(ray_local, tmp_path):
+    """A front door in a process of its own joins the session's Ray instance by address and is killed (-9) with
+    two prompts running and four pending; its actors die with it (they belong to its Ray driver), and a new
+    front door on the same base (``--requeue-interrupted``) runs all six once."""
+    import subprocess
+    import sys
+
+    address = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", _FRONT_DOOR, str(tmp_path), str(MODELS), address], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wfs = {}
+    try:
+        port = int(proc.stdout.readline())
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            wait_all_alive(c)
+            for k, (n, delay) in enumerate([(100, 0.03)] * 2 + [(12, 0.01)] * 4):
+                wf = _gated(8000 + k, n, delay)
+                wfs[post(c, wf)] = (wf, n)
+            ids = list(wfs)
+            t0 = time.time()
+            while {w["busy_prompt"] for w in workers(c)} != set(ids[:2]):
+                assert time.time() - t0 < 60, workers(c)
+                time.sleep(0.02)
+            old = workers(c)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert all(_gone(w["pid"]) for w in old), old  # no orphaned actor keeps running the old prompts
+    cfg = dict(start_timeout=300, models_dir=MODELS, ray="local", workers=2, ray_registry="tests.server.stubs:registry",
+               requeue_interrupted=True)
+    with LiveServer(tmp_path, **cfg) as second:
+        with second.client() as c:
+            h = wait_history(c, ids, timeout=120)
+            now = wait_all_alive(c)
+    assert all(w["alive"] for w in now) and not {w["pid"] for w in now} & {w["pid"] for w in old}
+    out = tmp_path / "output"
+    for pid, (wf, n) in wfs.items():
+        e = h[pid]
+        seed = wf["1"]["inputs"]["seed"]
+        assert e["status"]["status_str"] == "success", (pid, e["status"])
+        assert e["outputs"]["1"]["text"] == [f"ran {n} steps"]
+        assert [i["filename"] for i in e["outputs"]["3"]["images"]] == [f"rs{seed}_00001_.png"]
+        assert len(list(out.glob(f"rs{seed}_*.png"))) == 1
