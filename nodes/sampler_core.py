@@ -322,7 +322,12 @@ def _taesd(env, arch):
 # ------------------------------------------------------------------------------------------------ model sampling
 def model_sampling_of(model_ref):
     """The MODEL's ModelSampling: a ModelSampling* node's spec (ref option ``model_sampling``), else the
-    checkpoint's own (meta ``model_sampling`` spec, else discrete with its prediction type)."""
+    checkpoint's own (meta ``model_sampling`` spec, else discrete with its prediction type). Flow families
+    (SD3/FLUX.1/Z-Image) get their family default from nodes.family_sampling."""
+    from .family_sampling import is_flow_model, model_sampling
+
+    if is_flow_model(model_ref):
+        return model_sampling(model_ref)
     spec = model_ref.option("model_sampling")
     meta = model_ref.meta
     if spec is None:
@@ -390,6 +395,14 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     from sampling.guidance import GuidedDenoiser
     from sampling.ksampler import run as run_sampler
 
+    from .family_sampling import is_flow_model
+
+    if is_flow_model(guider.model):  # SD3 / FLUX.1 / Z-Image: transformer velocity models
+        from .family_sampling import sample_sigmas as flow_sample_sigmas
+
+        samples, x0 = flow_sample_sigmas(ctx, guider, sampler, sigmas, latent, noise)
+        return SampleResult(samples, x0, {"seed": noise.seed if noise is not None else None,
+                                          "sigmas": [float(v) for v in sigmas]})
     choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
     model_ref = guider.model
     meta = model_ref.meta
