@@ -4,7 +4,8 @@ Boots the real frontend against a live Loom server, checks Loom's nodes are regi
 /object_info, saves and reloads a workflow through the frontend's own userdata client, loads a
 graph, clicks Run, sees total and per-node progress (window title "[total%][node%]", which is fed
 by progress_state/progress events — Loom sends only the changed node's state), the live preview,
-the finished image loaded from /view, and the job in the Job Queue panel (fed by /api/jobs).
+the finished image loaded from /view, and the job in the Job Queue panel (fed by /api/jobs); the template
+browser; and nested subgraphs made with the editor's own Convert-to-Subgraph command, saved, run by `loom run`.
 
 Needs: apt-get install -y chromium; pip install playwright comfyui-frontend-package.
 """
@@ -173,3 +174,78 @@ def test_template_browser_lists_loom_and_official_templates(tmp_path):
             assert "latent-interpolation" in text and "upscale-with-model" in text
         finally:
             browser.close()
+
+
+# EmptyImage -> ImageInvert x3 -> SaveImage: an odd number of inversions, so every one must have run
+SUB_WF = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0x336699}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+    "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+    "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "nested"}},
+}
+
+
+def test_editor_built_nested_subgraph_runs_headlessly(tmp_path):
+    """The editor's own command Comfy.Graph.ConvertToSubgraph (1.58.1) wraps node 4 in a subgraph, then node 3
+    and that subgraph in another (nesting); the workflow the editor saves (graphToPrompt().workflow, the file
+    "Save" writes, with definitions.subgraphs) runs with `loom run` and gives the once-inverted colour."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from nodes import default_registry
+    from tests.test_cli import loom, summaries
+
+    _prepare(tmp_path)
+    with LiveServer(tmp_path, registry=default_registry()) as srv, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.goto(srv.url + "/")
+            page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager && "
+                                   "Object.keys(window.LiteGraph.registered_node_types || {}).length > 0",
+                                   timeout=90_000)
+            page.evaluate("(wf) => window.app.loadApiJson(wf, 'nested.json')", SUB_WF)
+            page.wait_for_function("() => window.app.graph._nodes.length === 5")
+            made = page.evaluate("""async () => {
+                const app = window.app, canvas = app.canvas, g = app.graph;
+                const convert = async (ids) => {
+                    canvas.deselectAll();
+                    for (const id of ids) canvas.select(g.getNodeById(id));
+                    await app.extensionManager.command.execute('Comfy.Graph.ConvertToSubgraph');
+                    const sel = [...canvas.selectedItems];
+                    return sel.length === 1 ? sel[0].id : null;
+                };
+                const inner = await convert([4]);
+                const outer = await convert([3, inner]);
+                const {workflow, output} = await app.graphToPrompt();
+                return {inner, outer, saved: workflow, editor_ids: Object.keys(output), root: g._nodes.map(n => n.type)};
+            }""")
+            assert not page_errors, page_errors
+        finally:
+            browser.close()
+    saved = made["saved"]
+    subs = saved.get("definitions", {}).get("subgraphs", [])
+    assert len(subs) == 2, made["root"]
+    # the root holds EmptyImage, Invert 2, the outer subgraph and SaveImage; the outer subgraph holds the inner
+    assert sorted(made["root"]).count("ImageInvert") == 1 and len(made["root"]) == 4, made["root"]
+    by_id = {s["id"]: s for s in subs}
+    outer_type = next(n["type"] for n in saved["nodes"] if n["type"] in by_id)
+    assert any(n["type"] in by_id for n in by_id[outer_type]["nodes"]), "the subgraphs are not nested"
+    wf = tmp_path / "editor-nested.json"
+    wf.write_text(json.dumps(saved))
+    r = loom("validate", str(wf), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = loom("run", str(wf), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (s,) = summaries(r.stdout)
+    assert s["status"] == "success", s
+    # five nodes ran; the innermost invert carries the two-level "outer:inner:node" id
+    assert len(s["executed"]) == 5 and any(e.count(":") == 2 for e in s["executed"]), s["executed"]
+    # Loom flattens to the same "outer:inner" ids as the editor's own API prompt
+    assert sorted(s["executed"]) == sorted(made["editor_ids"]), (s["executed"], made["editor_ids"])
+    px = np.asarray(Image.open(tmp_path / s["outputs"][0]).convert("RGB"))[0, 0]
+    assert np.abs(px.astype(int) - [0xFF - 0x33, 0xFF - 0x66, 0xFF - 0x99]).max() <= 1, px
