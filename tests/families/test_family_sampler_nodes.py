@@ -1,4 +1,4 @@
-"""Every sampler node on the flow families (tiny Z-Image and FLUX.1 files): KSamplerAdvanced over the full range,
+"""Every sampler node on the flow families (tiny Z-Image, FLUX.1 and SD3.5 files): KSamplerAdvanced over the full range,
 SamplerCustom and SamplerCustomAdvanced (RandomNoise + CFGGuider + KSamplerSelect + BasicScheduler) give
 KSampler's latent for the same settings; chained KSamplerAdvanced ranges reproduce one full euler run."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ STEPS, SEED, CFG = 4, 23, 2.5
 SETS = {
     "zimage": ("z_image_turbo_bf16.safetensors", ("qwen_3_4b.safetensors",), "lumina2"),
     "flux": ("flux1-dev.safetensors", ("clip_l.safetensors", "t5xxl_fp16.safetensors"), "flux"),
+    "sd3": ("sd3.5_medium.safetensors", ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"), "sd3"),
 }
 
 
@@ -33,7 +34,7 @@ def _setup(root, family):
     return model, pos, neg, lat
 
 
-@pytest.mark.parametrize("family", ["zimage", "flux"])
+@pytest.mark.parametrize("family", ["zimage", "flux", "sd3"])
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m"])
 def test_all_sampler_nodes_match_ksampler(family_models, family, sampler):
     model, pos, neg, lat = _setup(family_models[0], family)
@@ -83,3 +84,36 @@ def test_dual_cfg_guider_on_flow_family_is_a_clear_error(family_models):
     with pytest.raises(ValueError, match="DualCFGGuider"):
         SamplerCustomAdvanced().run(None, RandomNoise().run(None, 1)[0], g, KSamplerSelect().run(None, "euler")[0],
                                     sigmas, lat)
+
+
+def test_sampler_custom_advanced_workflow_on_zimage(fam_exec, fam_env):
+    """The custom-sampling graph through the engine on Z-Image with ModelSamplingAuraFlow, to an image."""
+    import numpy as np
+    from PIL import Image
+
+    wf = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
+                                                        "weight_dtype": "default"}},
+        "ms": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["unet", 0], "shift": 3.0}},
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}},
+        "p": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "a red circle"}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": ""}},
+        "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "g": {"class_type": "CFGGuider", "inputs": {"model": ["ms", 0], "positive": ["p", 0], "negative": ["n", 0],
+                                                    "cfg": 2.0}},
+        "s": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "res_multistep"}},
+        "sig": {"class_type": "BasicScheduler", "inputs": {"model": ["ms", 0], "scheduler": "simple", "steps": 3,
+                                                           "denoise": 1.0}},
+        "sca": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["g", 0],
+                                                                  "sampler": ["s", 0], "sigmas": ["sig", 0],
+                                                                  "latent_image": ["lat", 0]}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["sca", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "zcustom"}},
+    }
+    r = fam_exec.run(wf)
+    assert r.status == "success", r.error
+    files = sorted(fam_env.output_dir.glob("zcustom*.png"))
+    a = np.asarray(Image.open(files[-1]))
+    assert a.shape == (64, 64, 3) and a.std() > 0
