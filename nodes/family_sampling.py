@@ -170,7 +170,7 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
         def callback(i, denoised, x, _total):
             last["x0"] = denoised
             if ctx is not None:
-                ctx.progress(min(i + 1, total), total, preview=lambda d=denoised: _preview(d))
+                ctx.progress(min(i + 1, total), total, preview=lambda d=denoised: _preview(d, meta["family"]))
 
         with torch.no_grad():
             out = run(guided, ms, choice.name, sigmas.to(torch.float32), z, noise_t, seed if seed is not None else 0,
@@ -180,10 +180,8 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
     return samples, x0
 
 
-def _preview(x0):
-    """Grey channel-mean preview of a 16-channel latent (no fitted RGB factors for these families yet)."""
-    from PIL import Image
+def _preview(x0, family: str):
+    """Latent->RGB preview of a flow family's model-space x0 (its published factor table, latent resolution)."""
+    from .latent_rgb import latent_to_rgb
 
-    g = x0[0].float().mean(0)
-    g = (g - g.min()) / (g.max() - g.min() + 1e-6)
-    return Image.fromarray((g * 255).to(torch.uint8).cpu().numpy()).convert("RGB")
+    return latent_to_rgb(x0, family)
