@@ -102,50 +102,86 @@ def make_predict(den, ms, positive, negative, cfg: float, batch: int):
 
 def sample(ctx, model, positive, negative, latent: dict, *, seed: int | None, steps: int, cfg: float,
            sampler_name: str, scheduler: str, denoise: float = 1.0, sigmas=None) -> torch.Tensor:
-    """Sample a LATENT with a flow-family MODEL; returns raw VAE latents (B, C, H, W) float32 on the CPU."""
-    from sampling.guidance import GuidedDenoiser
-    from sampling.ksampler import run
-    from sampling.model_sampling import from_spec
-    from sampling.noise import prepare_noise
+    """KSampler on a flow-family MODEL; returns raw VAE latents (B, C, H, W) float32 on the CPU."""
     from sampling.schedulers import ksampler_sigmas
 
+    from .sampler_core import Guider, Noise
+
+    check_latent(model, latent)
+    if sigmas is None:
+        sigmas = ksampler_sigmas(model_sampling(model), scheduler, sampler_name, steps, denoise)
+    out, _ = sample_sigmas(ctx, Guider(model, positive, negative, float(cfg)), sampler_name, sigmas, latent,
+                           Noise(seed) if seed is not None else None)
+    return out
+
+
+def model_sampling(model):
+    from sampling.model_sampling import from_spec
+
+    return from_spec(sampling_spec(model))
+
+
+def check_latent(model, latent: dict) -> None:
+    meta = model.meta
+    ch = int(meta["latent_channels"])
+    got = latent["samples"].shape[1]
+    if got != ch:
+        raise ValueError(f"{meta['family']} models take {ch}-channel latents, got {got} channels "
+                         f"(use EmptySD3LatentImage for 16-channel families)")
+
+
+def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sampler node's flow path: run ``sampler`` (name or SamplerChoice) along ``sigmas`` with a GUIDER
+    (``nodes.sampler_core.Guider``) whose model is a flow-family MODEL. ``noise``: a sampler_core.Noise (its seed
+    also seeds step noise; a seed of None or ``noise`` None adds none). Returns (samples, last x0), raw VAE
+    latents (B, C, H, W) float32 on the CPU."""
+    from sampling.guidance import GuidedDenoiser
+    from sampling.ksampler import run
+
+    from .sampler_core import SamplerChoice
+
+    model = guider.model
+    check_latent(model, latent)
+    if guider.cond2 is not None:
+        raise ValueError(f"DualCFGGuider is not supported for the {model.meta['family']} family yet "
+                         "(use CFGGuider or BasicGuider)")
+    choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
     meta = model.meta
     scale, shift = float(meta["scaling_factor"]), float(meta["shift_factor"])
     lat = latent["samples"].to(torch.float32)
-    ch = int(meta["latent_channels"])
-    if lat.shape[1] != ch:
-        raise ValueError(f"{meta['family']} models take {ch}-channel latents, got {lat.shape[1]} channels "
-                         f"(use EmptySD3LatentImage for 16-channel families)")
-    ms = from_spec(sampling_spec(model))
-    if sigmas is None:
-        sigmas = ksampler_sigmas(ms, scheduler, sampler_name, steps, denoise)
-    if len(sigmas) <= 1:
-        return lat
-    noise = prepare_noise(lat, seed, latent.get("batch_index")) if seed is not None else None
+    if sigmas is None or len(sigmas) <= 1:
+        return lat, lat
+    ms = model_sampling(model)
+    seed = noise.seed if noise is not None else None
+    # no noise = zero noise through the flow noise scaling, as the UNet path (and ComfyUI) does
+    noise_t = noise.make(lat.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat)
     with model.store.using(model) as (den,):
         dev = den.device
         z = ((lat - shift) * scale).to(dev)
-        predict = make_predict(den, ms, positive, negative, cfg, lat.shape[0])
-        guided = GuidedDenoiser(predict, cfg, model_sampling=ms)
+        predict = make_predict(den, ms, guider.positive, guider.negative, guider.cfg, lat.shape[0])
+        guided = GuidedDenoiser(predict, guider.cfg, model_sampling=ms)
         mask = latent.get("noise_mask")
         if mask is not None:
             mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(), size=z.shape[-2:],
                                                    mode="bilinear")
         total = len(sigmas) - 1
+        last = {"x0": z}
 
         def callback(i, denoised, x, _total):
+            last["x0"] = denoised
             if ctx is not None:
-                ctx.progress(i + 1, total, preview=lambda d=denoised: _preview(d))
+                ctx.progress(min(i + 1, total), total, preview=lambda d=denoised: _preview(d, meta["family"]))
 
         with torch.no_grad():
-            out = run(guided, ms, sampler_name, sigmas, z, noise, seed, callback=callback, mask=mask)
-    return (out.float().cpu() / scale + shift).contiguous()
+            out = run(guided, ms, choice.name, sigmas.to(torch.float32), z, noise_t, seed if seed is not None else 0,
+                      callback=callback, mask=mask, options=dict(choice.options))
+    samples = (out.float().cpu() / scale + shift).contiguous()
+    x0 = (last["x0"].float().cpu() / scale + shift).contiguous()
+    return samples, x0
 
 
-def _preview(x0):
-    """Grey channel-mean preview of a 16-channel latent (no fitted RGB factors for these families yet)."""
-    from PIL import Image
+def _preview(x0, family: str):
+    """Latent->RGB preview of a flow family's model-space x0 (its published factor table, latent resolution)."""
+    from .latent_rgb import latent_to_rgb
 
-    g = x0[0].float().mean(0)
-    g = (g - g.min()) / (g.max() - g.min() + 1e-6)
-    return Image.fromarray((g * 255).to(torch.uint8).cpu().numpy()).convert("RGB")
+    return latent_to_rgb(x0, family)

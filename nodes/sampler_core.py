@@ -28,13 +28,7 @@ from typing import Any
 from .cond_regions import mask_weight, resolve_area
 from .samplers import Plan
 
-# latent -> RGB projections (rows: latent channels, columns: R, G, B) and biases, per model family
-LATENT_RGB = {
-    "sd1": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721],
-             [-0.2120, -0.2616, -0.7177]], None),
-    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
-              [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
-}
+from .latent_rgb import LATENT_RGB, latent_to_rgb  # noqa: F401  (LATENT_RGB: re-exported for callers)
 
 
 # ------------------------------------------------------------------------------------------------ values
@@ -301,16 +295,7 @@ def latent_preview(x0: torch.Tensor, arch: str = "sd1", env=None):
             p = next(dec.parameters())
             img = dec(x0[:1].to(p.device, p.dtype))[0].float().cpu().clamp(0, 1).permute(1, 2, 0)
         return Image.fromarray((img * 255).round().to(torch.uint8).numpy())
-    factors, bias = LATENT_RGB.get(arch, LATENT_RGB["sd1"])
-    fac = torch.tensor(factors, dtype=torch.float32)
-    lat = x0[0].float().cpu()
-    if lat.shape[0] != fac.shape[0]:
-        lat = lat[: fac.shape[0]]
-    rgb = torch.einsum("chw,cr->hwr", lat, fac)
-    if bias is not None:
-        rgb = rgb + torch.tensor(bias)
-    rgb = ((rgb + 1) / 2).clamp(0, 1)
-    return Image.fromarray((rgb * 255).to(torch.uint8).numpy())
+    return latent_to_rgb(x0, arch)
 
 
 def _taesd(env, arch):
@@ -322,7 +307,12 @@ def _taesd(env, arch):
 # ------------------------------------------------------------------------------------------------ model sampling
 def model_sampling_of(model_ref):
     """The MODEL's ModelSampling: a ModelSampling* node's spec (ref option ``model_sampling``), else the
-    checkpoint's own (meta ``model_sampling`` spec, else discrete with its prediction type)."""
+    checkpoint's own (meta ``model_sampling`` spec, else discrete with its prediction type). Flow families
+    (SD3/FLUX.1/Z-Image) get their family default from nodes.family_sampling."""
+    from .family_sampling import is_flow_model, model_sampling
+
+    if is_flow_model(model_ref):
+        return model_sampling(model_ref)
     spec = model_ref.option("model_sampling")
     meta = model_ref.meta
     if spec is None:
@@ -390,6 +380,14 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     from sampling.guidance import GuidedDenoiser
     from sampling.ksampler import run as run_sampler
 
+    from .family_sampling import is_flow_model
+
+    if is_flow_model(guider.model):  # SD3 / FLUX.1 / Z-Image: transformer velocity models
+        from .family_sampling import sample_sigmas as flow_sample_sigmas
+
+        samples, x0 = flow_sample_sigmas(ctx, guider, sampler, sigmas, latent, noise)
+        return SampleResult(samples, x0, {"seed": noise.seed if noise is not None else None,
+                                          "sigmas": [float(v) for v in sigmas]})
     choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
     model_ref = guider.model
     meta = model_ref.meta
