@@ -57,11 +57,36 @@ def _link_table(raw: Any) -> dict[Any, tuple]:
     return out
 
 
-def _instance_widget_values(inst: dict) -> dict[str, Any]:
-    """Promoted widget values of an instance, by input name."""
+def _widget_fed_inputs(sg: dict) -> list[str]:
+    """Names of the definition's inputs that feed an inner node's widget input, in the definition's order."""
+    nodes = {n.get("id"): n for n in sg.get("nodes") or [] if isinstance(n, dict)}
+    out = []
+    for si in sg.get("inputs") or []:
+        if not isinstance(si, dict):
+            continue
+        for ln in sg.get("links") or []:
+            if not isinstance(ln, dict) or ln.get("id") not in (si.get("linkIds") or []):
+                continue
+            ins = (nodes.get(ln.get("target_id")) or {}).get("inputs") or []
+            slot = ln.get("target_slot")
+            if isinstance(slot, int) and 0 <= slot < len(ins) and isinstance(ins[slot], dict) and ins[slot].get("widget"):
+                out.append(si.get("name"))
+                break
+    return out
+
+
+def _instance_widget_values(inst: dict, sg: dict | None = None) -> dict[str, Any]:
+    """Promoted widget values of an instance, by input name. The editor (1.58.1) may save an instance with no
+    `inputs` entries for its promoted widgets but with `widgets_values_named`; without either, the values are
+    matched by position to the definition's inputs that feed an inner widget."""
+    named = inst.get("widgets_values_named")
+    if isinstance(named, dict) and named:
+        return dict(named)
     wv = inst.get("widgets_values")
     names = [i["widget"]["name"] if isinstance(i.get("widget"), dict) and isinstance(i["widget"].get("name"), str)
              else i.get("name") for i in inst.get("inputs") or [] if isinstance(i, dict) and i.get("widget")]
+    if not names and sg is not None:
+        names = _widget_fed_inputs(sg)
     if isinstance(wv, dict):
         return {k: v for k, v in wv.items() if k in names}
     out: dict[str, Any] = {}
@@ -130,7 +155,7 @@ class _Flattener:
             sg_inputs = [i for i in sg.get("inputs") or [] if isinstance(i, dict)]
             sg_outputs = [o for o in sg.get("outputs") or [] if isinstance(o, dict)]
             inst_inputs = {i.get("name"): i for i in n.get("inputs") or [] if isinstance(i, dict)}
-            widgets = _instance_widget_values(n)
+            widgets = _instance_widget_values(n, sg)
             srcs: list = []
             for k, si in enumerate(sg_inputs):
                 ii = inst_inputs.get(si.get("name"), {})

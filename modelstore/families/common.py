@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..arch import key_indices as indices  # noqa: F401  (re-exported for the family modules)
 from ..tensorfile import CheckpointError
 
 DIFFUSION_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
@@ -37,17 +38,6 @@ UNET_KEYS = ("input_blocks.0.0.weight", "out.2.weight")
 def is_ldm_unet(shapes) -> bool:
     """True for a UNet-only file of the SD family (LDM keys, bare or under ``model.diffusion_model.``)."""
     return all(k in shapes or "model.diffusion_model." + k in shapes for k in UNET_KEYS)
-
-
-def indices(shapes, prefix: str) -> list[int]:
-    """Sorted distinct integers directly after ``prefix`` in the keys (block counts)."""
-    out = set()
-    for k in shapes:
-        if k.startswith(prefix):
-            head = k[len(prefix):].split(".", 1)[0]
-            if head.isdigit():
-                out.add(int(head))
-    return sorted(out)
 
 
 def need(shapes, key: str, family: str):

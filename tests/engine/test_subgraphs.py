@@ -64,6 +64,25 @@ def test_unpromoted_input_keeps_the_inner_widget_value(ui, reg):
     assert api["10:1"]["inputs"]["k"] == 1 and api["10:2:1"]["inputs"]["factor"] == 1.0
 
 
+def test_promoted_value_saved_by_name_without_an_instance_widget_input(ui, reg):
+    """Editor 1.58.1 saves a promoted widget's instance with no `inputs` entry for it, the value in
+    `widgets_values` and `widgets_values_named` (seen in the browser test's editor-built file)."""
+    inst = ui["nodes"][1]
+    inst["inputs"] = [i for i in inst["inputs"] if not i.get("widget")]
+    inst["widgets_values"], inst["widgets_values_named"] = [7], {"k": 7}
+    assert ui_to_api(ui, reg)["10:1"]["inputs"]["k"] == 7
+
+
+def test_promoted_value_by_position_when_the_instance_names_no_widgets(ui, reg):
+    """Without names, the values go in order to the definition's inputs that feed an inner widget ("k", not
+    "value", which feeds a plain input)."""
+    inst = ui["nodes"][1]
+    inst["inputs"] = [i for i in inst["inputs"] if not i.get("widget")]
+    inst["widgets_values"] = [7]
+    api = ui_to_api(ui, reg)
+    assert api["10:1"]["inputs"] == {"a": ["1", 0], "k": 7}
+
+
 def test_linked_outer_input_wins_over_the_widget(ui, reg):
     ui["nodes"][1]["inputs"][1]["link"] = 9
     ui["nodes"][0]["outputs"][0]["links"].append(9)

@@ -187,9 +187,10 @@ SUB_WF = {
 
 
 def test_editor_built_nested_subgraph_runs_headlessly(tmp_path):
-    """The editor's own command Comfy.Graph.ConvertToSubgraph (1.58.1) wraps node 4 in a subgraph, then node 3
-    and that subgraph in another (nesting); the workflow the editor saves (graphToPrompt().workflow, the file
-    "Save" writes, with definitions.subgraphs) runs with `loom run` and gives the once-inverted colour."""
+    """The editor's own command Comfy.Graph.ConvertToSubgraph (1.58.1) wraps EmptyImage in a subgraph whose colour
+    widget is promoted (Comfy.Graph.ToggleWidgetPromotion) and set on the parent, wraps node 4 in a subgraph, then
+    node 3 and that subgraph in another (nesting); the workflow the editor saves (graphToPrompt().workflow, the file
+    "Save" writes, with definitions.subgraphs) runs with `loom run` and gives the once-inverted promoted colour."""
     import numpy as np
     from PIL import Image
     from playwright.sync_api import sync_playwright
@@ -219,22 +220,36 @@ def test_editor_built_nested_subgraph_runs_headlessly(tmp_path):
                     const sel = [...canvas.selectedItems];
                     return sel.length === 1 ? sel[0].id : null;
                 };
+                // EmptyImage into a subgraph; promote its colour widget with the editor's toggle command (it acts
+                // on the hovered widget: put the canvas mouse on it) and set the promoted widget on the parent
+                const host = g.getNodeById(await convert([1]));
+                canvas.openSubgraph(host.subgraph, host);
+                canvas.draw(true, true);
+                const empty = canvas.graph._nodes.find(n => n.type === 'EmptyImage');
+                const cw = empty.widgets.find(w => w.name === 'color');
+                canvas.graph_mouse[0] = empty.pos[0] + 20;
+                canvas.graph_mouse[1] = empty.pos[1] + cw.y + 5;
+                await app.extensionManager.command.execute('Comfy.Graph.ToggleWidgetPromotion');
+                canvas.setGraph(g);
+                const promoted = (host.widgets || []).find(w => w.name === 'color');
+                if (promoted) promoted.value = 0x102030;
                 const inner = await convert([4]);
                 const outer = await convert([3, inner]);
                 const {workflow, output} = await app.graphToPrompt();
-                return {inner, outer, saved: workflow, editor_ids: Object.keys(output), root: g._nodes.map(n => n.type)};
+                return {promoted: !!promoted, saved: workflow, editor_ids: Object.keys(output), root: g._nodes.map(n => n.type)};
             }""")
             assert not page_errors, page_errors
         finally:
             browser.close()
     saved = made["saved"]
+    assert made["promoted"], "the editor did not promote the colour widget"
     subs = saved.get("definitions", {}).get("subgraphs", [])
-    assert len(subs) == 2, made["root"]
-    # the root holds EmptyImage, Invert 2, the outer subgraph and SaveImage; the outer subgraph holds the inner
-    assert sorted(made["root"]).count("ImageInvert") == 1 and len(made["root"]) == 4, made["root"]
+    assert len(subs) == 3, made["root"]
+    # the root holds the EmptyImage subgraph, Invert 2, the outer subgraph and SaveImage; the outer holds the inner
+    assert made["root"].count("ImageInvert") == 1 and len(made["root"]) == 4, made["root"]
     by_id = {s["id"]: s for s in subs}
-    outer_type = next(n["type"] for n in saved["nodes"] if n["type"] in by_id)
-    assert any(n["type"] in by_id for n in by_id[outer_type]["nodes"]), "the subgraphs are not nested"
+    assert any({n["type"] for n in sg["nodes"]} >= {"ImageInvert"} and any(n["type"] in by_id for n in sg["nodes"])
+               for sg in subs), "the subgraphs are not nested"
     wf = tmp_path / "editor-nested.json"
     wf.write_text(json.dumps(saved))
     r = loom("validate", str(wf), cwd=tmp_path)
@@ -243,9 +258,10 @@ def test_editor_built_nested_subgraph_runs_headlessly(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (s,) = summaries(r.stdout)
     assert s["status"] == "success", s
-    # five nodes ran; the innermost invert carries the two-level "outer:inner:node" id
+    # five nodes ran (EmptyImage inside its subgraph); the innermost invert carries the two-level "outer:inner:node" id
     assert len(s["executed"]) == 5 and any(e.count(":") == 2 for e in s["executed"]), s["executed"]
     # Loom flattens to the same "outer:inner" ids as the editor's own API prompt
     assert sorted(s["executed"]) == sorted(made["editor_ids"]), (s["executed"], made["editor_ids"])
     px = np.asarray(Image.open(tmp_path / s["outputs"][0]).convert("RGB"))[0, 0]
-    assert np.abs(px.astype(int) - [0xFF - 0x33, 0xFF - 0x66, 0xFF - 0x99]).max() <= 1, px
+    # the promoted colour set on the parent (0x102030), not the inner node's own 0x336699, inverted once
+    assert np.abs(px.astype(int) - [0xFF - 0x10, 0xFF - 0x20, 0xFF - 0x30]).max() <= 1, px
