@@ -159,7 +159,7 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
         dev = den.device
         z = ((lat - shift) * scale).to(dev)
         predict = make_predict(den, ms, guider.positive, guider.negative, guider.cfg, lat.shape[0])
-        guided = GuidedDenoiser(predict, guider.cfg, model_sampling=ms)
+        guided = GuidedDenoiser(predict, guider.cfg, post_cfg=_post_cfg(model), model_sampling=ms)
         mask = latent.get("noise_mask")
         if mask is not None:
             mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(), size=z.shape[-2:],
@@ -178,6 +178,18 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
     samples = (out.float().cpu() / scale + shift).contiguous()
     x0 = (last["x0"].float().cpu() / scale + shift).contiguous()
     return samples, x0
+
+
+def _post_cfg(model) -> tuple:
+    """CFGNorm (ref option ``cfg_norm``) as a post-CFG hook; RescaleCFG's VP-space rescale is not defined here for
+    flow models yet, so it is refused rather than silently ignored."""
+    from sampling.guidance import cfg_norm
+
+    if model.option("rescale_cfg") is not None:
+        raise ValueError(f"RescaleCFG is not supported for the {model.meta['family']} family yet "
+                         "(remove the RescaleCFG node)")
+    v = model.option("cfg_norm")
+    return () if v is None else (cfg_norm(float(v)),)
 
 
 def _preview(x0, family: str):

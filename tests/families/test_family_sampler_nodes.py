@@ -117,3 +117,19 @@ def test_sampler_custom_advanced_workflow_on_zimage(fam_exec, fam_env):
     files = sorted(fam_env.output_dir.glob("zcustom*.png"))
     a = np.asarray(Image.open(files[-1]))
     assert a.shape == (64, 64, 3) and a.std() > 0
+
+
+def test_cfg_norm_applies_and_rescale_cfg_is_refused_on_flow_models(family_models):
+    from nodes.model_sampling import CFGNorm, RescaleCFG
+
+    model, pos, neg, lat = _setup(family_models[0], "zimage")
+    ref = KSampler().run(None, model, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+    normed = CFGNorm().run(None, model, 1.0)[0]
+    got = KSampler().run(None, normed, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+    assert (got - ref).abs().max().item() > 1e-4  # the hook changed the guided estimate
+    zero = CFGNorm().run(None, model, 0.0)[0]  # strength 0 = no correction
+    same = KSampler().run(None, zero, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+    assert (same - ref).abs().max().item() < 1e-6
+    resc = RescaleCFG().run(None, model, 0.7)[0]
+    with pytest.raises(ValueError, match="RescaleCFG"):
+        KSampler().run(None, resc, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)
