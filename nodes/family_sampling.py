@@ -105,7 +105,7 @@ def sample(ctx, model, positive, negative, latent: dict, *, seed: int | None, st
     """KSampler on a flow-family MODEL; returns raw VAE latents (B, C, H, W) float32 on the CPU."""
     from sampling.schedulers import ksampler_sigmas
 
-    from .sampler_core import Guider, Noise
+    from .sampler_values import Guider, Noise
 
     check_latent(model, latent)
     if sigmas is None:
@@ -132,13 +132,13 @@ def check_latent(model, latent: dict) -> None:
 
 def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[torch.Tensor, torch.Tensor]:
     """Every sampler node's flow path: run ``sampler`` (name or SamplerChoice) along ``sigmas`` with a GUIDER
-    (``nodes.sampler_core.Guider``) whose model is a flow-family MODEL. ``noise``: a sampler_core.Noise (its seed
+    (``nodes.sampler_values.Guider``) whose model is a flow-family MODEL. ``noise``: a sampler_values.Noise (its seed
     also seeds step noise; a seed of None or ``noise`` None adds none). Returns (samples, last x0), raw VAE
     latents (B, C, H, W) float32 on the CPU."""
     from sampling.guidance import GuidedDenoiser
     from sampling.ksampler import run
 
-    from .sampler_core import SamplerChoice
+    from .sampler_values import SamplerChoice
 
     model = guider.model
     check_latent(model, latent)
