@@ -32,6 +32,13 @@ def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = No
     for emb, opts in conds:
         if opts.get("area") is not None or opts.get("mask") is not None:
             raise ValueError(f"{family}: area/mask conditioning is not supported for this family yet")
+        # refused rather than silently ignored: the flow path has no hook for these yet
+        if opts.get("control") is not None:
+            raise ValueError(f"{family}: ControlNet is not supported for this family yet (remove the ControlNet "
+                             "apply node)")
+        if float(opts.get("start_percent", 0.0)) > 0.0 or float(opts.get("end_percent", 1.0)) < 1.0:
+            raise ValueError(f"{family}: conditioning timestep ranges (ConditioningSetTimestepRange) are not "
+                             "supported for this family yet")
         c = {}
         if family == "zimage":
             if emb.shape[0] not in (1, batch):
@@ -182,9 +189,15 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
 
 def _post_cfg(model) -> tuple:
     """CFGNorm (ref option ``cfg_norm``) as a post-CFG hook; RescaleCFG's VP-space rescale is not defined here for
-    flow models yet, so it is refused rather than silently ignored."""
+    flow models yet, and the SD-UNet patches (FreeU, PAG, DifferentialDiffusion) have nothing to patch, so they are
+    refused rather than silently ignored."""
     from sampling.guidance import cfg_norm
 
+    for option, node in (("freeu", "FreeU/FreeU_V2"), ("pag_scale", "PerturbedAttentionGuidance"),
+                         ("differential_diffusion", "DifferentialDiffusion")):
+        if model.option(option) is not None:  # UNet patches: nothing to hook in a transformer, so refused
+            raise ValueError(f"{node} is not supported for the {model.meta['family']} family "
+                             f"(it patches an SD UNet; remove the {node} node)")
     if model.option("rescale_cfg") is not None:
         raise ValueError(f"RescaleCFG is not supported for the {model.meta['family']} family yet "
                          "(remove the RescaleCFG node)")

@@ -133,3 +133,26 @@ def test_cfg_norm_applies_and_rescale_cfg_is_refused_on_flow_models(family_model
     resc = RescaleCFG().run(None, model, 0.7)[0]
     with pytest.raises(ValueError, match="RescaleCFG"):
         KSampler().run(None, resc, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)
+
+
+def test_unet_patches_controlnet_and_timestep_ranges_are_refused_on_flow_models(family_models):
+    """What the flow path cannot honour yet is a clear error naming it, never a silently different picture."""
+    from nodes.conditioning_ops import ConditioningSetTimestepRange
+    from nodes.model_patches import DifferentialDiffusion, FreeU, PerturbedAttentionGuidance
+
+    model, pos, neg, lat = _setup(family_models[0], "zimage")
+    patched = {"FreeU": FreeU().run(None, model, 1.3, 1.4, 0.9, 0.2)[0],
+               "PerturbedAttentionGuidance": PerturbedAttentionGuidance().run(None, model, 3.0)[0],
+               "DifferentialDiffusion": DifferentialDiffusion().run(None, model)[0]}
+    for name, m in patched.items():
+        with pytest.raises(ValueError, match=name):
+            KSampler().run(None, m, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)
+    ranged = ConditioningSetTimestepRange().run(None, pos, 0.0, 0.5)[0]
+    with pytest.raises(ValueError, match="timestep ranges"):
+        KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", ranged, neg, lat, 1.0)
+    controlled = [[emb, {**opts, "control": object()}] for emb, opts in pos]
+    with pytest.raises(ValueError, match="ControlNet"):
+        KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", controlled, neg, lat, 1.0)
+    # the unpatched model with the plain conditioning still samples
+    out = KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+    assert out.shape == (1, 16, 8, 8) and torch.isfinite(out).all()
