@@ -153,27 +153,15 @@ class LatentCompositeMasked(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, destination, source, x, y, resize_source, mask=None):
-        import torch
         import torch.nn.functional as F
+
+        from .masks import paste_masked, repeat_batch
 
         dest = destination["samples"].clone()
         src = source["samples"]
         if resize_source:
             src = F.interpolate(src, size=dest.shape[-2:], mode="bilinear", align_corners=False)
-        if src.shape[0] != dest.shape[0]:
-            src = src[:1].expand(dest.shape[0], -1, -1, -1) if src.shape[0] == 1 else src[: dest.shape[0]]
-        x, y = min(x // 8, dest.shape[3]), min(y // 8, dest.shape[2])
-        h, w = min(src.shape[2], dest.shape[2] - y), min(src.shape[3], dest.shape[3] - x)
-        if h > 0 and w > 0:
-            if mask is None:
-                m = torch.ones_like(src[:, :1])
-            else:
-                m = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(),
-                                  size=src.shape[-2:], mode="bilinear", align_corners=False)
-                if m.shape[0] != src.shape[0]:
-                    m = m[:1].expand(src.shape[0], -1, -1, -1)
-            m, s = m[:, :, :h, :w], src[:, :, :h, :w]
-            dest[:, :, y:y + h, x:x + w] = s * m + dest[:, :, y:y + h, x:x + w] * (1 - m)
+        paste_masked(dest, repeat_batch(src, dest.shape[0]), x // 8, y // 8, mask)  # x, y: pixels -> latent cells
         return (_copy(destination, dest),)
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from engine.node import MAX_RESOLUTION, Float, Int, Node, Output, Socket
 
-
-def _mask3(mask: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(-1, mask.shape[-2], mask.shape[-1])
+from .mask_ops import _mask3
 
 
 class FeatherMask(Node):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Socket
 
-from .masks import _batch
+from .masks import repeat_batch
 
 COMPOSITE_OPS = ["multiply", "add", "subtract", "and", "or", "xor"]
 CHANNELS = ["red", "green", "blue", "alpha"]
@@ -55,7 +55,7 @@ class MaskComposite(Node):
 
         dest, src = _mask3(destination), _mask3(source)
         n = max(dest.shape[0], src.shape[0])
-        dest, src = _batch(dest, n).clone(), _batch(src, n)
+        dest, src = repeat_batch(dest, n).clone(), repeat_batch(src, n)
         H, W = dest.shape[-2:]
         h, w = min(src.shape[-2], H - y), min(src.shape[-1], W - x)
         if h <= 0 or w <= 0:  # the source lies outside the destination

@@ -11,7 +11,8 @@ from .latents import common_upscale
 IMAGE_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 
 
-def _batch(t: torch.Tensor, n: int) -> torch.Tensor:
+def repeat_batch(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` with its batch (dim 0) repeated and cut to ``n`` items (ComfyUI's repeat-to-batch-size)."""
     if t.shape[0] == n:
         return t
     return t.repeat((math.ceil(n / t.shape[0]),) + (1,) * (t.ndim - 1))[:n]
@@ -19,6 +20,23 @@ def _batch(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def _mask4(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+
+
+def paste_masked(dest: torch.Tensor, src: torch.Tensor, x: int, y: int, mask: torch.Tensor | None) -> None:
+    """Blends ``src`` (B,C,h,w) into ``dest`` (B,C,H,W) IN PLACE with its top-left corner at (x, y), cut at
+    dest's edges, through ``mask`` (any MASK layout, resized to src; None = opaque). Callers pass a copy."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = dest.shape[-2:]
+    x, y = min(x, W), min(y, H)
+    h, w = min(src.shape[2], H - y), min(src.shape[3], W - x)
+    if h <= 0 or w <= 0:
+        return
+    m = torch.ones_like(src[:, :1]) if mask is None else repeat_batch(F.interpolate(
+        _mask4(mask), size=src.shape[-2:], mode="bilinear", align_corners=False), src.shape[0])
+    m, s = m[:, :, :h, :w], src[:, :, :h, :w]
+    dest[:, :, y:y + h, x:x + w] = s * m + dest[:, :, y:y + h, x:x + w] * (1 - m)
 
 
 class ImageCompositeMasked(Node):
@@ -34,20 +52,13 @@ class ImageCompositeMasked(Node):
         import torch.nn.functional as F
 
         dest = destination.movedim(-1, 1).clone()
-        src = _batch(source.movedim(-1, 1), dest.shape[0])
+        src = repeat_batch(source.movedim(-1, 1), dest.shape[0])
         if resize_source:
             src = F.interpolate(src, size=dest.shape[-2:], mode="bilinear", align_corners=False)
         if src.shape[1] != dest.shape[1]:
             src = src[:, :dest.shape[1]] if src.shape[1] > dest.shape[1] else \
                 torch.cat([src, torch.ones_like(src[:, :1]).expand(-1, dest.shape[1] - src.shape[1], -1, -1)], 1)
-        H, W = dest.shape[-2:]
-        x, y = min(x, W), min(y, H)
-        h, w = min(src.shape[2], H - y), min(src.shape[3], W - x)
-        if h > 0 and w > 0:
-            m = torch.ones_like(src[:, :1]) if mask is None else _batch(F.interpolate(
-                _mask4(mask), size=src.shape[-2:], mode="bilinear", align_corners=False), src.shape[0])
-            m, s = m[:, :, :h, :w], src[:, :, :h, :w]
-            dest[:, :, y:y + h, x:x + w] = s * m + dest[:, :, y:y + h, x:x + w] * (1 - m)
+        paste_masked(dest, src, x, y, mask)
         return (dest.movedim(1, -1).contiguous(),)
 
 
@@ -130,13 +141,13 @@ class ImageMaskBlend(Node):
 
         bg = background.movedim(-1, 1)
         B, _, H, W = bg.shape
-        fg = _batch(foreground.movedim(-1, 1), B)
+        fg = repeat_batch(foreground.movedim(-1, 1), B)
         if fg.shape[-2:] != (H, W):
             fg = F.interpolate(fg, size=(H, W), mode="bilinear", align_corners=False)
         m = _mask4(mask)
         if m.shape[-2:] != (H, W):
             m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)
-        m = _batch(m, B)
+        m = repeat_batch(m, B)
         if invert_mask:
             m = 1.0 - m
         m = gaussian_blur_mask(m, feather).clamp(0, 1)

@@ -26,8 +26,8 @@ from engine.context import CancelToken, Env
 from engine.errors import execution_error
 
 from .devices import local_devices
-from .worker import PreviewEncoder, event_sink, failure_entry, free_models, resident_models, run_prompt, \
-    wants_previews
+from .worker import (PreviewEncoder, cancel_running, event_sink, failure_entry, free_models, resident_models,
+                     run_prompt, wants_previews)
 
 DONE = object()
 FANOUT_KEY = "loom_fanout_prompt"  # extra_data of a fan-out part: the whole prompt
@@ -110,11 +110,7 @@ class LoomActor:
                 "shared_disk": self.shared_disk}
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        cur = self._current
-        if cur is None or (prompt_id is not None and cur[0] != prompt_id):
-            return False
-        cur[1].cancel()
-        return True
+        return cancel_running(self._current, prompt_id)
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         with self._run_lock:  # between prompts, never under a running one

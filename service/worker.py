@@ -84,6 +84,15 @@ class LoopBridge:
                 log.exception("delivering %s failed", kind)
 
 
+def cancel_running(current: tuple[str, CancelToken] | None, prompt_id: str | None) -> bool:
+    """Cancels the running prompt ``current`` = (id, token) if there is one and it is ``prompt_id`` (None: any);
+    True when something was cancelled. Shared by the in-process worker and the Ray actors."""
+    if current is None or (prompt_id is not None and current[0] != prompt_id):
+        return False
+    current[1].cancel()
+    return True
+
+
 class PreviewEncoder:
     """Evaluates preview callables and encodes JPEGs off the sampling thread; drops frames it cannot keep up
     with (one slot, newest wins). ``post`` receives ("preview", prompt_id, node, jpeg)."""
@@ -260,11 +269,7 @@ class Worker:
                     self._prepared.pop(pid, None)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        cur = self._current
-        if cur is None or (prompt_id is not None and cur[0] != prompt_id):
-            return False
-        cur[1].cancel()
-        return True
+        return cancel_running(self._current, prompt_id)
 
     def free(self, unload_models: bool = False, free_memory: bool = False) -> None:
         if unload_models or free_memory:
