@@ -130,6 +130,7 @@ class ModelStore:
             if ref is None or float(strength) == 0.0:
                 out.append(ref)
             elif isinstance(ref, FamilyClip):
+                self._warn_te_lora(ref, Path(fid.path), warn)
                 out.append(FamilyClip(ref.type, tuple((k, patched(r) if k in TE_LORA_COMPONENT else r)
                                                       for k, r in ref.encoders), ref.options, ref.store))
             else:
@@ -140,6 +141,17 @@ class ModelStore:
                             warn(msg)
                 out.append(patched(ref))
         return out[0], out[1]
+
+    def _warn_te_lora(self, clip, lora_path: Path, warn) -> None:
+        from .families.lora import text_encoder_warnings
+        from .tensorfile import read_header
+
+        if lora_path.suffix.lower() != ".safetensors":
+            return
+        for msg in text_encoder_warnings(list(read_header(lora_path).tensors), clip.kinds(), lora_path.name):
+            log.warning("%s", msg)
+            if warn is not None:
+                warn(msg)
 
     def _check_family_lora(self, ref: ModelRef, lora_path: Path) -> list[str]:
         """Header-only match of a LoRA file against a transformer-family diffusion model (see families.lora)."""

@@ -31,7 +31,8 @@ from ..lora import LoraError, _shallow_clone, lora_delta
 log = logging.getLogger("loom.models")
 
 SUFFIXES = ((".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_B.weight", "up"),
-            (".lora_A.weight", "down"), (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"))
+            (".lora_A.weight", "down"), (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
+            (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"))
 #: key prefix -> (space, separator): 'file' = original layout, 'diffusers' = diffusers module names, 'any' = both
 MODEL_PREFIXES = (("model.diffusion_model.", "file", "."), ("diffusion_model.", "file", "."),
                   ("lora_unet_", "file", "_"), ("transformer.", "diffusers", "."),
@@ -39,6 +40,9 @@ MODEL_PREFIXES = (("model.diffusion_model.", "file", "."), ("diffusion_model.", 
 TE_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "text_encoder.", "text_encoder_2.",
                "text_encoder_3.", "text_encoders.")
 _BITS = 32
+#: text-encoder key prefix -> the text encoder it is for (kohya numbering = diffusers' text_encoder, _2, _3)
+TE_TARGETS = (("lora_te1_", "clip_l"), ("lora_te_", "clip_l"), ("text_encoder.", "clip_l"), ("lora_te2_", "clip_g"),
+              ("text_encoder_2.", "clip_g"), ("lora_te3_", "t5"), ("text_encoder_3.", "t5"))
 
 
 @dataclass
@@ -138,27 +142,27 @@ def _delta(name: str, parts: dict, shape: tuple, fname: str) -> torch.Tensor:
     return lora_delta(up, down, parts.get("alpha"), shape)
 
 
-def deltas(lora_state, lay: Layout, fname: str = "LoRA", family: str = "") -> tuple[dict, list[str], int]:
-    """({diffusers weight key: fp32 update at strength 1}, unmatched target names, targets applied). Raises
-    ``LoraError`` naming the file when nothing in the file is for this model, or when an update's shape does not
-    fit (naming the key and both shapes)."""
+def updates(lora_state, lay: Layout, fname: str = "LoRA", family: str = "", device=None):
+    """(list of (target, [(diffusers weight key, dst rows or None for all, src rows or None)]), unmatched target
+    names). ``target`` is ((space, name), parts); its fp32 update is ``target_delta``. Raises ``LoraError``
+    naming the file when nothing in it is for this model."""
     groups, other = group(lora_state)
     targets, unmatched = resolve(groups, lay)
     _refuse_no_match(targets, groups, other, fname, family)
-    out: dict = {}
+    plan = []
     for (space, name), parts in targets.items():
         if space == "diffusers":
-            d = _delta(name, parts, lay.diffusers[name], fname)
-            key = name + ".weight"
-            out[key] = d if key not in out else out[key] + d
-            continue
-        d = _delta(name, parts, lay.file[name], fname)
-        for dk, dst, src in lay.rows.get(name, ()):
-            full = out.get(dk)
-            if full is None:
-                full = out[dk] = torch.zeros((lay.diffusers[dk[:-len(".weight")]]), dtype=torch.float32)
-            full[dst] += d[src]
-    return out, unmatched + other, len(targets)
+            plan.append((((space, name), parts), [(name + ".weight", None, None)]))
+        else:
+            plan.append((((space, name), parts), [(dk, dst, src) for dk, dst, src in lay.rows.get(name, ())]))
+    return plan, unmatched + other
+
+
+def target_delta(target, lay: Layout, fname: str, device=None) -> torch.Tensor:
+    """The fp32 update (alpha/rank) * up @ down of one target, shaped as its weight (file or diffusers layout)."""
+    (space, name), parts = target
+    parts = {k: (v.to(device) if k != "alpha" and device is not None else v) for k, v in parts.items()}
+    return _delta(name, parts, (lay.diffusers if space == "diffusers" else lay.file)[name], fname)
 
 
 def model_layout(model) -> Layout:
@@ -178,19 +182,37 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
     not mutated and unchanged tensors are shared (``_loom_own_bytes`` counts the new ones). Unmatched targets are
     logged and listed in ``_loom_lora_unmatched``."""
     lay = model_layout(model)
-    upd, unmatched, applied = deltas(lora_state, lay, fname, model.family)
     patched = _shallow_clone(model)
+    plan, unmatched = updates(lora_state, lay, fname, model.family)
+    left: dict = {}  # diffusers key -> contributions still to add (a weight is finished when it reaches 0)
+    for _, parts in plan:
+        for dk, _, _ in parts:
+            left[dk] = left.get(dk, 0) + 1
+    work: dict = {}  # diffusers key -> fp32 working copy (the base's tensor is never written)
     own = 0
-    for key, d in upd.items():
-        owner, _, pname = ("module." + key).rpartition(".")
-        mod = patched.get_submodule(owner)
-        w = mod._parameters[pname]
-        if tuple(w.shape) != tuple(d.shape):
-            raise LoraError(f"{fname}: LoRA update of {key} has shape {tuple(d.shape)}, the model weight "
-                            f"{tuple(w.shape)}")
-        new = (w.data.float() + strength * d.to(w.device)).to(w.dtype)
-        mod._parameters[pname] = torch.nn.Parameter(new, requires_grad=False)
-        own += new.numel() * new.element_size()
+    for target, parts in plan:
+        d = target_delta(target, lay, fname, model.device)
+        for dk, dst, src in parts:
+            owner, _, pname = ("module." + dk).rpartition(".")
+            mod = patched.get_submodule(owner)
+            w = mod._parameters[pname]
+            rows = d if src is None else d[src.to(d.device)]
+            want = tuple(w.shape) if dst is None else (len(dst),) + tuple(w.shape[1:])
+            if tuple(rows.shape) != want:
+                raise LoraError(f"{fname}: LoRA update of {dk} has shape {tuple(rows.shape)}, the model weight "
+                                f"{tuple(w.shape)}")
+            if dk not in work:
+                work[dk] = w.data.to(torch.float32, copy=True)
+            if dst is None:
+                work[dk].add_(rows, alpha=strength)
+            else:
+                work[dk].index_add_(0, dst.to(d.device), rows, alpha=strength)
+            left[dk] -= 1
+            if left[dk] == 0:
+                new = work.pop(dk).to(w.dtype)
+                mod._parameters[pname] = torch.nn.Parameter(new, requires_grad=False)
+                own += new.numel() * new.element_size()
+    applied = len(plan)
     if unmatched:
         log.warning("LoRA %s: %d keys not applied to the %s model, e.g. %s", fname, len(unmatched), model.family,
                     unmatched[:3])
@@ -221,3 +243,15 @@ def _refuse_no_match(targets, groups, other, fname: str, family: str) -> None:
         keys = sorted(n for _, _, n in groups)[:4] or sorted(other)[:4]
         raise LoraError(f"{fname}: none of its {len(groups) + len(other)} LoRA targets match this {family} model's "
                         f"weights (e.g. {', '.join(keys)}): a LoRA for another model family?")
+
+
+def text_encoder_warnings(lora_keys, kinds, fname: str) -> list[str]:
+    """Warnings for a LoRA's text-encoder keys that no encoder of this CLIP (``kinds``: 'clip_l', 'clip_g', 't5',
+    'qwen3' ...) takes: T5 LoRAs and keys for an encoder the CLIP does not have are not applied."""
+    missing: dict = {}
+    for k in lora_keys:
+        kind = next((t for p, t in TE_TARGETS if k.startswith(p)), None)
+        if kind is not None and (kind not in kinds or kind not in ("clip_l", "clip_g")):
+            missing.setdefault(kind, []).append(k)
+    return [f"{fname}: {len(v)} LoRA keys for a {kind} text encoder are not applied (this CLIP has "
+            f"{', '.join(kinds)}; LoRA patches CLIP-L and CLIP-G), e.g. {sorted(v)[0]}" for kind, v in missing.items()]

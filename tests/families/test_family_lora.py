@@ -213,10 +213,37 @@ def test_sd3_and_zimage_lora_exact(family_models, family):
         exp["layers.0.feed_forward.w1.weight"] = s * up @ down
         up, down, s = _pair(sd, "transformer.noise_refiner.0.attention.to_k", d, d, g, style="peft")
         exp["noise_refiner.0.attention.to_k.weight"] = up @ down
+        # diffusers module names under ComfyUI's prefix, PEFT's adapter-named tensors (musubi/Z-Image trainers)
+        up, down = _rnd(g, d, R), _rnd(g, R, d)
+        sd["diffusion_model.layers.0.attention.to_v.lora_B.default.weight"] = up
+        sd["diffusion_model.layers.0.attention.to_v.lora_A.default.weight"] = down
+        exp["layers.0.attention.to_v.weight"] = up @ down
     _save_lora(root, f"{family}-lora.safetensors", sd)
     pm, _ = store.load_lora(ref, None, f"{family}-lora.safetensors", 1.25, 0.0)
     _check(_weights(pm.get()), base, exp, 1.25)
-    assert pm.get()._loom_lora_applied == 3
+    assert pm.get()._loom_lora_applied == len(exp) - 2  # one fused qkv target = three diffusers weights
+
+
+def test_lora_on_fp8_weights(family_models, flux_lora_files):
+    """UNETLoader weight_dtype fp8_e4m3fn: the patched weights stay fp8 (W + s * delta, rounded once) and the
+    patched copy computes with its own weights, not the base's."""
+    from modelstore.families.store import load_diffusion_model
+
+    root, _ = family_models
+    store = _store(root)
+    ref = load_diffusion_model(store, root / "diffusion_models" / "flux1-dev.safetensors", "f", "fp8_e4m3fn")
+    base = _weights(ref.get())
+    pm, _ = store.load_lora(ref, None, "flux-comfy.safetensors", 1.0, 0.0)
+    got = _weights(pm.get())
+    k = "transformer_blocks.0.attn.to_k.weight"
+    assert got[k].dtype == torch.float8_e4m3fn
+    want = (base[k].float() + flux_lora_files["flux-comfy.safetensors"][1][k]).to(torch.float8_e4m3fn)
+    assert torch.equal(got[k].float(), want.float())
+    lin_base = ref.get().module.transformer_blocks[0].attn.to_k
+    lin_new = pm.get().module.transformer_blocks[0].attn.to_k
+    x = torch.randn(2, 64)
+    assert torch.allclose(lin_new(x), x @ got[k].float().T + lin_new.bias, atol=1e-5)
+    assert not torch.allclose(lin_new(x), lin_base(x))
 
 
 # ---------------------------------------------------------------------------------------------- text encoders
@@ -234,12 +261,15 @@ def test_lora_clip_l_on_split_and_all_in_one_flux(family_models):
                         alpha=2)
     dte = s * up @ down
     _pair(sd, "lora_unet_double_blocks_0_img_mlp_2", 64, 256, g, alpha=4)
+    _pair(sd, "lora_te3_encoder_block_0_layer_0_SelfAttention_q", 128, 128, g)  # a T5 part: not applied, warned
     _save_lora(root, "flux-te.safetensors", sd)
     encs = tuple(load_text_encoder(store, root / "text_encoders" / n)
                  for n in ("clip_l.safetensors", "t5xxl_fp16.safetensors"))
     clip = FamilyClip("flux", encs, (), store)
     model = _dm(store, root, "flux1-dev.safetensors")
-    pm, pc = store.load_lora(model, clip, "flux-te.safetensors", 1.0, 0.5)
+    warned = []
+    pm, pc = store.load_lora(model, clip, "flux-te.safetensors", 1.0, 0.5, warn=warned.append)
+    assert len(warned) == 1 and "t5" in warned[0] and "flux-te.safetensors" in warned[0], warned
     assert pc != clip and pc.ref("t5") == clip.ref("t5") and pc.ref("clip_l") != clip.ref("clip_l")
     w0 = clip.ref("clip_l").get().model.text_model.encoder.layers[1].self_attn.q_proj.weight.detach().clone()
     w1 = pc.ref("clip_l").get().model.text_model.encoder.layers[1].self_attn.q_proj.weight
@@ -356,3 +386,49 @@ def test_workflow_unet_lora_ksampler(family_models, fam_env):
     base, lora, zero, after = (_img(fam_env, p) for _, p in runs)
     assert np.abs(base - lora).max() > 8
     assert np.array_equal(base, zero) and np.array_equal(base, after)
+
+
+def test_workflow_lora_loader_on_flux_split_loaders(family_models, fam_env):
+    """UNETLoader + DualCLIPLoader -> LoraLoader (model and CLIP-L patched) -> CLIPTextEncode / KSampler runs,
+    changes the image, and reports the T5 keys it did not apply as a warning event of the LoraLoader node."""
+    from engine.executor import Executor
+    from nodes import default_registry
+
+    root, _ = family_models
+    g = torch.Generator().manual_seed(12)
+    sd = {}
+    _pair(sd, "lora_te1_text_model_encoder_layers_1_mlp_fc1", 128, 64, g, alpha=R)
+    _pair(sd, "lora_unet_double_blocks_0_img_attn_proj", 64, 64, g, alpha=R)
+    _pair(sd, "lora_te3_encoder_block_0_layer_0_SelfAttention_q", 128, 128, g)
+    _save_lora(root, "flux-wf.safetensors", {k: v * (3 if "lora_up" in k else 1) for k, v in sd.items()})
+
+    def wf(with_lora, prefix):
+        m, c = (["lora", 0], ["lora", 1]) if with_lora else (["unet", 0], ["clip", 0])
+        w = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+             "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                                 "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+             "lora": {"class_type": "LoraLoader", "inputs": {"model": ["unet", 0], "clip": ["clip", 0],
+                                                             "lora_name": "flux-wf.safetensors", "strength_model": 1.0,
+                                                             "strength_clip": 1.0}},
+             "p": {"class_type": "CLIPTextEncode", "inputs": {"clip": c, "text": "a red circle"}},
+             "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+             "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+             "ks": {"class_type": "KSampler", "inputs": {"model": m, "seed": 3, "steps": 2, "cfg": 1.0,
+                                                         "sampler_name": "euler", "scheduler": "simple",
+                                                         "positive": ["p", 0], "negative": ["p", 0],
+                                                         "latent_image": ["lat", 0], "denoise": 1.0}},
+             "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+             "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": prefix}}}
+        if not with_lora:
+            del w["lora"]
+        return w
+
+    events = []
+    ex = Executor(default_registry(), fam_env)
+    r = ex.run(wf(False, "fbase"))
+    assert r.status == "success", r.error
+    r = ex.run(wf(True, "flora"), sink=events.append)
+    assert r.status == "success", r.error
+    warns = [e.data for e in events if e.type == "warning"]
+    assert len(warns) == 1 and warns[0]["node"] == "lora" and "t5" in warns[0]["message"], warns
+    assert np.abs(_img(fam_env, "fbase") - _img(fam_env, "flora")).max() > 4
