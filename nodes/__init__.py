@@ -35,6 +35,7 @@ MODULES = [
     "nodes.model_merge",
     "nodes.model_patches",
     "nodes.self_attention_guidance",
+    "nodes.hypernetwork",
     "nodes.save_models",
     "nodes.attention_multiply",
     "nodes.latent_operations",

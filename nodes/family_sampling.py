@@ -194,7 +194,7 @@ def _post_cfg(model) -> tuple:
     from sampling.guidance import cfg_norm
 
     for option, node in (("freeu", "FreeU/FreeU_V2"), ("pag_scale", "PerturbedAttentionGuidance"),
-                         ("sag", "SelfAttentionGuidance"),
+                         ("sag", "SelfAttentionGuidance"), ("hypernetworks", "HypernetworkLoader"),
                          ("differential_diffusion", "DifferentialDiffusion")):
         if model.option(option) is not None:  # UNet patches: nothing to hook in a transformer, so refused
             raise ValueError(f"{node} is not supported for the {model.meta['family']} family "

@@ -137,13 +137,16 @@ def _flag(name, unet, value=True):
 @contextlib.contextmanager
 def unet_patches(net, model_ref):
     """Switches on the forward-pass patches named by ``model_ref``'s options for this thread while sampling."""
-    freeu = model_ref.option("freeu")
-    if freeu is None or not hasattr(net, "up_blocks"):
-        yield
-        return
-    _install_freeu(net)
-    with _flag("freeu", net, tuple(freeu) + (net.config.block_out_channels[0],)):
-        yield
+    from .hypernetwork import patches as hypernetworks
+
+    with hypernetworks(net, model_ref):  # HypernetworkLoader (ref option ``hypernetworks``)
+        freeu = model_ref.option("freeu")
+        if freeu is None or not hasattr(net, "up_blocks"):
+            yield
+            return
+        _install_freeu(net)
+        with _flag("freeu", net, tuple(freeu) + (net.config.block_out_channels[0],)):
+            yield
 
 
 def post_cfg_patches(model_ref, net, denoiser, ms) -> tuple:
