@@ -1,4 +1,5 @@
-"""Standalone VAE files ('vaefile'): LDM or diffusers key layout, built as diffusers ``AutoencoderKL``."""
+"""Standalone VAE files ('vaefile'): LDM or diffusers key layout, built as diffusers ``AutoencoderKL``; the Qwen-Image
+(Wan 2.1) VAE as ``AutoencoderKLQwenImage`` behind a 2D interface (modelstore/families/qwen_vae.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,12 @@ class VAEFile:
 
     def build(self, key: ModelKey, ctx: BuildContext) -> Any:
         src = ctx.sources.current(key.file)
-        _, config = self._plan(src, ctx)
+        layout, config = self._plan(src, ctx)
         dt, dev = ctx.torch_dtype(key), key.device
+        if layout in ("wan", "qwen_diffusers"):
+            from ..families import qwen_vae
+
+            return qwen_vae.build(config, ctx.sources.tensors(src, list(src.header.tensors), dt, dev), layout, dev)
         m = build_vae(config, ctx.sources.tensors(src, list(src.header.tensors), dt, dev), dev)
         if ctx.channels_last:
             import torch
