@@ -99,15 +99,9 @@ def component_keys(header: Header, plan: CheckpointPlan, component: str, index: 
 
 # ----------------------------------------------------------------------------- standalone VAE files
 def vae_file_plan(header: Header) -> tuple[str, dict]:
-    """('ldm'|'diffusers', AutoencoderKL config) for a standalone VAE file, or ('wan'|'qwen_diffusers',
-    AutoencoderKLQwenImage config) for the Qwen-Image VAE (scaling factor 0.18215: shapes
+    """('ldm'|'diffusers', AutoencoderKL config) for a standalone VAE file (scaling factor 0.18215: shapes
     can't tell an SDXL VAE apart; latents are scaled by the MODEL's factor, see models.py)."""
     shapes = header.shapes
-    from .families import qwen_vae
-
-    qwen = qwen_vae.layout(shapes)
-    if qwen is not None:  # the Qwen-Image (Wan 2.1) 3D VAE: AutoencoderKLQwenImage, not AutoencoderKL
-        return qwen, qwen_vae.config(shapes)
     if any(k.startswith("encoder.down_blocks.") for k in shapes):
         levels = key_indices(shapes, "encoder.down_blocks.")
         mid_attn = any(k.startswith("encoder.mid_block.attentions.0.") for k in shapes)

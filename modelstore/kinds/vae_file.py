@@ -11,13 +11,24 @@ from ..sources import Source
 from .base import BuildContext
 
 
+def _vae_plan(header) -> tuple[str, dict]:
+    """(layout, config): 'wan'/'qwen_diffusers' + AutoencoderKLQwenImage config for the Qwen-Image (Wan 2.1) 3D VAE,
+    else modelstore.plan.vae_file_plan's ('ldm'|'diffusers', AutoencoderKL config)."""
+    from ..families import qwen_vae
+
+    layout = qwen_vae.layout(header.shapes)
+    if layout is not None:
+        return layout, qwen_vae.config(header.shapes)
+    return vae_file_plan(header)
+
+
 class VAEFile:
     components = ("vaefile",)
     socket = "VAE"
     folder = "vae"
 
     def _plan(self, src: Source, ctx: BuildContext):
-        return ctx.sources.plan(src, "vae", lambda s: vae_file_plan(s.header))
+        return ctx.sources.plan(src, "vae", lambda s: _vae_plan(s.header))
 
     def describe(self, src: Source, ctx: BuildContext) -> tuple:
         return (("layout", self._plan(src, ctx)[0]),)
