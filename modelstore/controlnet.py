@@ -2,6 +2,7 @@
 diffusers ``ControlNetModel``). Layouts: the original single file (``control_model.*`` or bare LDM keys:
 ``input_blocks``, ``zero_convs``, ``input_hint_block``, ``middle_block_out``) and diffusers' own key layout
 (``controlnet_cond_embedding``, ``controlnet_down_blocks`` ...), whose config is inferred the same way.
+T2I-Adapters, which ComfyUI's ControlNet loader also reads, are planned and built by ``modelstore.t2i_adapter``.
 
 "Difference" ControlNets (a ``difference`` marker tensor; the UNet-copy weights are stored as the difference
 from a base model) are merged with the base UNet's weights by ``merge_difference``.
@@ -12,6 +13,7 @@ import inspect
 from dataclasses import dataclass
 
 from .arch import UNET_PREFIX, key_indices, infer_unet_config
+from .t2i_adapter import build_t2i_adapter, is_t2i_adapter, plan_t2i_adapter
 from .tensorfile import CheckpointError
 
 CONTROL_ONLY = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")
@@ -26,6 +28,7 @@ class ControlNetPlan:
     arch: str
     config: tuple
     difference: bool = False
+    model: str = "controlnet"
 
     @property
     def kwargs(self) -> dict:
@@ -43,19 +46,20 @@ def _ldm_prefix(shapes) -> str | None:
     return None
 
 
-def plan_controlnet(shapes: dict) -> ControlNetPlan:
-    """Plan a ControlNet from its tensor shapes; CheckpointError for anything else (with what was expected)."""
+def plan_controlnet(shapes: dict):
+    """Plan a ControlNet (``ControlNetPlan``) or a T2I-Adapter (``modelstore.t2i_adapter.T2IAdapterPlan``) from its
+    tensor shapes; CheckpointError for anything else (with what was expected)."""
     diff = "difference" in shapes
     p = _ldm_prefix(shapes)
     if p is not None:
         return _plan_ldm(shapes, p, diff)
     if "controlnet_cond_embedding.conv_in.weight" in shapes:
         return _plan_diffusers(shapes, diff)
-    if any(k.startswith("adapter.") for k in shapes) or "conv_in.weight" in shapes and "body.0.block1.weight" in shapes:
-        raise CheckpointError("this is a T2I-Adapter, not a ControlNet: Loom's ControlNet loaders read ControlNets "
-                              "(original control_model.* or diffusers layout); T2I-Adapters are not supported yet")
+    if is_t2i_adapter(shapes):  # ComfyUI's ControlNet loader reads T2I-Adapters too
+        return plan_t2i_adapter(shapes)
     raise CheckpointError("not a ControlNet: expected input_hint_block/zero_convs (original layout) or "
-                          "controlnet_cond_embedding (diffusers layout) tensors")
+                          "controlnet_cond_embedding (diffusers layout) tensors, or a T2I-Adapter's "
+                          "(adapter.body.* or conv_in/body.*)")
 
 
 def _arch(ctx_dim: int, has_label: bool) -> str:
@@ -144,8 +148,11 @@ def convert_controlnet(sd: dict, plan: ControlNetPlan) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def build_controlnet(plan: ControlNetPlan, sd: dict, device=None):
-    """A diffusers ``ControlNetModel`` holding ``sd``'s tensors (adopted, not copied)."""
+def build_controlnet(plan, sd: dict, device=None):
+    """A diffusers ``ControlNetModel`` (or ``T2IAdapter`` for an adapter plan) holding ``sd``'s tensors (adopted,
+    not copied)."""
+    if plan.model == "t2i_adapter":
+        return build_t2i_adapter(plan, sd, device)
     from diffusers import ControlNetModel
 
     from .build import instantiate, use_sdpa

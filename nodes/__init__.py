@@ -34,6 +34,8 @@ MODULES = [
     "nodes.controlnet",
     "nodes.model_merge",
     "nodes.model_patches",
+    "nodes.self_attention_guidance",
+    "nodes.hypernetwork",
     "nodes.save_models",
     "nodes.attention_multiply",
     "nodes.latent_operations",

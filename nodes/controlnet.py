@@ -1,15 +1,18 @@
-"""ControlNet: loaders and apply nodes (ComfyUI's names and semantics) on diffusers' ``ControlNetModel``.
+"""ControlNet: loaders and apply nodes (ComfyUI's names and semantics) on diffusers' ``ControlNetModel``, and
+T2I-Adapters (diffusers' ``T2IAdapter``) through the same loader and apply nodes, as ComfyUI does.
 
 CONTROL_NET is a model-store ref (kind 'controlnet', modelstore/kinds/controlnet.py). Applying one attaches a
 ``ControlApply`` to every entry of the conditioning (option ``control``); applying another on top chains them (the
 new one keeps the old as ``previous``). The sampler's Denoiser calls ``ControlApply.residuals`` inside its model
 call: each active link of the chain runs its ControlNet on the call's noisy latent, timestep and text embedding with
 its hint image, and the down/mid residuals (x strength) of all links are summed and added to the UNet's skips.
+A T2I-Adapter link runs its adapter once on the hint and its features (x strength) are added inside the UNet's
+down blocks (diffusers' ``down_intrablock_additional_residuals``), for cond and uncond alike.
 ``start_percent``/``end_percent`` gate a link by ComfyUI's schedule percentages (nodes/cond_regions.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.node import Combo, Float, Node, Output, Socket
@@ -34,6 +37,7 @@ class ControlApply:
     end: float = 1.0
     previous: "ControlApply | None" = None
     vae: Any = None
+    feats: Any = field(default=None, repr=False)  # T2I-Adapter features: (key, [tensors]), see _features
 
     def chain(self):
         link = self
@@ -43,32 +47,67 @@ class ControlApply:
 
     def residuals(self, x: torch.Tensor, t, emb: torch.Tensor, added: dict | None, area, latent_hw,
                   dtype) -> dict:
-        """UNet keyword arguments ``down_block_additional_residuals``/``mid_block_additional_residual`` for the
-        model call on ``x`` (N,C,h,w; N = jobs x batch), or {} when no link is active at ``t``."""
-        down, mid = None, None
+        """UNet keyword arguments for the model call on ``x`` (N,C,h,w; N = jobs x batch): ControlNets give
+        ``down_block_additional_residuals``/``mid_block_additional_residual``, T2I-Adapters
+        ``down_intrablock_additional_residuals`` (a fresh list: the UNet pops it); {} when no link is active at ``t``."""
+        down, mid, intra = None, None, None
         for link in self.chain():
             if link.strength == 0.0 or not active(link.start, link.end, t):
+                continue
+            if link.net.meta.get("model") == "t2i_adapter":
+                f = [a * link.strength for a in link._features(x.shape[0], latent_hw, area, x.device, dtype)]
+                intra = f if intra is None else [a + b for a, b in zip(intra, f)]
                 continue
             d, m = link._run(x, t, emb, added, area, latent_hw, dtype)
             down = list(d) if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        if down is None:
-            return {}
-        return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
+        out = {}
+        if down is not None:
+            out.update(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+        if intra is not None:
+            out["down_intrablock_additional_residuals"] = intra
+        return out
 
-    def _hint(self, n: int, latent_hw, area, device, dtype) -> torch.Tensor:
+    def _hint(self, n: int, latent_hw, area, device, dtype, multiple: int = 8) -> torch.Tensor:
+        """The hint as (n,3,H,W) at the latent's pixel size (rounded up to ``multiple``), cut to ``area``."""
         from .latents import common_upscale
 
         h, w = latent_hw
+        H, W = -(-h * 8 // multiple) * multiple, -(-w * 8 // multiple) * multiple
         img = self.hint[..., :3].movedim(-1, 1).float()
-        if img.shape[-2:] != (h * 8, w * 8):
-            img = common_upscale(img, w * 8, h * 8, "nearest-exact", "center")
+        if img.shape[-2:] != (H, W):
+            img = common_upscale(img, W, H, "nearest-exact", "center")
         if area is not None:
             ah, aw, ay, ax = area
             img = img[:, :, ay * 8:(ay + ah) * 8, ax * 8:(ax + aw) * 8]
         if img.shape[0] != n:
             img = img.repeat(-(-n // img.shape[0]), 1, 1, 1)[:n]
         return img.to(device, dtype)
+
+    def _features(self, n: int, latent_hw, area, device, dtype) -> list:
+        """A T2I-Adapter's features of the hint (unscaled), computed once per latent size/area/batch and kept on
+        this link (one entry): the adapter does not depend on the timestep or the noisy latent. As ComfyUI does,
+        the hint is resized to the latent's pixel size rounded up to the adapter's pixel-unshuffle factor, and a
+        1-channel adapter gets the mean of the RGB channels."""
+        import torch
+
+        key = (n, tuple(latent_hw), area, str(device), dtype)
+        cached = self.feats
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with self.net.store.using(self.net) as (ad,):
+            cdt = next(ad.parameters()).dtype
+            b = self.hint.shape[0]
+            img = self._hint(b, latent_hw, area, device, cdt, ad.downscale_factor)
+            if ad.config.in_channels == 1:
+                img = img.mean(1, keepdim=True)
+            with torch.no_grad():
+                feats = ad(img)
+        feats = [f.to(dtype) for f in feats]
+        if b != n:
+            feats = [f.repeat(-(-n // b), 1, 1, 1)[:n] for f in feats]
+        self.feats = (key, feats)
+        return feats
 
     def _module(self, cn):
         base = self.net.option("diff_base")

@@ -201,11 +201,12 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
 
 def _post_cfg(model) -> tuple:
     """CFGNorm (ref option ``cfg_norm``) as a post-CFG hook; RescaleCFG's VP-space rescale is not defined here for
-    flow models yet, and the SD-UNet patches (FreeU, PAG, DifferentialDiffusion) have nothing to patch, so they are
-    refused rather than silently ignored."""
+    flow models yet, and the SD-UNet patches (FreeU, PAG, SAG, DifferentialDiffusion) have nothing to patch, so they
+    are refused rather than silently ignored."""
     from sampling.guidance import cfg_norm
 
     for option, node in (("freeu", "FreeU/FreeU_V2"), ("pag_scale", "PerturbedAttentionGuidance"),
+                         ("sag", "SelfAttentionGuidance"), ("hypernetworks", "HypernetworkLoader"),
                          ("differential_diffusion", "DifferentialDiffusion")):
         if model.option(option) is not None:  # UNet patches: nothing to hook in a transformer, so refused
             raise ValueError(f"{node} is not supported for the {model.meta['family']} family "

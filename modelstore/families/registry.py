@@ -1,8 +1,10 @@
 """The diffusion-model families Loom loads from split files, and detection of a file's family from its tensors.
 
 A family module provides ``PROBE`` (keys that identify it, without prefix), ``matches(shapes)``,
-``plan(shapes, prefix) -> FamilyPlan`` and ``build(plan, state_dict) -> FlowDenoiser``. Register it in
-``FAMILIES``; detection tries them in order and never falls back to another family.
+``plan(shapes, prefix) -> FamilyPlan``, ``convert_state(config, sd) -> diffusers state dict`` (file layout ->
+diffusers layout; LoRA patching derives its key map from it, see ``families.lora``) and
+``build(plan, state_dict) -> FlowDenoiser``. Register it in ``FAMILIES``; detection tries them in order and
+never falls back to another family.
 """
 from __future__ import annotations
 
@@ -35,4 +37,7 @@ def detect(shapes, name: str = "file") -> FamilyPlan:
 
 
 def build(plan: FamilyPlan, sd: dict):
-    return FAMILIES[plan.family][0].build(plan, sd)
+    """The family's FlowDenoiser; ``source_shapes`` keeps the file's key -> shape (LoRA files name those keys)."""
+    model = FAMILIES[plan.family][0].build(plan, sd)
+    model.source_shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    return model

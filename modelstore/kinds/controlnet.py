@@ -1,5 +1,6 @@
 """ControlNets ('controlnet', folder ``controlnet``, socket CONTROL_NET): original single-file or diffusers key
-layout, built as diffusers ``ControlNetModel`` (plan, conversion and build in ``modelstore.controlnet``)."""
+layout, built as diffusers ``ControlNetModel`` (plan, conversion and build in ``modelstore.controlnet``); T2I-Adapters
+in TencentARC's original or diffusers' layout, built as diffusers ``T2IAdapter`` (meta ``model`` 't2i_adapter')."""
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +24,7 @@ class ControlNets:
 
     def describe(self, src: Source, ctx: BuildContext) -> tuple:
         plan = self._plan(src, ctx)
-        return (("arch", plan.arch), ("layout", plan.layout), ("difference", plan.difference))
+        return (("arch", plan.arch), ("layout", plan.layout), ("difference", plan.difference), ("model", plan.model))
 
     def build(self, key: ModelKey, ctx: BuildContext) -> Any:
         src = ctx.sources.current(key.file)
