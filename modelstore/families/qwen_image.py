@@ -48,13 +48,20 @@ def plan(shapes, prefix: str) -> FamilyPlan:
     return FamilyPlan("qwen_image", prefix, cfg, SAMPLING, QWEN_IMAGE)
 
 
+def convert_state(config: dict, sd: dict) -> dict:
+    """File keys (no prefix) -> diffusers keys: the identity (diffusers' single-file mapping for Qwen-Image is too;
+    LoRA patching derives its key map from this)."""
+    return dict(sd)
+
+
 def build(plan_: FamilyPlan, sd: dict):
     """The diffusers module from the file's tensors (``sd`` keys without the prefix); no second weight copy."""
     from diffusers import QwenImageTransformer2DModel
 
     from ..build import instantiate
 
-    return QwenImageDenoiser(instantiate(lambda: QwenImageTransformer2DModel(**plan_.config), dict(sd)), plan_)
+    return QwenImageDenoiser(instantiate(lambda: QwenImageTransformer2DModel(**plan_.config),
+                                         convert_state(plan_.config, sd)), plan_)
 
 
 def pack(x):

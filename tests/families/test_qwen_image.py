@@ -139,3 +139,27 @@ def test_text_encoder_offloaded_under_budget(family_models):
     assert [k.component for k, _, _ in st.loaded()] == ["family_te"]
     dm.get()
     assert [k.component for k, _, _ in st.loaded()] == ["family_dm"]
+
+
+def test_lora_patches_exact_weights(family_models):
+    """LoRA on Qwen-Image in three formats (ComfyUI ``diffusion_model.<key>`` with alpha, kohya ``lora_unet_``, PEFT
+    ``transformer.``): the file keys are diffusers' names, so each targets one diffusers weight."""
+    from tests.families.test_family_lora import _check, _dm, _pair, _save_lora, _weights
+
+    root, _ = family_models
+    st = _store(root)
+    ref = _dm(st, root, DIT)
+    base = _weights(ref.get())
+    g = torch.Generator().manual_seed(9)
+    d = 64
+    sd, exp = {}, {}
+    up, down, s = _pair(sd, "diffusion_model.transformer_blocks.0.attn.to_q", d, d, g, alpha=2)
+    exp["transformer_blocks.0.attn.to_q.weight"] = s * up @ down
+    ff = base["transformer_blocks.1.img_mlp.net.0.proj.weight"].shape
+    up, down, s = _pair(sd, "lora_unet_transformer_blocks_1_img_mlp_net_0_proj", ff[0], ff[1], g, alpha=8)
+    exp["transformer_blocks.1.img_mlp.net.0.proj.weight"] = s * up @ down
+    up, down, s = _pair(sd, "transformer.transformer_blocks.0.attn.add_k_proj", d, d, g, style="peft")
+    exp["transformer_blocks.0.attn.add_k_proj.weight"] = up @ down
+    _save_lora(root, "qwen-lora.safetensors", sd)
+    pm, _ = st.load_lora(ref, None, "qwen-lora.safetensors", 0.75, 0.0)
+    _check(_weights(pm.get()), base, exp, 0.75)
