@@ -49,7 +49,7 @@ TE_TARGETS = (("lora_te1_", "clip_l"), ("lora_te_", "clip_l"), ("text_encoder.",
 class Layout:
     """Where each file weight's rows live in the diffusers module. ``file``: {file module name: weight shape};
     ``diffusers``: {diffusers module name: weight shape}; ``rows``: {file module name: [(diffusers weight key,
-    dst rows, src rows)]} (LongTensors, dst in the diffusers weight, src in the file weight)."""
+    dst rows, src rows)]} (slices or LongTensors, dst in the diffusers weight, src in the file weight)."""
     file: dict
     diffusers: dict
     rows: dict
@@ -83,9 +83,18 @@ def layout(family: str, config: dict, shapes: dict) -> Layout:
             if fk is None or not fk.endswith(".weight") or len(shapes[fk]) < 2:
                 continue
             dst = (ids == i).nonzero().flatten()
-            rows.setdefault(fk[:-len(".weight")], []).append((dk, dst, src[dst]))
+            rows.setdefault(fk[:-len(".weight")], []).append((dk, _compact(dst), _compact(src[dst])))
             diff[dk[:-len(".weight")]] = (codes.shape[0],) + tuple(shapes[fk][1:])
     return Layout(file, diff, rows)
+
+
+def _compact(idx: torch.Tensor):
+    """A run of consecutive row indices as a ``slice`` (what renames and q/k/v splits give; ~no memory at full
+    size), otherwise the LongTensor (a shift/scale swap)."""
+    n = len(idx)
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] - idx[:-1] == 1).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
 
 
 def group(lora_state) -> tuple[dict, list[str]]:
@@ -196,8 +205,9 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
             owner, _, pname = ("module." + dk).rpartition(".")
             mod = patched.get_submodule(owner)
             w = mod._parameters[pname]
-            rows = d if src is None else d[src.to(d.device)]
-            want = tuple(w.shape) if dst is None else (len(dst),) + tuple(w.shape[1:])
+            rows = d if src is None else d[src if isinstance(src, slice) else src.to(d.device)]
+            want = tuple(w.shape) if dst is None else tuple(w[dst].shape) if isinstance(dst, slice) else \
+                (len(dst),) + tuple(w.shape[1:])
             if tuple(rows.shape) != want:
                 raise LoraError(f"{fname}: LoRA update of {dk} has shape {tuple(rows.shape)}, the model weight "
                                 f"{tuple(w.shape)}")
@@ -205,6 +215,8 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
                 work[dk] = w.data.to(torch.float32, copy=True)
             if dst is None:
                 work[dk].add_(rows, alpha=strength)
+            elif isinstance(dst, slice):
+                work[dk][dst].add_(rows, alpha=strength)
             else:
                 work[dk].index_add_(0, dst.to(d.device), rows, alpha=strength)
             left[dk] -= 1
