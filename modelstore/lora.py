@@ -17,8 +17,14 @@ _LORA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "t
                   ("unet.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te1"))
 
 
+class LoraState(dict):
+    """A LoRA state dict that knows its file's name (``name``), for messages."""
+    name = "LoRA"
+
+
 def load_lora_file(path: str | Path, allow_pickle: bool = False) -> dict:
-    """A LoRA state dict (safetensors, or pickle via ``torch.load(weights_only=True)`` if allowed)."""
+    """A LoRA state dict (safetensors, or pickle via ``torch.load(weights_only=True)`` if allowed), as a
+    ``LoraState`` named after the file."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -28,7 +34,9 @@ def load_lora_file(path: str | Path, allow_pickle: bool = False) -> dict:
         header = read_header(path)
         state = load_tensors(header, list(header.tensors))
     check_lora(state, path.name)
-    return state
+    out = LoraState(state)
+    out.name = path.name
+    return out
 
 
 class LoraError(CheckpointError):
@@ -136,7 +144,8 @@ def apply_lora(module, lora_state: dict, strength: float, component: str | None 
         mods[name]._parameters["weight"] = torch.nn.Parameter(neww, requires_grad=False)
         own += neww.numel() * neww.element_size()
     if unmatched:
-        log.warning("LoRA: %d %s keys not applied, e.g. %s", len(unmatched), component, unmatched[:3])
+        log.warning("LoRA %s: %d %s keys not applied, e.g. %s", getattr(lora_state, "name", ""), len(unmatched),
+                    component, unmatched[:3])
     patched._loom_own_bytes = own
     patched._loom_lora_unmatched = unmatched
     patched._loom_lora_applied = len(targets)

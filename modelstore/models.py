@@ -19,6 +19,7 @@ tokenizers). A new model kind or family is a module in ``modelstore/kinds/``; th
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,8 @@ from .loader import TOKENIZER_DIR, Loader
 from .lora import apply_lora, load_lora_file, lora_delta, parse_lora
 from .refs import FileId, ModelKey, ModelRef, TextEncoders, module_nbytes
 from .residency import Residency
+
+log = logging.getLogger("loom.models")
 
 __all__ = ["ModelStore", "TOKENIZER_DIR", "OutOfMemory", "choose_device_dtype", "default_budget", "FileId",
            "ModelKey", "ModelRef", "TextEncoders", "module_nbytes", "apply_lora", "load_lora_file", "lora_delta",
@@ -107,18 +110,70 @@ class ModelStore:
         return ModelRef(kind.socket, ModelKey(src.fid, component, dt, self.device),
                         (("name", name),) + info, store=self)
 
-    def load_lora(self, model: ModelRef | None, clip: ModelRef | None, name: str, strength_model: float,
-                  strength_clip: float) -> tuple[ModelRef | None, ModelRef | None]:
-        """Refs to LoRA-patched copies of ``model``/``clip`` (``loras/<name>``); strength 0 returns the input."""
+    def load_lora(self, model: ModelRef | None, clip, name: str, strength_model: float, strength_clip: float,
+                  warn: Callable[[str], None] | None = None) -> tuple:
+        """Refs to LoRA-patched copies of ``model``/``clip`` (``loras/<name>``); strength 0 returns the input. The
+        CLIP is a checkpoint's ref or the split loaders' ``FamilyClip`` (its CLIP-L/CLIP-G files are patched).
+        On a transformer-family MODEL the LoRA's names are checked now against the model file's header: none
+        matching is a ``LoraError`` naming the file and some keys; partly matching calls ``warn`` with a message."""
+        from .families.store import FamilyClip
+        from .kinds.families import TE_LORA_COMPONENT
+
         fid = FileId.of(self.folders.resolve("loras", name))
         self.loader.sources.refuse_pickle(Path(fid.path))
+
+        def patched(ref):
+            return replace(ref, key=replace(ref.key, patches=ref.key.patches + ((fid, float(strength)),)))
+
         out = []
-        for ref, s in ((model, strength_model), (clip, strength_clip)):
-            if ref is None or float(s) == 0.0:
+        for ref, strength in ((model, strength_model), (clip, strength_clip)):
+            if ref is None or float(strength) == 0.0:
                 out.append(ref)
+            elif isinstance(ref, FamilyClip):
+                self._warn_te_lora(ref, Path(fid.path), warn)
+                out.append(FamilyClip(ref.type, tuple((k, patched(r) if k in TE_LORA_COMPONENT else r)
+                                                      for k, r in ref.encoders), ref.options, ref.store))
             else:
-                out.append(replace(ref, key=replace(ref.key, patches=ref.key.patches + ((fid, float(s)),))))
+                if ref.key.component in ("family_dm", "unet"):
+                    for msg in self._check_family_lora(ref, Path(fid.path)):
+                        log.warning("%s", msg)
+                        if warn is not None:
+                            warn(msg)
+                out.append(patched(ref))
         return out[0], out[1]
+
+    def _warn_te_lora(self, clip, lora_path: Path, warn) -> None:
+        from .families.lora import text_encoder_warnings
+        from .tensorfile import read_header
+
+        if lora_path.suffix.lower() != ".safetensors":
+            return
+        for msg in text_encoder_warnings(list(read_header(lora_path).tensors), clip.kinds(), lora_path.name):
+            log.warning("%s", msg)
+            if warn is not None:
+                warn(msg)
+
+    def _check_family_lora(self, ref: ModelRef, lora_path: Path) -> list[str]:
+        """Header-only match of a LoRA file against a transformer-family diffusion model (see families.lora)."""
+        from .families.lora import header_check, layout
+        from .kinds.checkpoint import plan_of
+        from .tensorfile import read_header
+
+        if lora_path.suffix.lower() != ".safetensors":
+            return []
+        ctx = self.loader.context()
+        src = self.loader.sources.open(Path(ref.key.file.path))
+        if ref.key.component == "unet":
+            fam, cplan = plan_of(src, ctx)
+            if fam.name != "transformer":
+                return []
+            plan, prefix = cplan.dm, "model.diffusion_model."
+        else:
+            plan = self.loader.loader("family_dm").plan(src, ctx)
+            prefix = plan.prefix
+        shapes = {k[len(prefix):]: v for k, v in src.header.shapes.items() if k.startswith(prefix)}
+        lay = self.loader.sources.plan(src, "family_lora_layout", lambda s: layout(plan.family, plan.config, shapes))
+        return header_check(lay, plan.family, list(read_header(lora_path).tensors), lora_path.name)
 
     # -- access -----------------------------------------------------------------------------------------
     def get(self, ref: ModelRef) -> Any:

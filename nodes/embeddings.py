@@ -68,6 +68,9 @@ def find_file(folders, name: str) -> Path | None:
 
 def load_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """Every tensor of an embedding file (nested A1111 dicts flattened), cached by path, size and mtime."""
+    if path.suffix.lower() in PICKLE and not allow_pickle:  # before the cache: this caller's policy decides
+        raise PermissionError(f"{path.name} is a pickle file (can run code when loaded); convert it to "
+                              ".safetensors or allow pickle files")
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     with _LOCK:
@@ -76,9 +79,6 @@ def load_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     import torch
 
     if path.suffix.lower() in PICKLE:
-        if not allow_pickle:
-            raise PermissionError(f"{path.name} is a pickle file (can run code when loaded); convert it to "
-                                  ".safetensors or allow pickle files")
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
     else:
         from safetensors.torch import load_file as st_load

@@ -1,15 +1,16 @@
-"""Sampling for the flow-matching families (SD3, FLUX.1, Z-Image) on the sampling core (``sampling/``).
+"""Sampling for the flow-matching families (SD3, FLUX.1, Z-Image, Qwen-Image) on the sampling core (``sampling/``).
 
 The MODEL ref's ``get()`` is a ``modelstore.families.denoiser.FlowDenoiser`` (``velocity(x, sigma, cond)``); this
 module turns it plus CONDITIONING into the core's ``predict(x, sigma) -> (cond_x0, uncond_x0)`` and runs
 ``sampling.ksampler.run`` with the model's sampling (``ModelSampling*`` nodes set the ``model_sampling`` option,
-else the family default). LATENT values stay raw VAE latents; model space is (latent - shift) * scale.
+else the family default). LATENT values stay raw VAE latents; model space is (latent - shift) * scale, or
+(latent - mean) * scale / std per channel for the Qwen-Image VAE (``latent_affine``).
 """
 from __future__ import annotations
 
 import torch
 
-FLOW_FAMILIES = ("sd3", "flux", "zimage")
+FLOW_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
 
 
 def is_flow_model(model) -> bool:
@@ -24,6 +25,17 @@ def sampling_spec(model) -> tuple:
         return tuple(spec)
     kind, shift, mult = model.meta["model_sampling"]
     return ("flux", shift) if kind == "flux" else ("flow", shift, mult)
+
+
+def latent_affine(meta: dict) -> tuple:
+    """(scale, shift) with model space = (latent - shift) * scale for a MODEL ref's meta: floats, or (1, C, 1, 1)
+    tensors when the family normalises per channel (``latents_mean``/``latents_std``: scale = scaling_factor / std)."""
+    scale, shift = float(meta.get("scaling_factor", 1.0)), float(meta.get("shift_factor", 0.0) or 0.0)
+    mean, std = meta.get("latents_mean"), meta.get("latents_std")
+    if not mean:
+        return scale, shift
+    return (scale / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
 
 
 def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = None, controls: dict | None = None):
@@ -168,7 +180,7 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
                          "(use CFGGuider or BasicGuider)")
     choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
     meta = model.meta
-    scale, shift = float(meta["scaling_factor"]), float(meta["shift_factor"])
+    scale, shift = latent_affine(meta)
     lat = latent["samples"].to(torch.float32)
     if sigmas is None or len(sigmas) <= 1:
         return lat, lat
@@ -203,11 +215,12 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
 
 def _post_cfg(model) -> tuple:
     """CFGNorm (ref option ``cfg_norm``) as a post-CFG hook; RescaleCFG's VP-space rescale is not defined here for
-    flow models yet, and the SD-UNet patches (FreeU, PAG, DifferentialDiffusion) have nothing to patch, so they are
-    refused rather than silently ignored."""
+    flow models yet, and the SD-UNet patches (FreeU, PAG, SAG, DifferentialDiffusion) have nothing to patch, so they
+    are refused rather than silently ignored."""
     from sampling.guidance import cfg_norm
 
     for option, node in (("freeu", "FreeU/FreeU_V2"), ("pag_scale", "PerturbedAttentionGuidance"),
+                         ("sag", "SelfAttentionGuidance"), ("hypernetworks", "HypernetworkLoader"),
                          ("differential_diffusion", "DifferentialDiffusion")):
         if model.option(option) is not None:  # UNet patches: nothing to hook in a transformer, so refused
             raise ValueError(f"{node} is not supported for the {model.meta['family']} family "

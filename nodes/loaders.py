@@ -59,7 +59,8 @@ class LoraLoader(Node):
                Output("CLIP", tooltip="The modified CLIP model."))
 
     def run(self, ctx, model, clip, lora_name, strength_model, strength_clip):
-        m, c = store_of(ctx.env).load_lora(model, clip, lora_name, strength_model, strength_clip)
+        m, c = store_of(ctx.env).load_lora(model, clip, lora_name, strength_model, strength_clip,
+                                           warn=getattr(ctx, "warn", None))
         return (m, c)
 
 
@@ -72,7 +73,7 @@ class LoraLoaderModelOnly(Node):
     outputs = (Output("MODEL", tooltip="The modified diffusion model."),)
 
     def run(self, ctx, model, lora_name, strength_model):
-        m, _ = store_of(ctx.env).load_lora(model, None, lora_name, strength_model, 0.0)
+        m, _ = store_of(ctx.env).load_lora(model, None, lora_name, strength_model, 0.0, warn=getattr(ctx, "warn", None))
         return (m,)
 
 

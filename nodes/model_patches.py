@@ -10,6 +10,7 @@ switched them on, with that thread's parameters, so other prompts using the same
   model's base channels, the first half of ``h``'s channels is scaled by b (V2: by 1 + (b - 1) x the per-image
   min-max-normalised channel mean) and the skip feature's low frequencies (FFT, centre 2x2) are scaled by s.
 - DifferentialDiffusion (Levin & Fried 2023): the inpainting mask is thresholded per step (``mask_patch``).
+- SelfAttentionGuidance (Hong et al. 2023): nodes/self_attention_guidance.py, wired in by ``sag_patch``.
 - PAG (Ahn et al. 2024): the conditional prediction is made again with the middle block's self-attention replaced
   by the identity (output = value), and ``scale x (cond - perturbed)`` is added to the guided estimate.
 """
@@ -136,13 +137,16 @@ def _flag(name, unet, value=True):
 @contextlib.contextmanager
 def unet_patches(net, model_ref):
     """Switches on the forward-pass patches named by ``model_ref``'s options for this thread while sampling."""
-    freeu = model_ref.option("freeu")
-    if freeu is None or not hasattr(net, "up_blocks"):
-        yield
-        return
-    _install_freeu(net)
-    with _flag("freeu", net, tuple(freeu) + (net.config.block_out_channels[0],)):
-        yield
+    from .hypernetwork import patches as hypernetworks
+
+    with hypernetworks(net, model_ref):  # HypernetworkLoader (ref option ``hypernetworks``)
+        freeu = model_ref.option("freeu")
+        if freeu is None or not hasattr(net, "up_blocks"):
+            yield
+            return
+        _install_freeu(net)
+        with _flag("freeu", net, tuple(freeu) + (net.config.block_out_channels[0],)):
+            yield
 
 
 def post_cfg_patches(model_ref, net, denoiser, ms) -> tuple:
@@ -158,6 +162,17 @@ def post_cfg_patches(model_ref, net, denoiser, ms) -> tuple:
             _, c = denoiser.outputs(x_in, ms.timestep(sigma), sigma)
         return denoised + (cond - ms.calculate_denoised(sigma, c, x)) * float(scale)
     return (pag,)
+
+
+def sag_patch(model_ref, net, denoiser, ms, predict):
+    """(predict, post-CFG hooks) for Self-Attention Guidance (ref option ``sag`` = (scale, blur_sigma); see
+    nodes/self_attention_guidance.py); unchanged and () without it or at scale 0."""
+    sag = model_ref.option("sag")
+    if sag is None or not float(sag[0]):
+        return predict, ()
+    from .self_attention_guidance import patch
+
+    return patch(net, denoiser, ms, predict, float(sag[0]), float(sag[1]))
 
 
 def mask_patch(model_ref, ms, sigmas):

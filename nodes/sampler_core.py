@@ -21,6 +21,7 @@ Semantics (ComfyUI 0.3.75's, pinned by tests/sampling):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,11 +92,42 @@ class Denoiser:
                 self.jobs.append(self._job(which, emb, opts, batch, scaling_factor))
         if not any(j.which == 1 for j in self.jobs):
             raise ValueError("positive conditioning is empty")
+        self._group()
+
+    def _group(self):
         # batch jobs that share area and token length into one UNet call (uncond first, like the pipelines)
         self.groups: dict[tuple, list[_Job]] = {}
         for j in self.jobs:
             self.groups.setdefault((j.area, j.emb.shape[1], tuple(sorted(j.extra)), id(j.control)), []).append(j)
         self.simple = all(j.mask is None and j.control is None and (j.start, j.end) == (0.0, 1.0) for j in self.jobs)
+
+    @property
+    def has_uncond(self) -> bool:
+        return any(j.which == 0 for j in self.jobs)
+
+    def only(self, which: int) -> "Denoiser":
+        """A copy whose positive (cond output) is this one's ``which`` side alone (uncond 0 / cond 1), no CFG."""
+        import copy
+
+        d = copy.copy(self)
+        d.cfg = 1.0
+        d.jobs = [dataclasses.replace(j, which=1) for j in self.jobs if j.which == which]
+        d._group()
+        return d
+
+    def call_rows(self, which: int, t, sigma) -> tuple[int, int] | None:
+        """Where ``outputs(x_in, t, sigma)`` evaluates the first full-area job of side ``which``: (index of the
+        UNet call, index of its batch-of-B block in that call), or None (every such job has an area)."""
+        call = 0
+        for jobs in self.groups.values():
+            jobs = [j for j in jobs if self.simple or self._active(j, t, sigma)]
+            if not jobs:
+                continue
+            for row, j in enumerate(jobs):
+                if j.which == which and j.area is None:
+                    return call, row
+            call += 1
+        return None
 
     def _job(self, which, emb, opts, batch, sf):
         import torch
@@ -356,7 +388,7 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     noise_t = noise.make(lat0.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat0)
     need_uncond = "cfg_pp" in choice.name
     cfg_fn, post = _hooks(model_ref)
-    from .model_patches import mask_patch, post_cfg_patches, unet_patches
+    from .model_patches import mask_patch, post_cfg_patches, sag_patch, unet_patches
 
     with model_ref.store.using(model_ref) as (net,), unet_patches(net, model_ref):  # FreeU etc. (ref options)
         device = next(net.parameters()).device
@@ -396,6 +428,8 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
 
         cfg_used = guider.cfg if den2 is None else (guider.cfg2 if guider.nested else 1.0)
         post = tuple(post) + post_cfg_patches(model_ref, net, net_den, ms)  # PAG (ref option)
+        predict, sag = sag_patch(model_ref, net, net_den, ms, predict)  # SelfAttentionGuidance (ref option)
+        post = post + sag
         gd = GuidedDenoiser(predict, cfg_used, cfg_fn, post, ms)
         last = {"x0": z0}
         total = len(sigmas) - 1

@@ -11,7 +11,15 @@ from .common import ancestral_step, half_log_snr, rf_ancestral_step, s_in, to_d
 
 def euler(model, x, sigmas, ctx, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     """Euler on the probability-flow ODE (Karras et al. Alg. 2 with optional churn)."""
-    ns = ctx.noise_sampler(x) if s_churn > 0 else None
+    if s_churn <= 0:  # the common case, kept lean: the per-step tensors are made once, not indexed each step
+        steps, dts, ones = sigmas.unbind(), (sigmas[1:] - sigmas[:-1]).unbind(), s_in(x)
+        for i in range(len(sigmas) - 1):
+            denoised = model(x, steps[i] * ones)
+            d = to_d(x, steps[i], denoised)
+            ctx.report(i, denoised, x)
+            x = x + d * dts[i]
+        return x
+    ns = ctx.noise_sampler(x)
     for i in range(len(sigmas) - 1):
         if s_churn > 0:
             gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0

@@ -22,8 +22,12 @@ import torch
 
 
 def _bcast(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    return sigma.reshape(sigma.shape[:1] + (1,) * (x.ndim - 1)) if sigma.ndim else sigma
+    """sigma (B,) or scalar -> (B, 1, 1, ...) broadcastable against x, in x's dtype and device. Called a few
+    times per model call, so the common case (already a tensor of x's dtype/device) skips the conversion."""
+    if not (isinstance(sigma, torch.Tensor) and sigma.dtype == x.dtype and sigma.device == x.device):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1)) if sigma.ndim == 1 else (
+        sigma.reshape(sigma.shape[:1] + (1,) * (x.ndim - 1)) if sigma.ndim else sigma)
 
 
 # ------------------------------------------------------------------------------------------ parameterisations
@@ -33,8 +37,22 @@ class EPS:
     name = "eps"
 
     def calculate_input(self, sigma, x):
+        if x.device.type == "cpu" and isinstance(sigma, torch.Tensor) and sigma.numel() <= 64:
+            # the same few sigmas come back every step: keep their denominators (CPU only - reading the
+            # values back from a GPU would stall it); the division itself is unchanged, so are the numbers
+            memo = self.__dict__.setdefault("_den_memo", {})
+            key = (tuple(sigma.reshape(-1).tolist()), sigma.ndim, x.ndim, x.dtype)
+            den = memo.get(key)
+            if den is None:
+                if len(memo) > 4096:
+                    memo.clear()
+                den = memo[key] = self._input_den(sigma, x)
+            return x / den
+        return x / self._input_den(sigma, x)
+
+    def _input_den(self, sigma, x):
         s = _bcast(sigma, x)
-        return x / (s * s + self.sigma_data ** 2) ** 0.5
+        return (s * s + self.sigma_data ** 2) ** 0.5
 
     def calculate_denoised(self, sigma, out, x):
         return x - out * _bcast(sigma, out)
@@ -193,11 +211,30 @@ class Discrete(ModelSampling):
             s = zero_terminal_snr(s)
         self.sigmas = s.float()
         self.log_sigmas = s.log().float()  # log taken in float64, then rounded (ComfyUI's numbers)
+        self._log_col = {}  # device -> log_sigmas as a (T, 1) column: timestep() runs once per model call
+        self._memo = {}  # (sigma values, shape) -> (table it was searched in, timestep): CPU only
 
     def timestep(self, sigma):
-        sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        d = sigma.log().reshape(-1)[None, :] - self.log_sigmas.to(sigma.device)[:, None]
-        return d.abs().argmin(dim=0).reshape(sigma.shape)
+        if not (isinstance(sigma, torch.Tensor) and sigma.dtype == torch.float32):
+            sigma = torch.as_tensor(sigma, dtype=torch.float32)
+        if sigma.device.type == "cpu" and sigma.numel() <= 64:
+            # A sampler asks for the same few sigmas every step (and for each CFG half): on the CPU a memo is
+            # cheaper than the table search (reading values back from a GPU would stall it, so only here).
+            key = (tuple(sigma.reshape(-1).tolist()), sigma.shape)
+            hit = self._memo.get(key)
+            if hit is None or hit[0] is not self.log_sigmas:
+                if len(self._memo) > 4096:
+                    self._memo.clear()
+                hit = self._memo[key] = (self.log_sigmas, self._search(sigma))
+            return hit[1]
+        return self._search(sigma)
+
+    def _search(self, sigma):
+        table, col = self._log_col.get(sigma.device, (None, None))
+        if table is not self.log_sigmas:  # first call on this device, or the table was replaced (LCM)
+            table, col = self._log_col[sigma.device] = (self.log_sigmas, self.log_sigmas.to(sigma.device)[:, None])
+        d = sigma.log().reshape(1, -1) - col  # (T, B): distance of each batch row's log-sigma to the table
+        return d.abs_().argmin(dim=0).reshape(sigma.shape)
 
     def sigma(self, timestep):
         t = torch.as_tensor(timestep).float().clamp(0, len(self.log_sigmas) - 1)

@@ -14,7 +14,9 @@ Stages (each resumable; finished stages are skipped, interrupted ones resume fro
      (eval_clip: retrieval among 8, ranking 8 generations of the bundled model) -> work/clip_eval.json
   7. lora: the grayscale example LoRA for the bundled model (train_lora) -> --lora-out
   8. upscaler: the 4x RRDBNet example upscaler (train_upscaler) -> --upscaler-out
-`--only clip` (or lora, upscaler, diffusion) runs one group; stages 6-8 need only the bundled checkpoint (--out).
+  9. embedding: the loom-blue-square textual-inversion example (train_embedding) -> --embedding-out
+`--only clip` (or lora, upscaler, embedding, diffusion) runs one group; stages 6-9 need only the bundled checkpoint
+(--out).
 Everything is seeded; with the same thread count a rerun gives the same weights.
 """
 from __future__ import annotations
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--inpaint-steps", type=int, default=600)
     ap.add_argument("--inpaint-out", default="models/checkpoints/loom-shapes-64-inpainting.safetensors")
     ap.add_argument("--fp32", action="store_true", help="store fp32 instead of fp16")
-    ap.add_argument("--only", choices=["all", "diffusion", "clip", "lora", "upscaler"], default="all")
+    ap.add_argument("--only", choices=["all", "diffusion", "clip", "lora", "upscaler", "embedding"], default="all")
     ap.add_argument("--clip-steps", type=int, default=2000)
     ap.add_argument("--clip-bs", type=int, default=64)
     ap.add_argument("--clip-out", default="models/clip_vision/loom-shapes-clip.safetensors")
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--upscaler-steps", type=int, default=3000)
     ap.add_argument("--upscaler-out", default="models/upscale_models/loom-shapes-esrgan-x4.safetensors")
     ap.add_argument("--upscaler-lr", type=float, default=2e-3)
+    ap.add_argument("--embedding-steps", type=int, default=600)
+    ap.add_argument("--embedding-out", default="models/embeddings/loom-blue-square.safetensors")
     ap.add_argument("--upscaler-init", default=None, help="continue from this RRDBNet file (a second stage)")
     return ap
 
@@ -98,6 +102,10 @@ def main(argv=None):
         r = train_upscaler.train(Path(a.upscaler_out), a.upscaler_steps, lr=a.upscaler_lr, seed=a.seed,
                                  init=Path(a.upscaler_init) if a.upscaler_init else None, log=log)
         (work / "upscaler_eval.json").write_text(json.dumps(r, indent=1))
+    if a.only in ("all", "embedding"):
+        from . import train_embedding
+        r = train_embedding.train(Path(a.out), Path(a.embedding_out), a.embedding_steps, seed=a.seed, log=log)
+        (work / "embedding_eval.json").write_text(json.dumps(r, indent=1))
     log(f"this invocation {time.time() - t0:.0f}s")
 
 

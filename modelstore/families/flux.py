@@ -98,13 +98,18 @@ def convert(sd: dict, inner: int) -> dict:
     return out
 
 
+def convert_state(config: dict, sd: dict) -> dict:
+    """File keys (no prefix) -> diffusers keys for a model of diffusers ``config`` (also used by LoRA patching)."""
+    return convert(sd, config["num_attention_heads"] * config["attention_head_dim"])
+
+
 def build(plan_: FamilyPlan, sd: dict):
     from diffusers import FluxTransformer2DModel
 
     from ..build import instantiate
 
-    inner = plan_.config["num_attention_heads"] * plan_.config["attention_head_dim"]
-    return FluxDenoiser(instantiate(lambda: FluxTransformer2DModel(**plan_.config), convert(sd, inner)), plan_)
+    return FluxDenoiser(instantiate(lambda: FluxTransformer2DModel(**plan_.config), convert_state(plan_.config, sd)),
+                        plan_)
 
 
 def pack(x):

@@ -44,14 +44,20 @@ def plan(shapes, prefix: str) -> FamilyPlan:
     return FamilyPlan("sd3", prefix, cfg, SAMPLING, SD3)
 
 
+def convert_state(config: dict, sd: dict) -> dict:
+    """File keys (no prefix) -> diffusers keys, by diffusers' own single-file converter (also used by LoRA)."""
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    return convert_sd3_transformer_checkpoint_to_diffusers(dict(sd))
+
+
 def build(plan_: FamilyPlan, sd: dict):
     from diffusers import SD3Transformer2DModel
-    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
     from ..build import instantiate
 
-    conv = convert_sd3_transformer_checkpoint_to_diffusers(dict(sd))
-    return SD3Denoiser(instantiate(lambda: SD3Transformer2DModel(**plan_.config), conv), plan_)
+    return SD3Denoiser(instantiate(lambda: SD3Transformer2DModel(**plan_.config), convert_state(plan_.config, sd)),
+                       plan_)
 
 
 class SD3Denoiser(FlowDenoiser):

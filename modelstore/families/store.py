@@ -8,6 +8,7 @@ text encoder -> ``ModelKey(file, 'family_te', ...)`` whose ``get()`` is a ``Text
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,16 +101,30 @@ def load_text_encoder(store, path: Path) -> tuple[str, ModelRef]:
     return kind, ModelRef("CLIP", ModelKey(src.fid, "family_te", store.dtype, store.device), info, store=store)
 
 
+@functools.cache
+def _upcast_linear_class():
+    import torch
+    import torch.nn.functional as F
+
+    class UpcastLinear(torch.nn.Linear):
+        """A Linear whose (fp8) weight is up-cast per call to the input's dtype. A class, not a per-instance
+        closure, so copies of the module (LoRA patches share-clone modules) use their own weight."""
+
+        def forward(self, x):
+            return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    return UpcastLinear
+
+
 def fp8_linears(module, storage):
     """Keep every block Linear weight in ``storage`` (fp8) and up-cast it per call to the input's dtype (the weights
     stay 1 byte per parameter in memory; compute runs in the activations' dtype)."""
     import torch
-    import torch.nn.functional as F
 
+    cls = _upcast_linear_class()
     for name, m in module.named_modules():
         # embedders and the output head stay in the compute dtype (diffusers casts inputs to their dtype)
-        if isinstance(m, torch.nn.Linear) and not any(w in name for w in ("embed", "final", "norm_out", "proj_out")):
+        if type(m) is torch.nn.Linear and not any(w in name for w in ("embed", "final", "norm_out", "proj_out")):
             m.weight.data = m.weight.data.to(storage)
-            m.forward = (lambda lin: lambda x: F.linear(x, lin.weight.to(x.dtype),
-                                                        None if lin.bias is None else lin.bias.to(x.dtype)))(m)
+            m.__class__ = cls
     return module

@@ -44,15 +44,21 @@ def plan(shapes, prefix: str) -> FamilyPlan:
     return FamilyPlan("zimage", prefix, cfg, SAMPLING, FLUX)
 
 
+def convert_state(config: dict, sd: dict) -> dict:
+    """File keys (no prefix) -> diffusers keys, by diffusers' own single-file converter (also used by LoRA)."""
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    return convert_z_image_transformer_checkpoint_to_diffusers(dict(sd))
+
+
 def build(plan_: FamilyPlan, sd: dict):
     """The diffusers module from the file's tensors (``sd`` keys without the prefix); no second weight copy."""
     from diffusers import ZImageTransformer2DModel
-    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
     from ..build import instantiate
 
-    conv = convert_z_image_transformer_checkpoint_to_diffusers(dict(sd))
-    return ZImageDenoiser(instantiate(lambda: ZImageTransformer2DModel(**plan_.config), conv), plan_)
+    return ZImageDenoiser(instantiate(lambda: ZImageTransformer2DModel(**plan_.config), convert_state(plan_.config, sd)),
+                          plan_)
 
 
 class ZImageDenoiser(FlowDenoiser):

@@ -34,7 +34,7 @@ class DiffusionModelFiles:
         s = p.sampling
         return (("arch", p.family), ("family", p.family), ("model_sampling", (s.kind, s.shift, s.multiplier)),
                 ("prediction_type", "flow"), ("scaling_factor", p.latent.scale), ("shift_factor", p.latent.shift),
-                ("latent_channels", p.latent.channels), ("variant", p.extra.get("variant", "")))
+                ("latent_channels", p.latent.channels), ("variant", p.extra.get("variant", ""))) + p.latent_meta()
 
     def build(self, key: ModelKey, ctx: BuildContext) -> Any:
         import torch
@@ -53,8 +53,13 @@ class DiffusionModelFiles:
             fp8_linears(m, getattr(torch, storage))
         return m.to(key.device)
 
+    def patch(self, key: ModelKey, base: Any, lora_state: dict, strength: float, ctx: BuildContext) -> Any:
+        from ..families.lora import patch_model
+
+        return patch_model(base, lora_state, strength, getattr(lora_state, "name", "LoRA"))
+
     def nbytes(self, value: Any) -> int:
-        return module_nbytes(value)
+        return _own_bytes(value, value)
 
 
 class TextEncoderFiles:
@@ -80,7 +85,7 @@ class TextEncoderFiles:
 
         src = ctx.sources.current(key.file)
         kind, prefix, cfg = self.plan(src, ctx)
-        keys = [k for k in src.header.tensors if k.startswith(prefix)]
+        keys = [k for k in src.header.tensors if k.startswith(prefix) and te.loads(kind, k[len(prefix):])]
         sd = {k[len(prefix):]: v for k, v in ctx.sources.tensors(src, keys, ctx.torch_dtype(key)).items()}
         model = te.build(kind, cfg, sd).to(key.device)
         if kind in ("clip_l", "clip_g"):
@@ -90,8 +95,39 @@ class TextEncoderFiles:
             tok = te.load_tokenizer(kind, src.path, None, folder)
         return TextEncoderModule(model, kind, tok)
 
+    def patch(self, key: ModelKey, base: Any, lora_state: dict, strength: float, ctx: BuildContext) -> Any:
+        return _patch_text_encoder(base, lora_state, strength)
+
     def nbytes(self, value: Any) -> int:
-        return module_nbytes(value.model)
+        return _own_bytes(value, value.model)
+
+
+#: text-encoder kind -> the LoRA component its keys use (kohya lora_te1_/lora_te_ and text_encoder. = CLIP-L,
+#: lora_te2_ and text_encoder_2. = CLIP-G as in SD3 LoRAs); T5 and Qwen3 LoRAs are not applied
+TE_LORA_COMPONENT = {"clip_l": "te1", "clip_g": "te2"}
+
+
+def _patch_text_encoder(base, lora_state: dict, strength: float):
+    """A TextEncoderModule whose transformers model is LoRA-patched (``modelstore.lora.apply_lora``)."""
+    from ..families.store import TextEncoderModule
+    from ..lora import apply_lora
+
+    comp = TE_LORA_COMPONENT.get(base.kind)
+    if comp is None:
+        raise CheckpointError(f"{getattr(lora_state, 'name', 'LoRA')}: LoRA on a {base.kind} text encoder is not "
+                              "supported (CLIP-L and CLIP-G are)")
+    model = apply_lora(base.model, lora_state, strength, comp)
+    out = TextEncoderModule(model, base.kind, base.tokenizer)
+    out._loom_own_bytes = model._loom_own_bytes
+    out._loom_lora_unmatched = model._loom_lora_unmatched
+    out._loom_lora_applied = model._loom_lora_applied
+    return out
+
+
+def _own_bytes(value, whole) -> int:
+    """Bytes a value owns: a LoRA-patched copy only its new tensors, a built one all of ``whole``."""
+    own = getattr(value, "_loom_own_bytes", None)
+    return module_nbytes(whole) if own is None else own
 
 
 LOADERS = [DiffusionModelFiles(), TextEncoderFiles()]
@@ -145,7 +181,19 @@ class TransformerCheckpoints:
         return TextEncoderBundle(dict(plan.info())["clip_type"], tuple(mods))
 
     def patch(self, component: str, base: Any, lora_state: dict, strength: float) -> Any:
-        raise CheckpointError("LoRA on SD3 / FLUX.1 / Z-Image models is not supported yet")
+        from ..families.lora import patch_model
+        from ..families.store import TextEncoderBundle
+
+        if component == "unet":
+            return patch_model(base, lora_state, strength, getattr(lora_state, "name", "LoRA"))
+        if component != "clip":
+            raise CheckpointError(f"LoRA cannot patch a checkpoint's {component}")
+        mods = [(_patch_text_encoder(m, lora_state, strength) if m.kind in TE_LORA_COMPONENT else m)
+                for m in base.encoders]
+        out = TextEncoderBundle(base.clip_type, tuple(mods))
+        out._loom_own_bytes = sum(getattr(m, "_loom_own_bytes", 0) for m in mods)
+        out._loom_lora_unmatched = [k for m in mods for k in getattr(m, "_loom_lora_unmatched", [])]
+        return out
 
 
 FAMILIES = [TransformerCheckpoints()]

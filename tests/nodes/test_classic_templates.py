@@ -8,6 +8,9 @@ Executor to saved images, with every model file they name provided under a temp 
 - LoRAs are the shipped ``models/loras/loom-shapes-grayscale-lora.safetensors``;
 - the textual-inversion embedding is the bundled CLIP's token vectors of two words.
 
+Loom's own ``workflows/embedding_example.json`` (the classic embedding_example graph) runs on the checkout's files
+with the shipped ``models/embeddings/loom-blue-square.safetensors``.
+
 To keep each run to a few seconds on a CPU the tests shrink the templates through the API workflow: 64x64 latents
 (the bundled model's size) and 4 steps instead of 1024/768 px and 20/30 steps; everything else is the template's.
 
@@ -38,6 +41,7 @@ from tests.tiny_controlnet import build_tiny_controlnet, save_controlnet
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "checkpoints" / "loom-shapes-64.safetensors"
 SHIPPED_LORA = REPO / "models" / "loras" / "loom-shapes-grayscale-lora.safetensors"
+SHIPPED_EMBEDDING = REPO / "models" / "embeddings" / "loom-blue-square.safetensors"
 STEPS = 4
 
 
@@ -203,3 +207,38 @@ def test_embedding_example(world):
     # a missing embedding is a run-time warning event naming it
     _, warned = run(env, wf, base[:1] + [(neg, "text", "embedding:nothere, text")])
     assert len(warned) == 1 and "nothere" in warned[0].data["message"]
+
+
+def test_embedding_example_workflow(tmp_path):
+    """workflows/embedding_example.json: ComfyUI's classic embedding_example graph, on the checkout's own models,
+    with the shipped embedding in the positive prompt: it draws large blue squares, and without it ('shape shape',
+    the vectors it was trained from) it does not."""
+    from engine.context import Env
+    from engine.folders import ModelFolders
+    from modelstore.models import ModelStore
+    from training import scorer
+
+    assert SHIPPED_EMBEDDING.is_file()
+    wf_path = REPO / "workflows" / "embedding_example.json"
+    prompt = json.loads(wf_path.read_text())
+    assert sorted(n["class_type"] for n in prompt.values()) == sorted(
+        ["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
+         "SaveImage"])
+    pos = prompt["3"]["inputs"]["positive"][0]
+    assert "embedding:loom-blue-square" in prompt[pos]["inputs"]["text"]
+    models = REPO / "models"
+    env = Env(input_dir=tmp_path / "input", output_dir=tmp_path / "output", temp_dir=tmp_path / "temp",
+              models_dir=models, folders=ModelFolders(models),
+              model_store_factory=lambda e: ModelStore(e.folders, device="cpu", dtype="fp32"))
+    wf = load(wf_path, default_registry())
+    images, warnings = run(env, wf)
+    assert len(images) == 4 and not warnings, [e.data for e in warnings]
+
+    def blue_squares(imgs):
+        found = [scorer.analyse(np.asarray(im), 1)["shapes"] for im in imgs]
+        return sum(bool(f) and (f[0]["color"], f[0]["shape"]) == ("blue", "square") for f in found)
+    plain, _ = run(env, wf, [(pos, "text", prompt[pos]["inputs"]["text"].replace("embedding:loom-blue-square",
+                                                                                  "shape shape"))])
+    got, without = blue_squares(images), blue_squares(plain)
+    print(f"embedding_example: blue squares {got}/4 with the embedding, {without}/4 with 'shape shape'")
+    assert got >= 3 and without <= 1

@@ -1,0 +1,269 @@
+"""LoRA for the transformer families (FLUX.1, SD3/3.5, Z-Image, and any family registered in ``registry``).
+
+LoRA files in the wild name their targets in one of two layouts:
+- the family's ORIGINAL single-file layout (the keys of the file UNETLoader reads, e.g. FLUX.1's fused
+  ``double_blocks.0.img_attn.qkv``): ComfyUI's ``diffusion_model.<key>`` / ``model.diffusion_model.<key>`` / bare
+  ``<key>``, and kohya's ``lora_unet_<key with '.' -> '_'>``;
+- diffusers' module names (what ``FluxTransformer2DModel`` etc. call them, e.g. ``transformer_blocks.0.attn.to_q``):
+  diffusers/PEFT ``transformer.<module>`` (``base_model.model.<module>`` from bare PEFT), and kohya-style
+  ``lora_transformer_<module with '_'>`` (SimpleTuner, ai-toolkit).
+Each tensor name ends in ``.lora_down.weight``/``.lora_up.weight``/``.alpha``, ``.lora_A.weight``/``.lora_B.weight``
+or ``.lora.down.weight``/``.lora.up.weight``; the update is ``strength * (alpha / rank) * up @ down`` (alpha absent:
+scale 1, diffusers' and ComfyUI's rule). Text-encoder keys (``lora_te*_``, ``text_encoder*.``) are left to the CLIP.
+
+How an original-layout update reaches the diffusers module: the loader already converts the file to diffusers'
+layout with ``convert_state`` (a family's own small function: renames, q/k/v splits of fused tensors, the
+shift/scale swap of final norms). All of those move whole rows of dim 0, so running the SAME converter on a probe
+state dict whose values are row codes (tensor id << 32 | row) tells, for every diffusers weight, which rows of which
+file weight it holds (``Layout``). An update of a file weight (say fused qkv, (3d, d)) is then added row by row to
+the diffusers weights holding those rows (to_q, to_k, to_v). No per-family LoRA table: a new family plugs in its
+``convert_state`` and gets LoRA. Updates in diffusers names apply directly to that module's weight.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..lora import LoraError, _shallow_clone, lora_delta
+
+log = logging.getLogger("loom.models")
+
+SUFFIXES = ((".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_B.weight", "up"),
+            (".lora_A.weight", "down"), (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
+            (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"))
+#: key prefix -> (space, separator): 'file' = original layout, 'diffusers' = diffusers module names, 'any' = both
+MODEL_PREFIXES = (("model.diffusion_model.", "file", "."), ("diffusion_model.", "file", "."),
+                  ("lora_unet_", "file", "_"), ("transformer.", "diffusers", "."),
+                  ("base_model.model.", "diffusers", "."), ("lora_transformer_", "diffusers", "_"))
+TE_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "text_encoder.", "text_encoder_2.",
+               "text_encoder_3.", "text_encoders.")
+_BITS = 32
+#: text-encoder key prefix -> the text encoder it is for (kohya numbering = diffusers' text_encoder, _2, _3)
+TE_TARGETS = (("lora_te1_", "clip_l"), ("lora_te_", "clip_l"), ("text_encoder.", "clip_l"), ("lora_te2_", "clip_g"),
+              ("text_encoder_2.", "clip_g"), ("lora_te3_", "t5"), ("text_encoder_3.", "t5"))
+
+
+@dataclass
+class Layout:
+    """Where each file weight's rows live in the diffusers module. ``file``: {file module name: weight shape};
+    ``diffusers``: {diffusers module name: weight shape}; ``rows``: {file module name: [(diffusers weight key,
+    dst rows, src rows)]} (slices or LongTensors, dst in the diffusers weight, src in the file weight)."""
+    file: dict
+    diffusers: dict
+    rows: dict
+
+    def index(self, space: str, sep: str) -> dict:
+        names = self.file if space == "file" else self.diffusers
+        return {n.replace(".", sep): n for n in names}
+
+
+def layout(family: str, config: dict, shapes: dict) -> Layout:
+    """The Layout of a model of ``family`` with diffusers ``config`` read from a file of ``shapes`` (no prefix)."""
+    from . import registry
+
+    mod = registry.FAMILIES[family][0]
+    if not hasattr(mod, "convert_state"):
+        raise LoraError(f"LoRA on {family} models is not supported (its family module has no convert_state)")
+    names = list(shapes)
+    probe = {}
+    for i, k in enumerate(names):
+        s = shapes[k]
+        probe[k] = (torch.tensor(i << _BITS) if not s else (i << _BITS) + torch.arange(s[0], dtype=torch.int64))
+    conv = mod.convert_state(dict(config), probe)
+    file = {k[:-len(".weight")]: tuple(shapes[k]) for k in names if k.endswith(".weight") and len(shapes[k]) >= 2}
+    diff, rows = {}, {}
+    for dk, codes in conv.items():
+        if not dk.endswith(".weight") or codes.dim() != 1:
+            continue
+        ids, src = codes >> _BITS, codes & ((1 << _BITS) - 1)
+        for i in ids.unique().tolist():
+            fk = names[i] if 0 <= i < len(names) else None
+            if fk is None or not fk.endswith(".weight") or len(shapes[fk]) < 2:
+                continue
+            dst = (ids == i).nonzero().flatten()
+            rows.setdefault(fk[:-len(".weight")], []).append((dk, _compact(dst), _compact(src[dst])))
+            diff[dk[:-len(".weight")]] = (codes.shape[0],) + tuple(shapes[fk][1:])
+    return Layout(file, diff, rows)
+
+
+def _compact(idx: torch.Tensor):
+    """A run of consecutive row indices as a ``slice`` (what renames and q/k/v splits give; ~no memory at full
+    size), otherwise the LongTensor (a shift/scale swap)."""
+    n = len(idx)
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] - idx[:-1] == 1).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
+
+
+def group(lora_state) -> tuple[dict, list[str]]:
+    """({(prefix space, separator, target name): {'up','down','alpha'}}, other keys). Text-encoder keys are
+    skipped (neither grouped nor returned)."""
+    groups, other = {}, []
+    for k in lora_state:
+        if k.startswith(TE_PREFIXES):
+            continue
+        suffix = next(((s, r) for s, r in SUFFIXES if k.endswith(s)), None)
+        if suffix is None:
+            other.append(k)
+            continue
+        name = k[:-len(suffix[0])]
+        space, sep = "any", "."
+        for p, sp, se in MODEL_PREFIXES:
+            if name.startswith(p):
+                name, space, sep = name[len(p):], sp, se
+                break
+        groups.setdefault((space, sep, name), {})[suffix[1]] = lora_state[k]
+    return groups, other
+
+
+def resolve(groups: dict, lay: Layout) -> tuple[dict, list[str]]:
+    """({('file'|'diffusers', module name): parts}, unmatched LoRA target names). A name is looked up in the
+    layout its prefix implies first, then in the other one (trainers mix them up)."""
+    idx: dict = {}
+    targets, unmatched = {}, []
+    for (space, sep, name), parts in groups.items():
+        order = ("diffusers", "file") if space == "diffusers" else ("file", "diffusers")
+        hit = None
+        for sp in order:
+            if (sp, sep) not in idx:
+                idx[(sp, sep)] = lay.index(sp, sep)
+            if name in idx[(sp, sep)]:
+                hit = (sp, idx[(sp, sep)][name])
+                break
+        if hit is None or "up" not in parts or "down" not in parts:
+            unmatched.append(name)
+        else:
+            targets[hit] = parts
+    return targets, unmatched
+
+
+def _delta(name: str, parts: dict, shape: tuple, fname: str) -> torch.Tensor:
+    up, down = parts["up"], parts["down"]
+    rows, cols = up.shape[0], down.flatten(1).shape[1]
+    numel = 1
+    for d in shape:
+        numel *= d
+    if rows * cols != numel or rows != shape[0]:
+        raise LoraError(f"{fname}: LoRA {name}: update of {rows}x{cols} (up {tuple(up.shape)}, down "
+                        f"{tuple(down.shape)}) does not fit the model weight {tuple(shape)}")
+    return lora_delta(up, down, parts.get("alpha"), shape)
+
+
+def updates(lora_state, lay: Layout, fname: str = "LoRA", family: str = "", device=None):
+    """(list of (target, [(diffusers weight key, dst rows or None for all, src rows or None)]), unmatched target
+    names). ``target`` is ((space, name), parts); its fp32 update is ``target_delta``. Raises ``LoraError``
+    naming the file when nothing in it is for this model."""
+    groups, other = group(lora_state)
+    targets, unmatched = resolve(groups, lay)
+    _refuse_no_match(targets, groups, other, fname, family)
+    plan = []
+    for (space, name), parts in targets.items():
+        if space == "diffusers":
+            plan.append((((space, name), parts), [(name + ".weight", None, None)]))
+        else:
+            plan.append((((space, name), parts), [(dk, dst, src) for dk, dst, src in lay.rows.get(name, ())]))
+    return plan, unmatched + other
+
+
+def target_delta(target, lay: Layout, fname: str, device=None) -> torch.Tensor:
+    """The fp32 update (alpha/rank) * up @ down of one target, shaped as its weight (file or diffusers layout)."""
+    (space, name), parts = target
+    parts = {k: (v.to(device) if k != "alpha" and device is not None else v) for k, v in parts.items()}
+    return _delta(name, parts, (lay.diffusers if space == "diffusers" else lay.file)[name], fname)
+
+
+def model_layout(model) -> Layout:
+    """The Layout of a built FlowDenoiser (cached on it; patched copies share it)."""
+    lay = model.__dict__.get("_loom_lora_layout")
+    if lay is None:
+        shapes = getattr(model, "source_shapes", None)
+        if shapes is None:
+            raise LoraError(f"LoRA: this {model.family} model does not record its file layout")
+        lay = layout(model.family, model.config, shapes)
+        model.__dict__["_loom_lora_layout"] = lay
+    return lay
+
+
+def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
+    """A patched copy of a FlowDenoiser: W' = W + strength * delta for every weight the LoRA reaches; the base is
+    not mutated and unchanged tensors are shared (``_loom_own_bytes`` counts the new ones). Unmatched targets are
+    logged and listed in ``_loom_lora_unmatched``."""
+    lay = model_layout(model)
+    patched = _shallow_clone(model)
+    plan, unmatched = updates(lora_state, lay, fname, model.family)
+    left: dict = {}  # diffusers key -> contributions still to add (a weight is finished when it reaches 0)
+    for _, parts in plan:
+        for dk, _, _ in parts:
+            left[dk] = left.get(dk, 0) + 1
+    work: dict = {}  # diffusers key -> fp32 working copy (the base's tensor is never written)
+    own = 0
+    for target, parts in plan:
+        d = target_delta(target, lay, fname, model.device)
+        for dk, dst, src in parts:
+            owner, _, pname = ("module." + dk).rpartition(".")
+            mod = patched.get_submodule(owner)
+            w = mod._parameters[pname]
+            rows = d if src is None else d[src if isinstance(src, slice) else src.to(d.device)]
+            want = tuple(w.shape) if dst is None else tuple(w[dst].shape) if isinstance(dst, slice) else \
+                (len(dst),) + tuple(w.shape[1:])
+            if tuple(rows.shape) != want:
+                raise LoraError(f"{fname}: LoRA update of {dk} has shape {tuple(rows.shape)}, the model weight "
+                                f"{tuple(w.shape)}")
+            if dk not in work:
+                work[dk] = w.data.to(torch.float32, copy=True)
+            if dst is None:
+                work[dk].add_(rows, alpha=strength)
+            elif isinstance(dst, slice):
+                work[dk][dst].add_(rows, alpha=strength)
+            else:
+                work[dk].index_add_(0, dst.to(d.device), rows, alpha=strength)
+            left[dk] -= 1
+            if left[dk] == 0:
+                new = work.pop(dk).to(w.dtype)
+                mod._parameters[pname] = torch.nn.Parameter(new, requires_grad=False)
+                own += new.numel() * new.element_size()
+    applied = len(plan)
+    if unmatched:
+        log.warning("LoRA %s: %d keys not applied to the %s model, e.g. %s", fname, len(unmatched), model.family,
+                    unmatched[:3])
+    patched._loom_own_bytes = own
+    patched._loom_lora_unmatched = unmatched
+    patched._loom_lora_applied = applied
+    return patched
+
+
+def header_check(lay: Layout, family: str, lora_keys, fname: str) -> list[str]:
+    """Header-only check of a LoRA's tensor names against a model's Layout (no weights read): raises
+    ``LoraError`` when no target matches; returns warnings naming unmatched targets otherwise."""
+    groups, other = group(dict.fromkeys(lora_keys))
+    complete = {k: {"up": 1, "down": 1} for k in groups}
+    targets, unmatched = resolve(complete, lay)
+    _refuse_no_match(targets, groups, other, fname, family)
+    miss = unmatched + other
+    if not groups and not other:
+        return [f"{fname}: no diffusion-model keys in this LoRA; the {family} model is unchanged"]
+    if miss:
+        return [f"{fname}: {len(miss)} LoRA targets match nothing in this {family} model and are not applied, e.g. "
+                f"{', '.join(sorted(miss)[:4])}"]
+    return []
+
+
+def _refuse_no_match(targets, groups, other, fname: str, family: str) -> None:
+    if not targets and (groups or other):
+        keys = sorted(n for _, _, n in groups)[:4] or sorted(other)[:4]
+        raise LoraError(f"{fname}: none of its {len(groups) + len(other)} LoRA targets match this {family} model's "
+                        f"weights (e.g. {', '.join(keys)}): a LoRA for another model family?")
+
+
+def text_encoder_warnings(lora_keys, kinds, fname: str) -> list[str]:
+    """Warnings for a LoRA's text-encoder keys that no encoder of this CLIP (``kinds``: 'clip_l', 'clip_g', 't5',
+    'qwen3' ...) takes: T5 LoRAs and keys for an encoder the CLIP does not have are not applied."""
+    missing: dict = {}
+    for k in lora_keys:
+        kind = next((t for p, t in TE_TARGETS if k.startswith(p)), None)
+        if kind is not None and (kind not in kinds or kind not in ("clip_l", "clip_g")):
+            missing.setdefault(kind, []).append(k)
+    return [f"{fname}: {len(v)} LoRA keys for a {kind} text encoder are not applied (this CLIP has "
+            f"{', '.join(kinds)}; LoRA patches CLIP-L and CLIP-G), e.g. {sorted(v)[0]}" for kind, v in missing.items()]

@@ -1,0 +1,191 @@
+"""Hypernetworks (``models/hypernetworks/``) in the A1111 format: small MLPs applied to the key and value inputs of
+attention layers.
+
+The A1111 file (a ``.pt`` pickle) is a dict: for each width ``d`` of an attention's key/value input (768 for SD1's
+cross-attention context, 320/640/1280 for its self-attention, ...) an int key ``d`` -> ``[state_k, state_v]``, two
+state dicts of one MLP each (``linear.<i>.weight`` / ``.bias``, the indices of an ``nn.Sequential`` that also holds
+parameter-free activation and dropout modules); and the structure beside them:
+
+- ``layer_structure``: width multipliers, e.g. [1, 2, 1] = Linear(d, 2d), Linear(2d, d) (default [1, 2, 1]);
+- ``activation_func``: "linear" (none; also when missing) or an activation name (relu, leakyrelu, elu, swish =
+  Hardswish, tanh, sigmoid, or any torch.nn activation class lowercased: gelu, mish, softsign, ...), applied after
+  every Linear but the last, and after the last too when ``activate_output`` (default True when missing);
+- ``is_layer_norm``: a LayerNorm after each Linear (after its activation); it has weights, so it shows in the keys;
+- ``use_dropout`` / ``dropout_structure`` / ``last_layer_dropout``: dropout, which does nothing at inference;
+- name, step, checkpoint hash and other bookkeeping, ignored.
+The earliest files name the two Linear layers ``linear1`` / ``linear2`` (read as ``linear.0`` / ``linear.1``).
+
+Applied as ``k_in = x + mlp_k(x) * strength`` (likewise v) for every attention layer whose key input width is ``d``.
+
+Loom reads the same file as ``.safetensors``, its tensors flattened with the state-dict names:
+``<d>.<0|1>.linear.<i>.weight`` / ``.bias`` (0 = key MLP, 1 = value MLP), the structure as JSON text in the
+safetensors metadata under the same names (``layer_structure``, ``activation_func``, ``is_layer_norm``,
+``activate_output``, ...). A ``.pt`` file is read only where the model store allows pickle files, with
+``torch.load(weights_only=True)``. The layer sequence is read from the tensors (Linear = matrix, LayerNorm = vector
+weight, in index order), so dropout modules need no guessing.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .tensorfile import PICKLE_SUFFIXES, PickleRefused
+
+# A1111's names: these, plus every activation class of torch.nn.modules.activation by its lowercased class name
+ACTIVATIONS = {"linear": None, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "elu": torch.nn.ELU,
+               "swish": torch.nn.Hardswish, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
+ACTIVATIONS.update({name.lower(): cls for name, cls in vars(torch.nn.modules.activation).items()
+                    if isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+                    and cls.__module__ == "torch.nn.modules.activation" and name.lower() not in ACTIVATIONS
+                    and name not in ("PReLU", "MultiheadAttention", "Threshold")})  # weights / required arguments
+OLD_NAMES = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
+             "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}  # the first files' names
+META_KEYS = ("layer_structure", "activation_func", "is_layer_norm", "activate_output", "use_dropout",
+             "dropout_structure", "last_layer_dropout", "weight_initialization", "name", "step")
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+class HypernetworkError(ValueError):
+    """A file that is not a hypernetwork Loom can apply."""
+
+
+class MLP(torch.nn.Module):
+    """One key or value MLP: Linear layers (each optionally followed by the activation and a LayerNorm);
+    ``forward(x)`` is ``mlp(x)`` (without the residual)."""
+
+    def __init__(self, steps: list, activation, activate_output: bool):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(m for m, _ in steps)
+        self.kinds = [k for _, k in steps]
+        self.act = activation() if activation is not None else None
+        self.activate_output = activate_output
+
+    def forward(self, x):
+        n_lin = self.kinds.count("linear")
+        seen = 0
+        for m, kind in zip(self.layers, self.kinds):
+            x = m(x)
+            if kind == "linear":
+                seen += 1
+                if self.act is not None and (seen < n_lin or self.activate_output):
+                    x = self.act(x)
+        return x
+
+
+@dataclass
+class Hypernetwork:
+    name: str
+    layers: dict  # width -> (MLP for keys, MLP for values)
+    structure: dict
+
+
+def _build_mlp(state: dict, where: str, activation, activate_output: bool) -> MLP:
+    state = {OLD_NAMES.get(k, k): v for k, v in state.items()}
+    idx = sorted({int(k.split(".")[1]) for k in state if k.startswith("linear.") and k.endswith(".weight")})
+    if not idx:
+        raise HypernetworkError(f"{where}: no linear.<i>.weight tensors")
+    steps = []
+    for i in idx:
+        w, b = state[f"linear.{i}.weight"], state.get(f"linear.{i}.bias")
+        if w.ndim == 2:
+            m = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+            kind = "linear"
+        elif w.ndim == 1:
+            m = torch.nn.LayerNorm(w.shape[0], elementwise_affine=True)
+            kind = "norm"
+        else:
+            raise HypernetworkError(f"{where}: linear.{i}.weight has shape {tuple(w.shape)}")
+        with torch.no_grad():
+            m.weight.copy_(w.float())
+            if b is not None:
+                m.bias.copy_(b.float())
+        steps.append((m, kind))
+    if steps[0][1] != "linear":
+        raise HypernetworkError(f"{where}: starts with a LayerNorm, expected a Linear")
+    mlp = MLP(steps, activation, activate_output).eval().requires_grad_(False)
+    width = steps[0][0].in_features
+    last = [m for m, k in steps if k == "linear"][-1]
+    if last.out_features != width:
+        raise HypernetworkError(f"{where}: maps width {width} to {last.out_features}; a hypernetwork MLP must "
+                                "keep the width (its output is added to its input)")
+    return mlp
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """(width -> [state_k, state_v], structure)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(raw, dict):
+            raise HypernetworkError(f"{path.name}: not a hypernetwork (a dict of width -> MLP state dicts)")
+        states = {}
+        for k, v in raw.items():
+            if isinstance(k, int) or (isinstance(k, str) and k.isdigit()):
+                if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, dict) for s in v)):
+                    raise HypernetworkError(f"{path.name}: entry {k} is not a pair of state dicts")
+                states[int(k)] = [dict(v[0]), dict(v[1])]
+        return states, {k: raw[k] for k in META_KEYS if k in raw}
+    from safetensors import safe_open
+
+    states: dict = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for key in f.keys():
+            parts = key.split(".", 2)
+            if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in ("0", "1"):
+                raise HypernetworkError(f"{path.name}: tensor {key!r} is not <width>.<0|1>.linear.<i>.<weight|bias>")
+            states.setdefault(int(parts[0]), [{}, {}])[int(parts[1])][parts[2]] = f.get_tensor(key)
+    structure = {}
+    for k in META_KEYS:
+        if k in meta:
+            try:
+                structure[k] = json.loads(meta[k])
+            except ValueError:
+                structure[k] = meta[k]  # plain text (an activation name)
+    return states, structure
+
+
+def load(path: str | Path, allow_pickle: bool = False) -> Hypernetwork:
+    """The hypernetwork in ``path`` (cached by path, size and mtime); HypernetworkError / PickleRefused name it."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:  # before the cache: the policy of this call
+        raise PickleRefused(f"{path.name} is a pickle file (can run code when loaded); convert it to "
+                            ".safetensors or allow pickle files")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    states, structure = _read(path)
+    if not states:
+        raise HypernetworkError(f"{path.name}: no MLPs (expected width keys such as 768)")
+    act_name = structure.get("activation_func") or "linear"
+    if str(act_name).lower() not in ACTIVATIONS:
+        raise HypernetworkError(f"{path.name}: activation_func {act_name!r} is not one Loom knows "
+                                f"({', '.join(sorted(ACTIVATIONS))})")
+    activation = ACTIVATIONS[str(act_name).lower()]
+    try:
+        activation is None or activation()
+    except TypeError as e:  # an activation class that needs arguments A1111 never stores
+        raise HypernetworkError(f"{path.name}: activation_func {act_name!r} cannot be built ({e})") from None
+    activate_output = bool(structure.get("activate_output", True))
+    layers = {}
+    for width, (sk, sv) in sorted(states.items()):
+        pair = tuple(_build_mlp(s, f"{path.name}: width {width} {'kv'[j]}", activation, activate_output)
+                     for j, s in enumerate((sk, sv)))
+        for j, m in enumerate(pair):
+            if m.layers[0].in_features != width:
+                raise HypernetworkError(f"{path.name}: the width-{width} {'kv'[j]} MLP takes "
+                                        f"{m.layers[0].in_features} features")
+        layers[width] = pair
+    hn = Hypernetwork(path.stem, layers, structure)
+    with _LOCK:
+        if len(_CACHE) > 16:
+            _CACHE.clear()
+        _CACHE[key] = hn
+    return hn
