@@ -36,6 +36,7 @@ MODULES = [
     "nodes.model_patches",
     "nodes.self_attention_guidance",
     "nodes.hypernetwork",
+    "nodes.style_model",
     "nodes.save_models",
     "nodes.attention_multiply",
     "nodes.latent_operations",

@@ -51,9 +51,10 @@ def need(shapes, key: str, family: str):
 class LatentFormat:
     """How a family's VAE latents relate to its diffusion model's space and to RGB.
 
-    ``channels``: latent channels; model space = (latent - shift) * scale (ComfyUI's process_in); ``rgb``: rows
-    of per-channel (R, G, B) factors for the cheap latent preview, ``rgb_bias`` its bias; ``downscale``: pixels
-    per latent pixel."""
+    ``channels``: latent channels; model space = (latent - shift) * scale (ComfyUI's process_in), or, when
+    ``mean``/``std`` are given (one value per channel: the Wan 2.1 / Qwen-Image VAE), (latent - mean) * scale / std;
+    ``rgb``: rows of per-channel (R, G, B) factors for the cheap latent preview, ``rgb_bias`` its bias;
+    ``downscale``: pixels per latent pixel."""
     name: str
     channels: int
     scale: float
@@ -61,6 +62,8 @@ class LatentFormat:
     rgb: tuple = ()
     rgb_bias: tuple | None = None
     downscale: int = 8
+    mean: tuple = ()
+    std: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,8 @@ class FamilyPlan:
     sampling: FlowSampling
     latent: LatentFormat
     extra: dict = field(default_factory=dict)
+
+    def latent_meta(self) -> tuple:
+        """Ref meta pairs for a per-channel latent normalisation (``latents_mean``/``latents_std``), else ()."""
+        lf = self.latent
+        return (("latents_mean", lf.mean), ("latents_std", lf.std)) if lf.mean else ()

@@ -34,7 +34,7 @@ class DiffusionModelFiles:
         s = p.sampling
         return (("arch", p.family), ("family", p.family), ("model_sampling", (s.kind, s.shift, s.multiplier)),
                 ("prediction_type", "flow"), ("scaling_factor", p.latent.scale), ("shift_factor", p.latent.shift),
-                ("latent_channels", p.latent.channels), ("variant", p.extra.get("variant", "")))
+                ("latent_channels", p.latent.channels), ("variant", p.extra.get("variant", ""))) + p.latent_meta()
 
     def build(self, key: ModelKey, ctx: BuildContext) -> Any:
         import torch
@@ -85,7 +85,7 @@ class TextEncoderFiles:
 
         src = ctx.sources.current(key.file)
         kind, prefix, cfg = self.plan(src, ctx)
-        keys = [k for k in src.header.tensors if k.startswith(prefix)]
+        keys = [k for k in src.header.tensors if k.startswith(prefix) and te.loads(kind, k[len(prefix):])]
         sd = {k[len(prefix):]: v for k, v in ctx.sources.tensors(src, keys, ctx.torch_dtype(key)).items()}
         model = te.build(kind, cfg, sd).to(key.device)
         if kind in ("clip_l", "clip_g"):

@@ -1,5 +1,5 @@
-"""SelfAttentionGuidance and HypernetworkLoader are declared exactly as ComfyUI 0.3.75
-declares them (reference entries copied from the object_info snapshot into tests/nodes/data/)."""
+"""SelfAttentionGuidance, HypernetworkLoader, StyleModelLoader and StyleModelApply are declared exactly as
+ComfyUI 0.3.75 declares them (reference entries copied from the object_info snapshot into tests/nodes/data/)."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +14,7 @@ FILE_COMBOS = ("hypernetwork_name", "style_model_name")
 
 
 def test_the_reference_is_the_four_nodes():
-    assert set(REF) == {"SelfAttentionGuidance", "HypernetworkLoader"}
+    assert set(REF) == {"SelfAttentionGuidance", "HypernetworkLoader", "StyleModelLoader", "StyleModelApply"}
 
 
 @pytest.mark.parametrize("name", sorted(REF))
