@@ -38,14 +38,16 @@ def latent_affine(meta: dict) -> tuple:
             torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
 
 
-def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = None):
-    """[(cond dict for FlowDenoiser.velocity, strength)] from CONDITIONING entries."""
+def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = None, controls: dict | None = None):
+    """[(cond dict for FlowDenoiser.velocity, strength)] from CONDITIONING entries. ``controls`` maps an applied
+    ControlNet chain to its ``nodes.flow_control.FlowControl`` (one per chain, so cond and uncond sharing a chain
+    stay one batched call); None: the caller has no ControlNet hook."""
     out = []
     for emb, opts in conds:
         if opts.get("area") is not None or opts.get("mask") is not None:
             raise ValueError(f"{family}: area/mask conditioning is not supported for this family yet")
         # refused rather than silently ignored: the flow path has no hook for these yet
-        if opts.get("control") is not None:
+        if opts.get("control") is not None and (family != "flux" or controls is None):
             raise ValueError(f"{family}: ControlNet is not supported for this family yet (remove the ControlNet "
                              "apply node)")
         if float(opts.get("start_percent", 0.0)) > 0.0 or float(opts.get("end_percent", 1.0)) < 1.0:
@@ -69,6 +71,8 @@ def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = No
                 c["pooled"] = torch.nn.functional.pad(c["pooled"], (0, want - c["pooled"].shape[-1]))
         if opts.get("guidance") is not None:
             c["guidance"] = torch.full((batch,), float(opts["guidance"]))
+        if opts.get("control") is not None:
+            c["control"] = controls[id(opts["control"])]
         out.append((c, float(opts.get("strength", 1.0))))
     if not out:
         raise ValueError("conditioning is empty")
@@ -76,6 +80,8 @@ def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = No
 
 
 def _batchable(a: dict, b: dict) -> bool:
+    if a.get("control") is not b.get("control"):
+        return False
     if isinstance(a["context"], list):
         return True
     return a["context"].shape[1:] == b["context"].shape[1:]
@@ -84,6 +90,9 @@ def _batchable(a: dict, b: dict) -> bool:
 def _cat(a: dict, b: dict) -> dict:
     out = {}
     for k in a:
+        if k == "control":
+            out[k] = a[k]
+            continue
         out[k] = a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]], 0)
     return out
 
@@ -94,8 +103,13 @@ def make_predict(den, ms, positive, negative, cfg: float, batch: int):
     fam = den.family
     dev = den.device
     pdim = den.config.get("pooled_projection_dim")
-    pos = _entries(positive, fam, batch, dev, pdim)
-    neg = _entries(negative, fam, batch, dev, pdim) if negative is not None and float(cfg) != 1.0 else None
+    from .flow_control import FlowControl
+
+    neg_used = negative is not None and float(cfg) != 1.0
+    controls = {id(o["control"]): FlowControl(o["control"], ms, fam)
+                for conds in (positive, negative if neg_used else []) for _, o in conds if o.get("control") is not None}
+    pos = _entries(positive, fam, batch, dev, pdim, controls)
+    neg = _entries(negative, fam, batch, dev, pdim, controls) if neg_used else None
 
     def x0(x, sigma, c):
         return ms.calculate_denoised(sigma, den.velocity(x, sigma, c), x)
