@@ -2,7 +2,8 @@
 diffusers ``ControlNetModel``). Layouts: the original single file (``control_model.*`` or bare LDM keys:
 ``input_blocks``, ``zero_convs``, ``input_hint_block``, ``middle_block_out``) and diffusers' own key layout
 (``controlnet_cond_embedding``, ``controlnet_down_blocks`` ...), whose config is inferred the same way.
-T2I-Adapters, which ComfyUI's ControlNet loader also reads, are planned and built by ``modelstore.t2i_adapter``.
+T2I-Adapters, which ComfyUI's ControlNet loader also reads, are planned and built by ``modelstore.t2i_adapter``,
+FLUX.1 ControlNets (diffusers' layout) by ``modelstore.flux_controlnet``.
 
 "Difference" ControlNets (a ``difference`` marker tensor; the UNet-copy weights are stored as the difference
 from a base model) are merged with the base UNet's weights by ``merge_difference``.
@@ -13,6 +14,7 @@ import inspect
 from dataclasses import dataclass
 
 from .arch import UNET_PREFIX, key_indices, infer_unet_config
+from .flux_controlnet import build_flux_controlnet, is_flux_controlnet, plan_flux_controlnet
 from .t2i_adapter import build_t2i_adapter, is_t2i_adapter, plan_t2i_adapter
 from .tensorfile import CheckpointError
 
@@ -55,6 +57,10 @@ def plan_controlnet(shapes: dict):
         return _plan_ldm(shapes, p, diff)
     if "controlnet_cond_embedding.conv_in.weight" in shapes:
         return _plan_diffusers(shapes, diff)
+    if is_flux_controlnet(shapes):
+        return plan_flux_controlnet(shapes)
+    if "pos_embed_input.proj.weight" in shapes and "controlnet_blocks.0.weight" in shapes:
+        raise CheckpointError("this is an SD3 ControlNet (SD3ControlNetModel): not supported yet")
     if is_t2i_adapter(shapes):  # ComfyUI's ControlNet loader reads T2I-Adapters too
         return plan_t2i_adapter(shapes)
     raise CheckpointError("not a ControlNet: expected input_hint_block/zero_convs (original layout) or "
@@ -153,6 +159,8 @@ def build_controlnet(plan, sd: dict, device=None):
     not copied)."""
     if plan.model == "t2i_adapter":
         return build_t2i_adapter(plan, sd, device)
+    if plan.model == "flux_controlnet":
+        return build_flux_controlnet(plan, sd, device)
     from diffusers import ControlNetModel
 
     from .build import instantiate, use_sdpa

@@ -146,7 +146,8 @@ def _plan(s: dict, layout: str, nrb: int) -> T2IAdapterPlan:
         xl = cin in (256, 768)
         kind, down, arch = ("full_adapter_xl", 16, "sdxl") if xl else ("full_adapter", 8, "sd1")
     if cin % (down * down):
-        raise CheckpointError(f"T2I-Adapter input has {cin} channels: not a multiple of {down}x{down} (pixel unshuffle)")
+        raise CheckpointError(f"T2I-Adapter input has {cin} channels: not a multiple of {down}x{down} "
+                              "(pixel unshuffle)")
     cfg = {"in_channels": cin // (down * down), "channels": list(chans), "num_res_blocks": n_res,
            "downscale_factor": down, "adapter_type": kind}
     return T2IAdapterPlan(layout, arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)

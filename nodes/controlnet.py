@@ -37,6 +37,7 @@ class ControlApply:
     end: float = 1.0
     previous: "ControlApply | None" = None
     vae: Any = None
+    mask: Any = None  # keep-mask (B,H,W) 1 = keep, concatenated to the control latent (AliMama inpainting)
     feats: Any = field(default=None, repr=False)  # T2I-Adapter features: (key, [tensors]), see _features
 
     def chain(self):
@@ -49,11 +50,14 @@ class ControlApply:
                   dtype) -> dict:
         """UNet keyword arguments for the model call on ``x`` (N,C,h,w; N = jobs x batch): ControlNets give
         ``down_block_additional_residuals``/``mid_block_additional_residual``, T2I-Adapters
-        ``down_intrablock_additional_residuals`` (a fresh list: the UNet pops it); {} when no link is active at ``t``."""
+        ``down_intrablock_additional_residuals`` (a fresh list: the UNet pops it); {} when no link is active at
+        ``t``."""
         down, mid, intra = None, None, None
         for link in self.chain():
             if link.strength == 0.0 or not active(link.start, link.end, t):
                 continue
+            if link.net.meta.get("model") == "flux_controlnet":
+                raise ValueError("a FLUX ControlNet cannot condition an SD UNet: use a ControlNet made for this model")
             if link.net.meta.get("model") == "t2i_adapter":
                 f = [a * link.strength for a in link._features(x.shape[0], latent_hw, area, x.device, dtype)]
                 intra = f if intra is None else [a + b for a, b in zip(intra, f)]
@@ -150,7 +154,7 @@ def apply_control(conds: list, control: ControlApply, made: dict) -> list:
         link = made.get(id(prev))
         if link is None:
             link = made[id(prev)] = ControlApply(control.net, control.hint, control.strength, control.start,
-                                                 control.end, prev, control.vae)
+                                                 control.end, prev, control.vae, control.mask)
         out.append([c, {**opts, "control": link}])
     return out
 
@@ -218,6 +222,38 @@ class ControlNetApplyAdvanced(Node):
         return (apply_control(positive, c, made), apply_control(negative, c, made))
 
 
+class ControlNetInpaintingAliMamaApply(Node):
+    """Applies an inpainting ControlNet (AliMama's FLUX.1 inpainting ControlNets) to the positive and negative
+    conditioning: the image with the masked area blacked out is the control image, and the keep-mask (1 - mask)
+    joins its latent as an extra channel. A ControlNet that takes no mask gets the image as it is, as with Apply
+    ControlNet."""
+    category = "conditioning/controlnet"
+    python_module = "comfy_extras.nodes_controlnet"
+    inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+              Socket("control_net", "CONTROL_NET"), Socket("vae", "VAE"), Socket("image", "IMAGE"),
+              Socket("mask", "MASK"), Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
+              Float("start_percent", 0.0, min=0.0, max=1.0, step=0.001),
+              Float("end_percent", 1.0, min=0.0, max=1.0, step=0.001))
+    outputs = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
+
+    def run(self, ctx, positive, negative, control_net, vae, image, mask, strength, start_percent, end_percent):
+        if strength == 0:
+            return (positive, negative)
+        keep = None
+        if control_net.meta.get("concat_mask"):
+            from .latents import common_upscale
+
+            keep = 1.0 - mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+            apply = common_upscale(keep, image.shape[2], image.shape[1], "bilinear", "center").round()
+            if apply.shape[0] != image.shape[0]:
+                apply = apply.repeat(-(-image.shape[0] // apply.shape[0]), 1, 1, 1)[:image.shape[0]]
+            image = image * apply.movedim(1, -1)
+        c = ControlApply(control_net, image, float(strength), float(start_percent), float(end_percent), None, vae,
+                         keep)
+        made: dict = {}
+        return (apply_control(positive, c, made), apply_control(negative, c, made))
+
+
 class SetUnionControlNetType(Node):
     """Selects the control type of a ControlNet Union model ('auto' lets the model infer it). Other ControlNets
     ignore it."""
@@ -232,4 +268,5 @@ class SetUnionControlNetType(Node):
         return (control_net.with_options(union_type=None if idx < 0 else idx),)
 
 
-NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, SetUnionControlNetType]
+NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, SetUnionControlNetType,
+         ControlNetInpaintingAliMamaApply]

@@ -3,6 +3,9 @@ TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
 
 - ``lumina2`` (Z-Image, Qwen3): the prompt in Qwen's chat form ``<|im_start|>user\\n{text}<|im_end|>\\n
   <|im_start|>assistant\\n``, unpadded, penultimate hidden layer -> (1, L, D); no pooled output.
+- ``qwen_image`` (Qwen-Image, Qwen2.5-VL): the prompt in QwenImagePipeline's template (a system line asking to
+  describe the image, then the user turn), unpadded, last hidden state; the template's prefix tokens (everything
+  before the prompt: 34 with the real tokenizer) are dropped -> (1, L, D); no pooled output.
 - ``flux``: T5 last hidden state over 256 tokens (eos, then pad) -> (1, 256, D); CLIP-L's pooled output (B, 768).
 - ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens), CLIP-G's projected pooled output.
 - ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
@@ -14,11 +17,16 @@ from __future__ import annotations
 import torch
 
 QWEN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+#: diffusers QwenImagePipeline.prompt_template_encode (the text Qwen-Image was trained with)
+QWEN_IMAGE_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
+                       "text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}"
+                       "<|im_end|>\n<|im_start|>assistant\n")
+QWEN_IMAGE_MAX_TOKENS = 1024
 T5_TOKENS = 256
 #: loader type -> encoder kinds it accepts (ComfyUI's recipes for the families Loom loads)
-ACCEPTS = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}, "sd3": {"clip_l", "clip_g", "t5"},
+ACCEPTS = {"lumina2": {"qwen3"}, "qwen_image": {"qwen25vl"}, "flux": {"clip_l", "t5"}, "sd3": {"clip_l", "clip_g", "t5"},
            "stable_diffusion": {"clip_l"}, "sdxl": {"clip_l", "clip_g"}}
-REQUIRED = {"lumina2": {"qwen3"}, "flux": {"clip_l", "t5"}, "sdxl": {"clip_l", "clip_g"}}
+REQUIRED = {"lumina2": {"qwen3"}, "qwen_image": {"qwen25vl"}, "flux": {"clip_l", "t5"}, "sdxl": {"clip_l", "clip_g"}}
 
 
 def check_kinds(type_: str, kinds, names) -> None:
@@ -78,10 +86,22 @@ def _qwen(te, text: str):
     return te.model(input_ids=ids, output_hidden_states=True).hidden_states[-2].float().cpu()
 
 
+def _qwen_image(te, text: str):
+    """QwenImagePipeline's prompt embedding: template, last hidden state, the template prefix dropped."""
+    dev = next(te.model.parameters()).device
+    prefix = QWEN_IMAGE_TEMPLATE.split("{}")[0]
+    drop = len(te.tokenizer(prefix).input_ids)
+    enc = te.tokenizer(QWEN_IMAGE_TEMPLATE.format(text), max_length=QWEN_IMAGE_MAX_TOKENS + drop, truncation=True,
+                       return_tensors="pt")
+    ids = enc.input_ids.to(dev)
+    h = te.model(input_ids=ids, attention_mask=enc.attention_mask.to(dev), output_hidden_states=True).hidden_states[-1]
+    return h[:, drop:].float().cpu()
+
+
 def encode(clip, text: str | dict) -> list:
     """CONDITIONING for ``text`` (one string, or a dict kind -> string as CLIPTextEncodeFlux/SD3 give). ``clip`` is a
     split loader's ``FamilyClip`` or the CLIP ref of an all-in-one checkpoint (meta ``clip_type``)."""
-    texts = text if isinstance(text, dict) else {k: text for k in ("clip_l", "clip_g", "t5", "qwen3")}
+    texts = text if isinstance(text, dict) else {k: text for k in ("clip_l", "clip_g", "t5", "qwen3", "qwen25vl")}
     if hasattr(clip, "encoders"):
         with clip.store.using(*[r for _, r in clip.encoders]) as tes, torch.no_grad():
             return _encode(clip.type, {te.kind: te for te in tes}, texts)
@@ -99,6 +119,8 @@ def clip_type(clip) -> str | None:
 def _encode(type_: str, by: dict, texts: dict) -> list:
     if type_ == "lumina2":
         return [[_qwen(by["qwen3"], texts["qwen3"]), {}]]
+    if type_ == "qwen_image":
+        return [[_qwen_image(by["qwen25vl"], texts["qwen25vl"]), {}]]
     if type_ == "flux":
         return [[_t5(by["t5"], texts["t5"]), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"])}]]
     if type_ == "sd3":

@@ -1,15 +1,16 @@
-"""Sampling for the flow-matching families (SD3, FLUX.1, Z-Image) on the sampling core (``sampling/``).
+"""Sampling for the flow-matching families (SD3, FLUX.1, Z-Image, Qwen-Image) on the sampling core (``sampling/``).
 
 The MODEL ref's ``get()`` is a ``modelstore.families.denoiser.FlowDenoiser`` (``velocity(x, sigma, cond)``); this
 module turns it plus CONDITIONING into the core's ``predict(x, sigma) -> (cond_x0, uncond_x0)`` and runs
 ``sampling.ksampler.run`` with the model's sampling (``ModelSampling*`` nodes set the ``model_sampling`` option,
-else the family default). LATENT values stay raw VAE latents; model space is (latent - shift) * scale.
+else the family default). LATENT values stay raw VAE latents; model space is (latent - shift) * scale, or
+(latent - mean) * scale / std per channel for the Qwen-Image VAE (``latent_affine``).
 """
 from __future__ import annotations
 
 import torch
 
-FLOW_FAMILIES = ("sd3", "flux", "zimage")
+FLOW_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
 
 
 def is_flow_model(model) -> bool:
@@ -26,14 +27,27 @@ def sampling_spec(model) -> tuple:
     return ("flux", shift) if kind == "flux" else ("flow", shift, mult)
 
 
-def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = None):
-    """[(cond dict for FlowDenoiser.velocity, strength)] from CONDITIONING entries."""
+def latent_affine(meta: dict) -> tuple:
+    """(scale, shift) with model space = (latent - shift) * scale for a MODEL ref's meta: floats, or (1, C, 1, 1)
+    tensors when the family normalises per channel (``latents_mean``/``latents_std``: scale = scaling_factor / std)."""
+    scale, shift = float(meta.get("scaling_factor", 1.0)), float(meta.get("shift_factor", 0.0) or 0.0)
+    mean, std = meta.get("latents_mean"), meta.get("latents_std")
+    if not mean:
+        return scale, shift
+    return (scale / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+
+
+def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = None, controls: dict | None = None):
+    """[(cond dict for FlowDenoiser.velocity, strength)] from CONDITIONING entries. ``controls`` maps an applied
+    ControlNet chain to its ``nodes.flow_control.FlowControl`` (one per chain, so cond and uncond sharing a chain
+    stay one batched call); None: the caller has no ControlNet hook."""
     out = []
     for emb, opts in conds:
         if opts.get("area") is not None or opts.get("mask") is not None:
             raise ValueError(f"{family}: area/mask conditioning is not supported for this family yet")
         # refused rather than silently ignored: the flow path has no hook for these yet
-        if opts.get("control") is not None:
+        if opts.get("control") is not None and (family != "flux" or controls is None):
             raise ValueError(f"{family}: ControlNet is not supported for this family yet (remove the ControlNet "
                              "apply node)")
         if float(opts.get("start_percent", 0.0)) > 0.0 or float(opts.get("end_percent", 1.0)) < 1.0:
@@ -57,6 +71,8 @@ def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = No
                 c["pooled"] = torch.nn.functional.pad(c["pooled"], (0, want - c["pooled"].shape[-1]))
         if opts.get("guidance") is not None:
             c["guidance"] = torch.full((batch,), float(opts["guidance"]))
+        if opts.get("control") is not None:
+            c["control"] = controls[id(opts["control"])]
         out.append((c, float(opts.get("strength", 1.0))))
     if not out:
         raise ValueError("conditioning is empty")
@@ -64,6 +80,8 @@ def _entries(conds, family: str, batch: int, device, pooled_dim: int | None = No
 
 
 def _batchable(a: dict, b: dict) -> bool:
+    if a.get("control") is not b.get("control"):
+        return False
     if isinstance(a["context"], list):
         return True
     return a["context"].shape[1:] == b["context"].shape[1:]
@@ -72,6 +90,9 @@ def _batchable(a: dict, b: dict) -> bool:
 def _cat(a: dict, b: dict) -> dict:
     out = {}
     for k in a:
+        if k == "control":
+            out[k] = a[k]
+            continue
         out[k] = a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]], 0)
     return out
 
@@ -82,8 +103,13 @@ def make_predict(den, ms, positive, negative, cfg: float, batch: int):
     fam = den.family
     dev = den.device
     pdim = den.config.get("pooled_projection_dim")
-    pos = _entries(positive, fam, batch, dev, pdim)
-    neg = _entries(negative, fam, batch, dev, pdim) if negative is not None and float(cfg) != 1.0 else None
+    from .flow_control import FlowControl
+
+    neg_used = negative is not None and float(cfg) != 1.0
+    controls = {id(o["control"]): FlowControl(o["control"], ms, fam)
+                for conds in (positive, negative if neg_used else []) for _, o in conds if o.get("control") is not None}
+    pos = _entries(positive, fam, batch, dev, pdim, controls)
+    neg = _entries(negative, fam, batch, dev, pdim, controls) if neg_used else None
 
     def x0(x, sigma, c):
         return ms.calculate_denoised(sigma, den.velocity(x, sigma, c), x)
@@ -154,7 +180,7 @@ def sample_sigmas(ctx, guider, sampler, sigmas, latent: dict, noise) -> tuple[to
                          "(use CFGGuider or BasicGuider)")
     choice = sampler if isinstance(sampler, SamplerChoice) else SamplerChoice(str(sampler))
     meta = model.meta
-    scale, shift = float(meta["scaling_factor"]), float(meta["shift_factor"])
+    scale, shift = latent_affine(meta)
     lat = latent["samples"].to(torch.float32)
     if sigmas is None or len(sigmas) <= 1:
         return lat, lat

@@ -334,6 +334,10 @@ class AddNoise(Node):
         n = noise.make(s.shape, latent_image.get("batch_index"))
         sf = float(model.meta.get("scaling_factor", 0.18215))
         shift = float(model.meta.get("shift_factor", 0.0) or 0.0)
+        if model.meta.get("latents_mean"):  # Qwen-Image: per-channel mean/std
+            from .family_sampling import latent_affine
+
+            sf, shift = latent_affine(model.meta)
         sigma = torch.tensor([float(values[0]) - float(values[-1])])
         ms = model_sampling_of(model)
         z = ms.noise_scaling(sigma, n, (s - shift) * sf)  # the model sampling's rule (VP: z + noise x sigma)

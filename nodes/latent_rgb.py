@@ -2,7 +2,8 @@
 
 The tables are data: each is a (latent channels x 3) matrix mapping one model-space latent pixel (VAE latent after
 the family's shift and scale, as the sampler sees x0) to R, G, B in -1..1, plus an optional RGB bias. SD1/SDXL,
-SD3 and FLUX.1 are the published ``latent_rgb_factors`` / ``latent_rgb_factors_bias`` of ComfyUI's latent formats;
+SD3, FLUX.1 and Qwen-Image (Wan 2.1) are the published ``latent_rgb_factors`` / ``latent_rgb_factors_bias`` of
+ComfyUI's latent formats;
 Z-Image decodes with the FLUX.1 VAE (ae.safetensors), so it uses FLUX.1's table.
 """
 from __future__ import annotations
@@ -26,6 +27,14 @@ LATENT_RGB = {
               [-0.1262, -0.0982, -0.0778]], [-0.0329, -0.0718, -0.0851]),
 }
 LATENT_RGB["zimage"] = LATENT_RGB["flux"]
+#: Qwen-Image decodes with the Wan 2.1 VAE: ComfyUI's published Wan21 latent_rgb_factors / _bias (its QwenImage model
+#: uses that latent format)
+LATENT_RGB["qwen_image"] = ([[-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0.1747],
+                             [0.0372, 0.2344, 0.1420], [0.0313, 0.0189, -0.0328], [0.0296, -0.0956, -0.0665],
+                             [-0.3477, -0.4059, -0.2925], [0.0166, 0.1902, 0.1975], [-0.0412, 0.0267, -0.1364],
+                             [-0.1293, 0.0740, 0.1636], [0.0680, 0.3019, 0.1128], [0.0032, 0.0581, 0.0639],
+                             [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950],
+                             [0.1984, 0.0913, 0.1861]], [-0.1835, -0.0868, -0.3360])
 
 
 def latent_to_rgb(x0, arch: str = "sd1"):

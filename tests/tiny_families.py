@@ -7,8 +7,14 @@ Layouts written (what ComfyUI's split files hold; what Loom's loaders and diffus
   with fused qkv and ``linear1`` = q|k|v|mlp, ``final_layer.adaLN_modulation.1`` as (shift, scale).
 - SD3 MMDiT: Stability's keys, no prefix: ``joint_blocks.N.{x_block,context_block}``, fused qkv, ``pos_embed``.
 - 16-channel VAE: LDM keys, no prefix (``ae.safetensors``): ``encoder.down.N.block.M``, ``decoder.up...``.
+- Qwen-Image DiT: diffusers' own key names, no prefix (``qwen_image_fp8_e4m3fn.safetensors``; diffusers' single-file
+  mapping for QwenImageTransformer2DModel is the identity).
+- Qwen-Image VAE: the original Wan 2.1 VAE keys (``qwen_image_vae.safetensors``): ``encoder.conv1``,
+  ``encoder.downsamples.N.residual.*``, ``encoder.middle.*``, ``encoder.head.*``, ``conv1``/``conv2``,
+  ``decoder.upsamples.N``.
 - Text encoders: transformers layouts as ComfyUI ships them: CLIP ``text_model.*`` (+ ``text_projection.weight``),
-  T5 ``shared.weight`` + ``encoder.block.*``, Qwen3 ``model.*``.
+  T5 ``shared.weight`` + ``encoder.block.*``, Qwen3 ``model.*``, Qwen2.5-VL in its original checkpoint layout
+  (``model.*`` language model, ``visual.*`` vision tower, ``lm_head.weight``).
 The exporters here are written independently of modelstore/families (which converts the other way), so a load
 through the store compared with the original diffusers module tests both.
 """
@@ -265,6 +271,93 @@ def sd3_file(m) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ Qwen-Image
+def tiny_qwen25vl(seed=12):
+    """A tiny Qwen2.5-VL (language model 32 wide, 2 layers, head_dim 16; a 1-block vision tower)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=1e-6, max_position_embeddings=128000,
+                         bos_token_id=None, eos_token_id=None,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           fullatt_block_indexes=[0]))
+    return randomize(Qwen2_5_VLForConditionalGeneration(cfg), seed, 0.2)
+
+
+def qwen25vl_file(m) -> dict:
+    """The original Qwen2.5-VL checkpoint keys: ``model.*`` (language model), ``visual.*``, ``lm_head.weight``."""
+    out = {}
+    for k, v in m.state_dict().items():
+        if k.startswith("model.language_model."):
+            out["model." + k[len("model.language_model."):]] = v
+        elif k.startswith("model.visual."):
+            out["visual." + k[len("model.visual."):]] = v
+        else:
+            out[k] = v
+    return out
+
+
+def tiny_qwen_image(seed=13):
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    m = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=32,
+                                    num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 14, 14))
+    return randomize(m, seed)
+
+
+def qwen_image_file(m) -> dict:
+    return dict(m.state_dict())
+
+
+def tiny_qwen_vae(seed=14):
+    """AutoencoderKLQwenImage with the released structure (4 levels, 2 residual blocks) at base width 8."""
+    from diffusers import AutoencoderKLQwenImage
+
+    torch.manual_seed(seed)
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2).eval()
+
+
+_WAN_RES = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
+            "norm2.gamma": "residual.3.gamma", "conv2.weight": "residual.6.weight", "conv2.bias": "residual.6.bias",
+            "conv_shortcut.weight": "shortcut.weight", "conv_shortcut.bias": "shortcut.bias"}
+
+
+def qwen_vae_file(m) -> dict:
+    """diffusers AutoencoderKLQwenImage -> the original Wan 2.1 VAE keys (ComfyUI's qwen_image_vae.safetensors)."""
+    nrb = m.config.num_res_blocks
+    out = {}
+    for k, v in m.state_dict().items():
+        parts = k.split(".")
+        if k.startswith("quant_conv."):
+            n = "conv1." + parts[-1]
+        elif k.startswith("post_quant_conv."):
+            n = "conv2." + parts[-1]
+        elif parts[1] in ("conv_in", "conv_out", "norm_out"):
+            n = {"conv_in": f"{parts[0]}.conv1", "conv_out": f"{parts[0]}.head.2",
+                 "norm_out": f"{parts[0]}.head.0"}[parts[1]] + "." + parts[-1]
+        elif parts[1] == "mid_block":  # resnets.0, attentions.0, resnets.1 -> middle.0, .1, .2
+            i = {"resnets.0": 0, "attentions.0": 1, "resnets.1": 2}[".".join(parts[2:4])]
+            rest = ".".join(parts[4:])
+            n = f"{parts[0]}.middle.{i}." + (_WAN_RES.get(rest, rest))
+        elif parts[1] == "down_blocks":
+            rest = ".".join(parts[3:])
+            n = f"encoder.downsamples.{parts[2]}." + _WAN_RES.get(rest, rest)
+        elif parts[1] == "up_blocks":  # flat list: each up block's resnets, then its upsampler
+            b = int(parts[2])
+            if parts[3] == "resnets":
+                n = f"decoder.upsamples.{b * (nrb + 2) + int(parts[4])}." + _WAN_RES[".".join(parts[5:])]
+            else:  # upsamplers.0.<resample|time_conv>...
+                n = f"decoder.upsamples.{b * (nrb + 2) + nrb + 1}." + ".".join(parts[5:])
+        else:
+            raise KeyError(k)
+        out[n] = v
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ folders
 def write_zimage_set(models: Path) -> dict:
     """The editor's default-graph file names under ``models``: the DiT, Qwen3 (+ tokenizer beside it), the VAE.
@@ -298,6 +391,17 @@ def write_sd3_set(models: Path) -> dict:
     write_t5_tokenizer(models / "tokenizers" / "t5")
     save(vae_to_ldm(vae, prefix=""), models / "vae" / "sd3_vae.safetensors")
     return {"transformer": dit, "clip_l": l, "clip_g": g, "t5": t5, "vae": vae}
+
+
+def write_qwen_image_set(models: Path) -> dict:
+    """ComfyUI's Qwen-Image template file names: the DiT, Qwen2.5-VL (tokenizer under models/tokenizers/qwen25vl),
+    the VAE (Wan 2.1 layout). Returns the original diffusers/transformers modules."""
+    dit, te, vae = tiny_qwen_image(), tiny_qwen25vl(), tiny_qwen_vae()
+    save(qwen_image_file(dit), models / "diffusion_models" / "qwen_image_fp8_e4m3fn.safetensors")
+    save(qwen25vl_file(te), models / "text_encoders" / "qwen_2.5_vl_7b_fp8_scaled.safetensors")
+    write_qwen_tokenizer(models / "tokenizers" / "qwen25vl")
+    save(qwen_vae_file(vae), models / "vae" / "qwen_image_vae.safetensors")
+    return {"transformer": dit, "text_encoder": te, "vae": vae}
 
 
 def write_checkpoints(models: Path, sets: dict) -> None:

@@ -10,13 +10,16 @@ DIFFUSION = {
     "flux": "FLUX.1 dev/schnell (double_blocks/single_blocks; UNETLoader)",
     "sd3": "Stable Diffusion 3 / 3.5 MMDiT (joint_blocks; UNETLoader)",
     "zimage": "Z-Image (Turbo) single-stream DiT (layers/noise_refiner/cap_embedder; UNETLoader)",
+    "qwen_image": "Qwen-Image MMDiT (txt_norm/img_in/transformer_blocks, diffusers key names; UNETLoader)",
 }
 TEXT_ENCODERS = {"clip_l": "CLIP ViT-L text model", "clip_g": "OpenCLIP bigG text model",
                  "t5": "T5 v1.1 XXL encoder (tokenizer from models/tokenizers/t5)",
-                 "qwen3": "Qwen3 (Z-Image; tokenizer from models/tokenizers/qwen3)"}
+                 "qwen3": "Qwen3 (Z-Image; tokenizer from models/tokenizers/qwen3)",
+                 "qwen25vl": "Qwen2.5-VL language model (Qwen-Image; tokenizer from models/tokenizers/qwen25vl)"}
 CLIP_TYPES = {"stable_diffusion": ["clip_l"], "sd3": ["clip_l", "clip_g", "t5"], "flux": ["clip_l", "t5"],
-              "lumina2": ["qwen3"]}
-VAES = {"4-channel": "SD1/SD2/SDXL VAEs", "16-channel": "FLUX.1 / Z-Image ae.safetensors, SD3 VAE"}
+              "lumina2": ["qwen3"], "qwen_image": ["qwen25vl"]}
+VAES = {"4-channel": "SD1/SD2/SDXL VAEs", "16-channel": "FLUX.1 / Z-Image ae.safetensors, SD3 VAE",
+        "qwen_image": "Qwen-Image VAE qwen_image_vae.safetensors (Wan 2.1 layout, 16 channels, per-channel mean/std)"}
 
 
 def summary() -> dict:

@@ -14,7 +14,7 @@ from .common import FamilyPlan
 TE_PREFIX = "text_encoders.{}.transformer."
 TE_NAMES = ("clip_l", "clip_g", "t5xxl")
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-CLIP_TYPE = {"flux": "flux", "sd3": "sd3", "zimage": "lumina2"}
+CLIP_TYPE = {"flux": "flux", "sd3": "sd3", "zimage": "lumina2", "qwen_image": "qwen_image"}
 
 
 @dataclass
@@ -35,7 +35,7 @@ class CheckpointFamilyPlan:
         return (("arch", p.family), ("family", p.family), ("model_sampling", (s.kind, s.shift, s.multiplier)),
                 ("prediction_type", "flow"), ("scaling_factor", p.latent.scale), ("shift_factor", p.latent.shift),
                 ("latent_channels", p.latent.channels), ("variant", p.extra.get("variant", "")),
-                ("clip_type", CLIP_TYPE[p.family]))
+                ("clip_type", CLIP_TYPE[p.family])) + p.latent_meta()
 
     def components(self) -> dict[str, str]:
         out = {"MODEL": "unet"}

@@ -12,7 +12,9 @@ class FlowDenoiser(torch.nn.Module):
 
     ``x``: (B, C, H, W) latent in model space ((latent - shift) * scale), any float dtype; ``sigma``: (B,) float
     flow time in [0, 1] (x = (1 - sigma) x0 + sigma noise); ``cond``: dict with ``context`` (B, L, D) tensor, or a
-    list of (L_i, D) tensors when ``ragged_context``; optional ``pooled`` (B, P) and ``guidance`` (B,).
+    list of (L_i, D) tensors when ``ragged_context``; optional ``pooled`` (B, P) and ``guidance`` (B,); FLUX
+    also ``control``: a callable ``control(denoiser, transformer_kwargs, (H, W)) -> extra transformer kwargs``
+    (ControlNet residuals, nodes/flow_control.py).
     Returns float32 v with x0 = x - sigma * v (ComfyUI's CONST parametrisation)."""
 
     ragged_context = False  # True: context is a list of unpadded (L_i, D) tensors (Z-Image)

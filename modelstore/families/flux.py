@@ -147,7 +147,10 @@ class FluxDenoiser(FlowDenoiser):
         if self.guidance_embed:
             g = cond.get("guidance")
             guidance = (g if g is not None else torch.full((B,), 3.5)).to(dev, torch.float32)
-        out = self.module(hidden_states=packed, timestep=sigma.to(dev, dt), guidance=guidance,
-                          pooled_projections=cond["pooled"].to(dev, dt), encoder_hidden_states=ctx,
-                          txt_ids=txt_ids.to(dev, dt), img_ids=img_ids.to(dev, dt), return_dict=False)[0]
+        kw = dict(hidden_states=packed, timestep=sigma.to(dev, dt), guidance=guidance,
+                  pooled_projections=cond["pooled"].to(dev, dt), encoder_hidden_states=ctx,
+                  txt_ids=txt_ids.to(dev, dt), img_ids=img_ids.to(dev, dt))
+        control = cond.get("control")  # ControlNets: a callable giving the transformer's controlnet_* arguments
+        extra = control(self, kw, (H, W)) if control is not None else {}
+        out = self.module(**kw, **extra, return_dict=False)[0]
         return unpack(out.float(), C, H, W)

@@ -8,12 +8,13 @@ never falls back to another family.
 """
 from __future__ import annotations
 
-from . import flux, sd3, zimage
+from . import flux, qwen_image, sd3, zimage
 from .catalog import DIFFUSION
 from .common import FamilyPlan, UnknownModelFile, strip_prefix
 
 #: name -> (module, human description). Order matters only for error messages.
-FAMILIES = {name: (mod, DIFFUSION[name]) for name, mod in (("flux", flux), ("sd3", sd3), ("zimage", zimage))}
+FAMILIES = {name: (mod, DIFFUSION[name]) for name, mod in (("flux", flux), ("sd3", sd3), ("zimage", zimage),
+                                                                        ("qwen_image", qwen_image))}
 #: UNet families the SD checkpoint loader handles
 UNET_FAMILIES = {k: v for k, v in DIFFUSION.items() if k not in FAMILIES}
 

@@ -5,12 +5,16 @@ Kinds and the file layouts read (the HF transformers layouts ComfyUI's split fil
 - ``clip_l``: ``text_model.*`` (+ optional ``text_projection.weight``), fewer than 24 layers (CLIP ViT-L has 12);
 - ``clip_g``: ``text_model.*`` + ``text_projection.weight`` with 24 or more layers (OpenCLIP bigG has 32);
 - ``t5``: T5 v1.1 encoder, ``shared.weight`` + ``encoder.block.N.layer.*`` (gated GELU when ``wi_0``/``wi_1``);
-- ``qwen3``: ``model.embed_tokens.weight`` + ``model.layers.N.self_attn.{q,k}_norm`` (Qwen3, Z-Image's encoder).
+- ``qwen3``: ``model.embed_tokens.weight`` + ``model.layers.N.self_attn.{q,k}_norm`` (Qwen3, Z-Image's encoder);
+- ``qwen25vl``: the original Qwen2.5-VL checkpoint layout (``qwen_2.5_vl_7b.safetensors``): ``model.embed_tokens``,
+  ``model.layers.N.*`` with q/k/v biases and no q/k norms, ``model.norm``; the vision tower ``visual.*`` and
+  ``lm_head.weight`` may be present and are not loaded (Qwen-Image encodes text only).
 A key prefix such as ``text_encoders.clip_l.transformer.`` is stripped first.
 
 Tokenizers are model data. CLIP's BPE files ship with Loom (modelstore/model_configs/clip_tokenizer, MIT like
-OpenAI CLIP). T5 and Qwen3 tokenizers are not shipped: a ``tokenizer.json`` (+ ``tokenizer_config.json``) is read
-from ``<file stem>_tokenizer/`` beside the text-encoder file, or from ``models/tokenizers/<t5|qwen3>/``; otherwise
+OpenAI CLIP). T5, Qwen3 and Qwen2.5-VL tokenizers are not shipped: a ``tokenizer.json`` (+ ``tokenizer_config.json``)
+is read from ``<file stem>_tokenizer/`` beside the text-encoder file, or from ``models/tokenizers/<t5|qwen3|qwen25vl>/``;
+otherwise
 ``MissingTokenizer`` names the folders looked in. Nothing is ever downloaded.
 """
 from __future__ import annotations
@@ -20,11 +24,11 @@ from pathlib import Path
 from ..tensorfile import CheckpointError
 from .common import UnknownModelFile, indices, need
 
-KINDS = ("clip_l", "clip_g", "t5", "qwen3")
+KINDS = ("clip_l", "clip_g", "t5", "qwen3", "qwen25vl")
 _PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.", "text_encoders.t5xxl.transformer.",
              "cond_stage_model.transformer.", "transformer.", "")
 #: the model each tokenizer folder must come from (for error messages)
-TOKENIZER_SOURCES = {"t5": "google/t5-v1_1-xxl", "qwen3": "Qwen/Qwen3-4B"}
+TOKENIZER_SOURCES = {"t5": "google/t5-v1_1-xxl", "qwen3": "Qwen/Qwen3-4B", "qwen25vl": "Qwen/Qwen2.5-VL-7B-Instruct"}
 
 
 class MissingTokenizer(CheckpointError):
@@ -55,9 +59,11 @@ def detect(shapes, name: str = "file") -> tuple[str, str]:
         return "t5", prefix
     if "model.embed_tokens.weight" in s and "model.layers.0.self_attn.q_norm.weight" in s:
         return "qwen3", prefix
+    if "model.embed_tokens.weight" in s and "model.layers.0.self_attn.q_proj.bias" in s:
+        return "qwen25vl", prefix
     raise UnknownModelFile(name, "text encoder", sorted(shapes)[:8],
                            ["clip_l (CLIP ViT-L text model)", "clip_g (OpenCLIP bigG text model)", "t5 (T5 v1.1 XXL encoder)",
-                            "qwen3 (Qwen3, Z-Image)"])
+                            "qwen3 (Qwen3, Z-Image)", "qwen25vl (Qwen2.5-VL, Qwen-Image)"])
 
 
 def config(kind: str, s: dict) -> dict:
@@ -96,7 +102,27 @@ def config(kind: str, s: dict) -> dict:
                     num_hidden_layers=len(indices(s, "model.layers.")), rms_norm_eps=1e-6,
                     max_position_embeddings=40960, rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"},
                     tie_word_embeddings=False)
+    if kind == "qwen25vl":
+        emb = need(s, "model.embed_tokens.weight", kind)
+        q = need(s, "model.layers.0.self_attn.q_proj.weight", kind)
+        k = need(s, "model.layers.0.self_attn.k_proj.weight", kind)
+        # head_dim is not in the shapes (q_proj is hidden x hidden): Qwen2.5-VL's is 128; narrower test models use 16
+        hd = 128 if emb[1] % 128 == 0 else 16 if emb[1] % 16 == 0 else 8
+        half = hd // 2  # mrope sections (t, h, w) over head_dim/2, 1/4 : 3/8 : 3/8 like the real (16, 24, 24)
+        t = half // 4
+        h = (half - t) // 2
+        return dict(vocab_size=emb[0], hidden_size=emb[1], num_attention_heads=q[0] // hd, num_key_value_heads=k[0] // hd,
+                    intermediate_size=need(s, "model.layers.0.mlp.gate_proj.weight", kind)[0],
+                    num_hidden_layers=len(indices(s, "model.layers.")), rms_norm_eps=1e-6,
+                    max_position_embeddings=128000,
+                    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                     "mrope_section": [t, h, half - t - h]})
     raise KeyError(kind)
+
+
+def loads(kind: str, key: str) -> bool:
+    """Whether a (prefix-stripped) tensor of a ``kind`` file is read: Qwen2.5-VL's vision tower and LM head are not."""
+    return kind != "qwen25vl" or key.startswith("model.")
 
 
 def build(kind: str, cfg: dict, sd: dict):
@@ -124,6 +150,11 @@ def build(kind: str, cfg: dict, sd: dict):
 
         conv = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
         return instantiate(lambda: Qwen3Model(Qwen3Config(**cfg)), conv)
+    if kind == "qwen25vl":  # the language model only: text hidden states; visual.* and lm_head stay on disk
+        from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+        conv = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        return instantiate(lambda: Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**cfg)), conv)
     raise KeyError(kind)
 
 

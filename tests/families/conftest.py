@@ -1,4 +1,4 @@
-"""Fixtures for the transformer families: one models dir holding tiny Z-Image, FLUX.1 and SD3 file sets in their
+"""Fixtures for the transformer families: one models dir holding tiny Z-Image, FLUX.1, SD3 and Qwen-Image file sets in their
 real single-file layouts (see tests/tiny_families.py), and an executor over it."""
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def family_models(tmp_path_factory):
     from tests import tiny_families as tf
 
     root = tmp_path_factory.mktemp("family_models")
-    sets = {"zimage": tf.write_zimage_set(root), "flux": tf.write_flux_set(root), "sd3": tf.write_sd3_set(root)}
+    sets = {"zimage": tf.write_zimage_set(root), "flux": tf.write_flux_set(root), "sd3": tf.write_sd3_set(root),
+            "qwen_image": tf.write_qwen_image_set(root)}
     schnell = tf.tiny_flux(seed=16, guidance=False)  # FLUX.1 schnell: no guidance_in
     tf.save(tf.flux_file(schnell), root / "diffusion_models" / "flux1-schnell.safetensors")
     sets["flux_schnell"] = {"transformer": schnell}

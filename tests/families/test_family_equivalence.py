@@ -1,6 +1,6 @@
 """Equivalence with the diffusers pipelines on the tiny models: Loom's KSampler path (split loaders, text encoding,
-flow sampling with euler on the 'simple' schedule) against ZImagePipeline, FluxPipeline and
-StableDiffusion3Pipeline given the same sigmas, initial noise and prompts. Compared in the transformer's latent
+flow sampling with euler on the 'simple' schedule) against ZImagePipeline, FluxPipeline, StableDiffusion3Pipeline and
+QwenImagePipeline given the same sigmas, initial noise and prompts. Compared in the transformer's latent
 space; the tolerance is stated per family (float32, one thread). Printed: max abs diff."""
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def _ours(st, root, unet, clip, pos, neg, cfg, guidance=None, size=64):
         p = [[c, {**o, "guidance": guidance}] for c, o in p]
     lat = {"samples": torch.zeros(1, 16, size // 8, size // 8)}
     out = sample(None, model, p, n, lat, seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple")
-    meta = model.meta
-    return (out - meta["shift_factor"]) * meta["scaling_factor"], model
+    from nodes.family_sampling import latent_affine
+
+    scale, shift = latent_affine(model.meta)  # Qwen-Image: per-channel (latent - mean) / std
+    return (out - shift) * scale, model
 
 
 def _sigmas_and_noise(model, size=64):
@@ -120,3 +122,59 @@ def test_sd3_matches_pipeline_with_cfg(family_models):
                sigmas=sig[:-1].tolist(), guidance_scale=2.5, latents=noise.clone(), max_sequence_length=256,
                output_type="latent").images
     _report("SD3", ours, ref, 1e-4)
+
+
+def _qwen_pipe(st, root, orig):
+    """QwenImagePipeline on the tiny originals; the tokenizer is the one Loom loaded (models/tokenizers/qwen25vl).
+    ``prompt_template_encode_start_idx`` (34 = the template prefix's token count with the real Qwen tokenizer) is
+    set to the prefix's token count with the tiny tokenizer."""
+    from diffusers import QwenImagePipeline
+
+    from nodes.family_encode import QWEN_IMAGE_TEMPLATE
+
+    clip = _clip(st, root, ["qwen_2.5_vl_7b_fp8_scaled.safetensors"], "qwen_image")
+    tok = clip.encoders[0][1].get().tokenizer
+    o = orig["qwen_image"]
+    pipe = QwenImagePipeline(scheduler=_scheduler(), vae=o["vae"], text_encoder=o["text_encoder"], tokenizer=tok,
+                             transformer=o["transformer"])
+    pipe.prompt_template_encode_start_idx = len(tok(QWEN_IMAGE_TEMPLATE.split("{}")[0]).input_ids)
+    return pipe, clip
+
+
+def test_qwen_image_matches_pipeline(family_models):
+    from modelstore.families.qwen_image import pack
+
+    root, orig = family_models
+    st = _store(root)
+    pipe, clip = _qwen_pipe(st, root, orig)
+    ours, model = _ours(st, root, "qwen_image_fp8_e4m3fn.safetensors", clip, "a red circle", "", cfg=1.0)
+    sig, noise = _sigmas_and_noise(model)
+    ref = pipe("a red circle", height=64, width=64, num_inference_steps=STEPS, sigmas=sig[:-1].tolist(),
+               true_cfg_scale=1.0, latents=pack(noise), output_type="latent").images
+    _report("Qwen-Image", pack(ours), ref, 1e-4)
+
+
+def test_qwen_image_cfg_matches_pipeline_parts(family_models):
+    """CFG with a negative prompt: QwenImagePipeline also rescales the guided velocity to the conditional one's norm,
+    which ComfyUI (and Loom's KSampler) does not; so the reference here is the pipeline's own encode_prompt,
+    transformer and scheduler in its denoising loop with plain CFG (ComfyUI's rule)."""
+    from modelstore.families.qwen_image import pack
+
+    root, orig = family_models
+    st = _store(root)
+    pipe, clip = _qwen_pipe(st, root, orig)
+    ours, model = _ours(st, root, "qwen_image_fp8_e4m3fn.safetensors", clip, "a red circle", "blurry, low quality",
+                        cfg=2.5)
+    sig, noise = _sigmas_and_noise(model)
+    pos, _ = pipe.encode_prompt("a red circle", device="cpu")
+    neg, _ = pipe.encode_prompt("blurry, low quality", device="cpu")
+    sch = pipe.scheduler
+    sch.set_timesteps(sigmas=sig[:-1].tolist(), device="cpu")
+    lat = pack(noise)
+    with torch.no_grad():
+        for t in sch.timesteps:
+            ts = t.expand(1) / 1000
+            v = [pipe.transformer(hidden_states=lat, encoder_hidden_states=e, encoder_hidden_states_mask=None,
+                                  timestep=ts, img_shapes=[[(1, 4, 4)]], return_dict=False)[0] for e in (pos, neg)]
+            lat = sch.step(v[1] + 2.5 * (v[0] - v[1]), t, lat, return_dict=False)[0]
+    _report("Qwen-Image cfg 2.5", pack(ours), lat, 1e-4)

@@ -1,4 +1,4 @@
-"""Latent->RGB previews of the 16-channel families (SD3, FLUX.1, Z-Image): ComfyUI's published factor tables
+"""Latent->RGB previews of the 16-channel families (SD3, FLUX.1, Z-Image, Qwen-Image): ComfyUI's published factor tables
 (nodes/latent_rgb.py), checked for orientation (a latent built to decode to red previews red) and wired into
 sampling (a FLUX.1 KSampler run reports coloured, not grey, previews)."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ import torch
 from nodes.latent_rgb import LATENT_RGB, latent_to_rgb
 
 
-@pytest.mark.parametrize("arch", ["sd3", "flux", "zimage", "sd1", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd3", "flux", "zimage", "qwen_image", "sd1", "sdxl"])
 @pytest.mark.parametrize("target", [(0.8, -0.6, -0.6), (-0.6, 0.8, -0.6), (-0.6, -0.6, 0.8)])
 def test_factor_tables_map_channels_to_colours(arch, target):
     fac, bias = LATENT_RGB[arch]
     f = torch.tensor(fac)
-    assert f.shape[1] == 3 and f.shape[0] == (16 if arch in ("sd3", "flux", "zimage") else 4)
+    assert f.shape[1] == 3 and f.shape[0] == (16 if arch in ("sd3", "flux", "zimage", "qwen_image") else 4)
     want = torch.tensor(target) - (torch.tensor(bias) if bias is not None else 0)
     pix = torch.linalg.lstsq(f.T, want[:, None]).solution[:, 0]  # the latent pixel that projects to target
     lat = pix[None, :, None, None].expand(1, -1, 2, 3)

@@ -48,8 +48,9 @@ def test_object_info_and_system_stats_shapes(live):
         loom_v = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
         assert st["system"]["comfyui_version"] == "0.3.75" and st["system"]["loom_version"] == loom_v
         fams = st["system"]["loom_model_families"]
-        assert {"sd1", "sdxl", "flux", "sd3", "zimage"} <= set(fams["diffusion_models"])
+        assert {"sd1", "sdxl", "flux", "sd3", "zimage", "qwen_image"} <= set(fams["diffusion_models"])
         assert fams["clip_loader_types"]["lumina2"] == ["qwen3"]
+        assert fams["clip_loader_types"]["qwen_image"] == ["qwen25vl"]
         for dev in st["devices"]:
             assert all(isinstance(dev[k], (int, float)) for k in ("index", "vram_total", "vram_free",
                                                                   "torch_vram_total", "torch_vram_free"))
