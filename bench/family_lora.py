@@ -38,11 +38,12 @@ def full_size_map():
     t = time.perf_counter()
     lay = fl.layout("flux", plan.config, shapes)
     dt = time.perf_counter() - t
-    keys = [f"lora_unet_{k.replace('.', '_')}.lora_{r}.weight" for k in lay.file for r in ("up", "down")]
+    mods = [k[:-len(".weight")] for k, v in lay.file.items() if k.endswith(".weight") and len(v) >= 2]
+    keys = [f"lora_unet_{k.replace('.', '_')}.lora_{r}.weight" for k in mods for r in ("up", "down")]
     t = time.perf_counter()
     warnings = fl.header_check(lay, "flux", keys, "all.safetensors")
-    print(f"full-size FLUX.1: {len(shapes)} tensors; row map {dt:.2f} s ({len(lay.file)} file weights -> "
-          f"{len(lay.diffusers)} diffusers weights); header check of {len(keys)} LoRA keys "
+    print(f"full-size FLUX.1: {len(shapes)} tensors; row map {dt:.2f} s ({len(lay.rows)} file tensors -> "
+          f"{len(lay.diffusers)} diffusers tensors, {len(mods)} LoRA-able weights); header check of {len(keys)} LoRA keys "
           f"{time.perf_counter() - t:.3f} s, warnings {warnings}")
 
 

@@ -9,15 +9,17 @@ LoRA files in the wild name their targets in one of two layouts:
   ``lora_transformer_<module with '_'>`` (SimpleTuner, ai-toolkit).
 Each tensor name ends in ``.lora_down.weight``/``.lora_up.weight``/``.alpha``, ``.lora_A.weight``/``.lora_B.weight``
 or ``.lora.down.weight``/``.lora.up.weight``; the update is ``strength * (alpha / rank) * up @ down`` (alpha absent:
-scale 1, diffusers' and ComfyUI's rule). Text-encoder keys (``lora_te*_``, ``text_encoder*.``) are left to the CLIP.
+scale 1, diffusers' and ComfyUI's rule). ``.diff`` (a whole tensor: a weight, or a norm scale by its full key) and
+``.diff_b`` (a bias) add ``strength * tensor``. Text-encoder keys (``lora_te*_``, ``text_encoder*.``) are left to
+the CLIP. Not read: DoRA (``dora_scale``), LoKr/LoHa; such keys are reported as not applied.
 
 How an original-layout update reaches the diffusers module: the loader already converts the file to diffusers'
 layout with ``convert_state`` (a family's own small function: renames, q/k/v splits of fused tensors, the
 shift/scale swap of final norms). All of those move whole rows of dim 0, so running the SAME converter on a probe
 state dict whose values are row codes (tensor id << 32 | row) tells, for every diffusers weight, which rows of which
-file weight it holds (``Layout``). An update of a file weight (say fused qkv, (3d, d)) is then added row by row to
-the diffusers weights holding those rows (to_q, to_k, to_v). No per-family LoRA table: a new family plugs in its
-``convert_state`` and gets LoRA. Updates in diffusers names apply directly to that module's weight.
+file tensor it holds (``Layout``). An update of a file tensor (say fused qkv, (3d, d), or its bias) is then added
+row by row to the diffusers tensors holding those rows (to_q, to_k, to_v). No per-family LoRA table: a new family
+plugs in its ``convert_state`` and gets LoRA. Updates in diffusers names apply directly to that module's tensors.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ log = logging.getLogger("loom.models")
 
 SUFFIXES = ((".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_B.weight", "up"),
             (".lora_A.weight", "down"), (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
-            (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"))
+            (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"), (".diff_b", "diff_b"),
+            (".diff", "diff"))
 #: key prefix -> (space, separator): 'file' = original layout, 'diffusers' = diffusers module names, 'any' = both
 MODEL_PREFIXES = (("model.diffusion_model.", "file", "."), ("diffusion_model.", "file", "."),
                   ("lora_unet_", "file", "_"), ("transformer.", "diffusers", "."),
@@ -47,16 +50,20 @@ TE_TARGETS = (("lora_te1_", "clip_l"), ("lora_te_", "clip_l"), ("text_encoder.",
 
 @dataclass
 class Layout:
-    """Where each file weight's rows live in the diffusers module. ``file``: {file module name: weight shape};
-    ``diffusers``: {diffusers module name: weight shape}; ``rows``: {file module name: [(diffusers weight key,
-    dst rows, src rows)]} (slices or LongTensors, dst in the diffusers weight, src in the file weight)."""
+    """Where each file tensor's rows live in the diffusers module. ``file``: {file tensor key: shape};
+    ``diffusers``: {diffusers tensor key: shape}; ``rows``: {file tensor key: [(diffusers tensor key, dst rows,
+    src rows)]} (slices or LongTensors; dst in the diffusers tensor, src in the file tensor)."""
     file: dict
     diffusers: dict
     rows: dict
 
     def index(self, space: str, sep: str) -> dict:
-        names = self.file if space == "file" else self.diffusers
+        """{module name with '.' -> sep: module name} of one layout (a module = a tensor key less its last part)."""
+        names = {k.rpartition(".")[0] or k for k in (self.file if space == "file" else self.diffusers)}
         return {n.replace(".", sep): n for n in names}
+
+    def tensors(self, space: str) -> dict:
+        return self.file if space == "file" else self.diffusers
 
 
 def layout(family: str, config: dict, shapes: dict) -> Layout:
@@ -72,20 +79,19 @@ def layout(family: str, config: dict, shapes: dict) -> Layout:
         s = shapes[k]
         probe[k] = (torch.tensor(i << _BITS) if not s else (i << _BITS) + torch.arange(s[0], dtype=torch.int64))
     conv = mod.convert_state(dict(config), probe)
-    file = {k[:-len(".weight")]: tuple(shapes[k]) for k in names if k.endswith(".weight") and len(shapes[k]) >= 2}
     diff, rows = {}, {}
     for dk, codes in conv.items():
-        if not dk.endswith(".weight") or codes.dim() != 1:
+        if codes.dim() != 1:
             continue
         ids, src = codes >> _BITS, codes & ((1 << _BITS) - 1)
         for i in ids.unique().tolist():
-            fk = names[i] if 0 <= i < len(names) else None
-            if fk is None or not fk.endswith(".weight") or len(shapes[fk]) < 2:
+            if not 0 <= i < len(names) or not shapes[names[i]]:
                 continue
+            fk = names[i]
             dst = (ids == i).nonzero().flatten()
-            rows.setdefault(fk[:-len(".weight")], []).append((dk, _compact(dst), _compact(src[dst])))
-            diff[dk[:-len(".weight")]] = (codes.shape[0],) + tuple(shapes[fk][1:])
-    return Layout(file, diff, rows)
+            rows.setdefault(fk, []).append((dk, _compact(dst), _compact(src[dst])))
+            diff[dk] = (codes.shape[0],) + tuple(shapes[fk][1:])
+    return Layout({k: tuple(v) for k, v in shapes.items()}, diff, rows)
 
 
 def _compact(idx: torch.Tensor):
@@ -98,8 +104,8 @@ def _compact(idx: torch.Tensor):
 
 
 def group(lora_state) -> tuple[dict, list[str]]:
-    """({(prefix space, separator, target name): {'up','down','alpha'}}, other keys). Text-encoder keys are
-    skipped (neither grouped nor returned)."""
+    """({(prefix space, separator, target name): {'up','down','alpha','diff','diff_b'}}, other keys).
+    Text-encoder keys are skipped (neither grouped nor returned)."""
     groups, other = {}, []
     for k in lora_state:
         if k.startswith(TE_PREFIXES):
@@ -118,60 +124,74 @@ def group(lora_state) -> tuple[dict, list[str]]:
     return groups, other
 
 
-def resolve(groups: dict, lay: Layout) -> tuple[dict, list[str]]:
-    """({('file'|'diffusers', module name): parts}, unmatched LoRA target names). A name is looked up in the
-    layout its prefix implies first, then in the other one (trainers mix them up)."""
+#: what each part of a LoRA module updates: (role, tensor name candidates after the module name)
+_PART_TARGETS = (("lora", (".weight",)), ("diff", (".weight", ".scale", "")), ("diff_b", (".bias",)))
+
+
+def resolve(groups: dict, lay: Layout) -> tuple[list, list[str]]:
+    """([(kind 'lora'|'diff'|'diff_b', space 'file'|'diffusers', tensor key, parts)], unmatched LoRA names). A name
+    is looked up in the layout its prefix implies first, then in the other one (trainers mix them up); a LoRA pair
+    (up + down) updates the module's 2-D+ ``weight``, ``diff`` a whole tensor, ``diff_b`` the bias."""
     idx: dict = {}
-    targets, unmatched = {}, []
+    targets, unmatched = [], []
     for (space, sep, name), parts in groups.items():
         order = ("diffusers", "file") if space == "diffusers" else ("file", "diffusers")
-        hit = None
-        for sp in order:
-            if (sp, sep) not in idx:
-                idx[(sp, sep)] = lay.index(sp, sep)
-            if name in idx[(sp, sep)]:
-                hit = (sp, idx[(sp, sep)][name])
-                break
-        if hit is None or "up" not in parts or "down" not in parts:
+        attempted = False
+        for role, cands in _PART_TARGETS:
+            if not (("up" in parts and "down" in parts) if role == "lora" else role in parts):
+                continue
+            attempted = True
+            hit = None
+            for sp in order:
+                if (sp, sep) not in idx:
+                    idx[(sp, sep)] = lay.index(sp, sep)
+                module = idx[(sp, sep)].get(name) or (name if role == "diff" else None)
+                if module is None:
+                    continue
+                tensors = lay.tensors(sp)
+                key = next((module + c for c in cands if module + c in tensors), None)
+                if key is not None and (role != "lora" or len(tensors[key]) >= 2):
+                    hit = (role, sp, key, parts)
+                    break
+            if hit is None:
+                unmatched.append(name if role == "lora" else f"{name}.{role}")
+            else:
+                targets.append(hit)
+        if not attempted:  # an alpha alone, or only one of up/down
             unmatched.append(name)
-        else:
-            targets[hit] = parts
-    return targets, unmatched
+    return targets, list(dict.fromkeys(unmatched))
 
 
-def _delta(name: str, parts: dict, shape: tuple, fname: str) -> torch.Tensor:
-    up, down = parts["up"], parts["down"]
+def _delta(target, shape: tuple, fname: str, device=None) -> torch.Tensor:
+    """The fp32 update of one target at strength 1, shaped ``shape`` (its tensor in its layout)."""
+    role, _, key, parts = target
+    if role != "lora":
+        d = parts[role]
+        if tuple(d.shape) != tuple(shape):
+            raise LoraError(f"{fname}: LoRA {key} {role} has shape {tuple(d.shape)}, the model tensor {tuple(shape)}")
+        return d.to(device=device, dtype=torch.float32)
+    up, down = parts["up"].to(device), parts["down"].to(device)
     rows, cols = up.shape[0], down.flatten(1).shape[1]
     numel = 1
-    for d in shape:
-        numel *= d
+    for n in shape:
+        numel *= n
     if rows * cols != numel or rows != shape[0]:
-        raise LoraError(f"{fname}: LoRA {name}: update of {rows}x{cols} (up {tuple(up.shape)}, down "
+        raise LoraError(f"{fname}: LoRA {key[:-len('.weight')]}: update of {rows}x{cols} (up {tuple(up.shape)}, down "
                         f"{tuple(down.shape)}) does not fit the model weight {tuple(shape)}")
     return lora_delta(up, down, parts.get("alpha"), shape)
 
 
-def updates(lora_state, lay: Layout, fname: str = "LoRA", family: str = "", device=None):
-    """(list of (target, [(diffusers weight key, dst rows or None for all, src rows or None)]), unmatched target
-    names). ``target`` is ((space, name), parts); its fp32 update is ``target_delta``. Raises ``LoraError``
-    naming the file when nothing in it is for this model."""
+def updates(lora_state, lay: Layout, fname: str = "LoRA", family: str = ""):
+    """(list of (target, [(diffusers tensor key, dst rows or None for all, src rows or None)]), unmatched names).
+    Raises ``LoraError`` naming the file when nothing in it is for this model."""
     groups, other = group(lora_state)
     targets, unmatched = resolve(groups, lay)
     _refuse_no_match(targets, groups, other, fname, family)
     plan = []
-    for (space, name), parts in targets.items():
-        if space == "diffusers":
-            plan.append((((space, name), parts), [(name + ".weight", None, None)]))
-        else:
-            plan.append((((space, name), parts), [(dk, dst, src) for dk, dst, src in lay.rows.get(name, ())]))
+    for t in targets:
+        _, space, key, _ = t
+        plan.append((t, [(key, None, None)] if space == "diffusers" else list(lay.rows.get(key, ()))))
     return plan, unmatched + other
-
-
-def target_delta(target, lay: Layout, fname: str, device=None) -> torch.Tensor:
-    """The fp32 update (alpha/rank) * up @ down of one target, shaped as its weight (file or diffusers layout)."""
-    (space, name), parts = target
-    parts = {k: (v.to(device) if k != "alpha" and device is not None else v) for k, v in parts.items()}
-    return _delta(name, parts, (lay.diffusers if space == "diffusers" else lay.file)[name], fname)
 
 
 def model_layout(model) -> Layout:
@@ -200,11 +220,13 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
     work: dict = {}  # diffusers key -> fp32 working copy (the base's tensor is never written)
     own = 0
     for target, parts in plan:
-        d = target_delta(target, lay, fname, model.device)
+        d = _delta(target, lay.tensors(target[1])[target[2]], fname, model.device)
         for dk, dst, src in parts:
             owner, _, pname = ("module." + dk).rpartition(".")
             mod = patched.get_submodule(owner)
-            w = mod._parameters[pname]
+            w = mod._parameters.get(pname)
+            if w is None:
+                raise LoraError(f"{fname}: LoRA target {dk} is not a parameter of the {model.family} model")
             rows = d if src is None else d[src if isinstance(src, slice) else src.to(d.device)]
             want = tuple(w.shape) if dst is None else tuple(w[dst].shape) if isinstance(dst, slice) else \
                 (len(dst),) + tuple(w.shape[1:])
@@ -238,8 +260,7 @@ def header_check(lay: Layout, family: str, lora_keys, fname: str) -> list[str]:
     """Header-only check of a LoRA's tensor names against a model's Layout (no weights read): raises
     ``LoraError`` when no target matches; returns warnings naming unmatched targets otherwise."""
     groups, other = group(dict.fromkeys(lora_keys))
-    complete = {k: {"up": 1, "down": 1} for k in groups}
-    targets, unmatched = resolve(complete, lay)
+    targets, unmatched = resolve(groups, lay)
     _refuse_no_match(targets, groups, other, fname, family)
     miss = unmatched + other
     if not groups and not other:

@@ -224,6 +224,29 @@ def test_sd3_and_zimage_lora_exact(family_models, family):
     assert pm.get()._loom_lora_applied == len(exp) - 2  # one fused qkv target = three diffusers weights
 
 
+def test_flux_diff_and_bias_diff_keys(family_models):
+    """Full-tensor updates as kohya/ComfyUI write them next to LoRA pairs: ``.diff_b`` (a bias; the fused qkv bias
+    splits into to_q/to_k/to_v biases), ``.diff`` (a whole weight), a norm scale named by its full key."""
+    root, _ = family_models
+    store = _store(root)
+    ref = _dm(store, root, "flux1-dev.safetensors")
+    base = _weights(ref.get())
+    g, d = torch.Generator().manual_seed(21), 64
+    qkv_b, img_in, qn = _rnd(g, 3 * d), _rnd(g, *base["x_embedder.weight"].shape), _rnd(g, 32)
+    sd = {"lora_unet_double_blocks_0_img_attn_qkv.diff_b": qkv_b, "diffusion_model.img_in.diff": img_in,
+          "diffusion_model.double_blocks.0.img_attn.norm.query_norm.scale.diff": qn}
+    up, down, s = _pair(sd, "lora_unet_double_blocks_0_img_attn_qkv", 3 * d, d, g, alpha=2)
+    full = s * up @ down
+    exp = {f"transformer_blocks.0.attn.to_{c}.bias": qkv_b[i * d:(i + 1) * d] for i, c in enumerate("qkv")}
+    exp.update({f"transformer_blocks.0.attn.to_{c}.weight": full[i * d:(i + 1) * d] for i, c in enumerate("qkv")})
+    exp["x_embedder.weight"] = img_in
+    exp["transformer_blocks.0.attn.norm_q.weight"] = qn
+    _save_lora(root, "flux-diff.safetensors", sd)
+    pm, _ = store.load_lora(ref, None, "flux-diff.safetensors", 0.5, 0.0)
+    _check(_weights(pm.get()), base, exp, 0.5)
+    assert pm.get()._loom_lora_unmatched == []
+
+
 def test_lora_on_fp8_weights(family_models, flux_lora_files):
     """UNETLoader weight_dtype fp8_e4m3fn: the patched weights stay fp8 (W + s * delta, rounded once) and the
     patched copy computes with its own weights, not the base's."""
