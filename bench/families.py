@@ -1,4 +1,4 @@
-"""Per-family load cost on tiny random files: ``python bench/families.py``.
+"""Per-family load cost on tiny random files: ``python bench/families.py [zimage|flux|sd3|qwen_image ...]``.
 
 For each family (Z-Image, FLUX.1 dev, SD3, Qwen-Image) a fresh interpreter writes the tiny file set of tests/tiny_families.py
 (the families' real single-file layouts), then loads every component through the model store (diffusion model,
@@ -71,8 +71,8 @@ print(json.dumps(out))
 """
 
 
-def main() -> None:
-    for fam in ("zimage", "flux", "sd3", "qwen_image"):
+def main(only: list[str]) -> None:
+    for fam in [f for f in ("zimage", "flux", "sd3", "qwen_image") if not only or f in only]:
         r = subprocess.run([sys.executable, "-c", CHILD, fam], cwd=ROOT, capture_output=True, text=True,
                            env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                                 "PATH": "/usr/bin:/bin"})
@@ -87,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -32,6 +32,23 @@ def strip_prefix(shapes: dict, prefixes=DIFFUSION_PREFIXES) -> tuple[str, dict]:
     return "", dict(shapes)
 
 
+def dequantize_scaled_fp8(sd: dict) -> dict:
+    """ComfyUI's "scaled fp8" files (e.g. ``qwen_2.5_vl_7b_fp8_scaled.safetensors``): a ``scaled_fp8`` marker tensor,
+    fp8 ``<layer>.weight`` with a float32 scalar ``<layer>.scale_weight`` (true weight = weight * scale_weight) and an
+    optional ``<layer>.scale_input`` (activation scale, unused when computing in the weights' dequantised dtype).
+    Returns ``sd`` with the scales folded into the weights (in the weights' loaded dtype) and the extra keys removed;
+    other files are returned unchanged."""
+    scales = [k for k in sd if k.endswith(".scale_weight")]
+    if not scales and "scaled_fp8" not in sd:
+        return sd
+    out = {k: v for k, v in sd.items() if k != "scaled_fp8" and not k.endswith((".scale_weight", ".scale_input"))}
+    for k in scales:
+        w = k[:-len(".scale_weight")] + ".weight"
+        if w in out:
+            out[w] = (out[w].float() * sd[k].float()).to(out[w].dtype)
+    return out
+
+
 UNET_KEYS = ("input_blocks.0.0.weight", "out.2.weight")
 
 

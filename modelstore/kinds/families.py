@@ -40,6 +40,7 @@ class DiffusionModelFiles:
         import torch
 
         from ..families import registry
+        from ..families.common import dequantize_scaled_fp8
         from ..families.store import fp8_linears
 
         src = ctx.sources.current(key.file)
@@ -48,7 +49,7 @@ class DiffusionModelFiles:
         dt = getattr(torch, compute or storage)
         keys = [k for k in src.header.tensors if k.startswith(plan.prefix)]
         sd = {k[len(plan.prefix):]: v for k, v in ctx.sources.tensors(src, keys, dt).items()}
-        m = registry.build(plan, sd)
+        m = registry.build(plan, dequantize_scaled_fp8(sd))
         if compute:
             fp8_linears(m, getattr(torch, storage))
         return m.to(key.device)
@@ -81,13 +82,14 @@ class TextEncoderFiles:
 
     def build(self, key: ModelKey, ctx: BuildContext) -> Any:
         from ..families import text_encoders as te
+        from ..families.common import dequantize_scaled_fp8
         from ..families.store import TextEncoderModule
 
         src = ctx.sources.current(key.file)
         kind, prefix, cfg = self.plan(src, ctx)
         keys = [k for k in src.header.tensors if k.startswith(prefix) and te.loads(kind, k[len(prefix):])]
         sd = {k[len(prefix):]: v for k, v in ctx.sources.tensors(src, keys, ctx.torch_dtype(key)).items()}
-        model = te.build(kind, cfg, sd).to(key.device)
+        model = te.build(kind, cfg, dequantize_scaled_fp8(sd)).to(key.device)
         if kind in ("clip_l", "clip_g"):
             tok = ctx.tokenizer("<|endoftext|>" if kind == "clip_l" else "!")
         else:  # the folder found when the file was selected (see families.store.load_text_encoder)

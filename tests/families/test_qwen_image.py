@@ -163,3 +163,42 @@ def test_lora_patches_exact_weights(family_models):
     _save_lora(root, "qwen-lora.safetensors", sd)
     pm, _ = st.load_lora(ref, None, "qwen-lora.safetensors", 0.75, 0.0)
     _check(_weights(pm.get()), base, exp, 0.75)
+
+
+def _scaled_fp8(sd: dict, skip=("embed", "norm", "visual.", "lm_head", "img_in", "txt_in", "proj_out")) -> tuple:
+    """ComfyUI's scaled-fp8 form of ``sd``: 2D Linear weights as float8_e4m3fn / scale with a ``scale_weight`` (and a
+    ``scale_input``), the ``scaled_fp8`` marker; and the weights a loader must recover (fp8 value x scale)."""
+    out, want = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.ndim == 2 and not any(s in k for s in skip):
+            scale = v.abs().max() / 448.0
+            q = (v / scale).to(torch.float8_e4m3fn)
+            base = k[:-len(".weight")]
+            out[k], out[base + ".scale_weight"], out[base + ".scale_input"] = q, scale.reshape(()), torch.ones(())
+            want[k] = q.float() * scale
+        else:
+            out[k] = v
+    return out, want
+
+
+def test_scaled_fp8_files_load_dequantised(family_models, tmp_path):
+    """The template's ``qwen_2.5_vl_7b_fp8_scaled`` form (and a scaled DiT): weights = fp8 x scale_weight."""
+    from tests.tiny_families import qwen25vl_file, qwen_image_file, save
+
+    root, sets = family_models
+    o = sets["qwen_image"]
+    (tmp_path / "text_encoders").mkdir()
+    shutil.copytree(root / "tokenizers", tmp_path / "tokenizers")
+    te_sd, te_want = _scaled_fp8(qwen25vl_file(o["text_encoder"]))
+    dm_sd, dm_want = _scaled_fp8(qwen_image_file(o["transformer"]))
+    assert te_want and dm_want
+    save(te_sd, tmp_path / "text_encoders" / "te_scaled.safetensors")
+    save(dm_sd, tmp_path / "dm_scaled.safetensors")
+    st = _store(tmp_path)
+    _, te = fs.load_text_encoder(st, tmp_path / "text_encoders" / "te_scaled.safetensors")
+    got = te.get().model.state_dict()
+    for k, w in te_want.items():
+        assert torch.equal(got[k[len("model."):]], w), k
+    dm = fs.load_diffusion_model(st, tmp_path / "dm_scaled.safetensors", "dm_scaled.safetensors").get().module
+    got = dm.state_dict()
+    assert all(torch.equal(got[k], w) for k, w in dm_want.items())
