@@ -455,3 +455,34 @@ def test_workflow_lora_loader_on_flux_split_loaders(family_models, fam_env):
     warns = [e.data for e in events if e.type == "warning"]
     assert len(warns) == 1 and warns[0]["node"] == "lora" and "t5" in warns[0]["message"], warns
     assert np.abs(_img(fam_env, "fbase") - _img(fam_env, "flora")).max() > 4
+
+
+def test_sd3_checkpoint_lora_patches_clip_g_and_model(family_models):
+    """CheckpointLoaderSimple on an all-in-one SD3 file + a kohya LoRA with lora_te2_ (CLIP-G) and lora_unet_
+    (fused context qkv of the last block) parts: both applied at their strengths, CLIP-L and T5 untouched."""
+    root, sets = family_models
+    store = _store(root)
+    m, c, _ = store.load_checkpoint("sd3.5_medium_incl_clips.safetensors")
+    g = torch.Generator().manual_seed(17)
+    gl = sets["sd3"]["clip_g"].text_model.encoder.layers[3].self_attn.v_proj
+    sd = {}
+    up, down, s = _pair(sd, "lora_te2_text_model_encoder_layers_3_self_attn_v_proj", gl.out_features, gl.in_features, g,
+                        alpha=1)
+    dte = s * up @ down
+    up, down, s = _pair(sd, "lora_unet_joint_blocks_1_context_block_attn_qkv", 3 * 128, 128, g, alpha=2)
+    full = s * up @ down
+    _save_lora(root, "sd3-te2.safetensors", sd)
+    base_m, bundle = _weights(m.get()), c.get()
+    kinds = [e.kind for e in bundle.encoders]
+    before = {e.kind: {k: v.clone() for k, v in e.model.state_dict().items()} for e in bundle.encoders}
+    m2, c2 = store.load_lora(m, c, "sd3-te2.safetensors", 0.75, 2.0)
+    _check(_weights(m2.get()), base_m, {f"transformer_blocks.1.attn.add_{c_}_proj.weight": full[i * 128:(i + 1) * 128]
+                                        for i, c_ in enumerate("qkv")}, 0.75)
+    after = {e.kind: e.model.state_dict() for e in c2.get().encoders}
+    assert [e.kind for e in c2.get().encoders] == kinds and "clip_g" in kinds
+    key = "text_model.encoder.layers.3.self_attn.v_proj.weight"
+    assert torch.allclose(after["clip_g"][key], before["clip_g"][key] + 2.0 * dte, atol=1e-6)
+    for kind in kinds:
+        for k, v in after[kind].items():
+            if not (kind == "clip_g" and k == key):
+                assert torch.equal(v, before[kind][k]), (kind, k)
