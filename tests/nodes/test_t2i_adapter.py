@@ -223,3 +223,26 @@ def test_one_channel_adapter_reads_the_hint_mean_at_the_latent_size(ad_env):
     got = got["down_intrablock_additional_residuals"]
     assert [t.shape for t in got] == [(2, 32, 8, 8), (2, 64, 4, 4), (2, 64, 2, 2)]
     assert all(torch.allclose(g, w.expand_as(g), atol=1e-6) for g, w in zip(got, want))
+
+
+def test_adapter_chained_on_a_controlnet_and_in_an_area(ad_env, models_dir, refs, tiny):
+    """A T2I-Adapter applied on top of a ControlNet gives both kinds of residuals in one call; in an area
+    (ConditioningSetArea) its features are those of the hint cut to the area."""
+    from tests.tiny_controlnet import build_tiny_controlnet, save_controlnet
+
+    env, mods = ad_env
+    save_controlnet(models_dir / "controlnet" / "cn-for-chain.safetensors", build_tiny_controlnet(tiny[0]))
+    cn = env.model_store().load("controlnet", "cn-for-chain.safetensors")
+    ad = env.model_store().load("controlnet", "ad-full-orig.safetensors")
+    pos = encode_text(refs[1], "x")
+    h = torch.rand(1, 64, 64, 3)
+    once = CN.ControlNetApply().run(None, pos, cn, h, 1.0)[0]
+    both = CN.ControlNetApply().run(None, once, ad, h, 0.5)[0]
+    x, t, emb = torch.randn(1, 4, 8, 8), torch.tensor(300.0), pos[0][0]
+    out = both[0][1]["control"].residuals(x, t, emb, None, None, (8, 8), torch.float32)
+    assert {"down_block_additional_residuals", "mid_block_additional_residual",
+            "down_intrablock_additional_residuals"} <= set(out)
+    area = (4, 4, 2, 4)  # h, w, y, x in latent units
+    got = CN.ControlApply(ad, h, 1.0).residuals(torch.randn(1, 4, 4, 4), t, emb, None, area, (8, 8), torch.float32)
+    want = mods["ad-full-orig.safetensors"](h.movedim(-1, 1)[:, :, 16:48, 32:64])
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got["down_intrablock_additional_residuals"], want))
