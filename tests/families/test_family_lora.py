@@ -277,6 +277,32 @@ def test_flux_dora(family_models):
     assert pm.get()._loom_lora_unmatched == []
 
 
+def test_flux_lycoris_loha_and_lokr(family_models):
+    """LyCORIS: LoHa dW = (w1a w1b) * (w2a w2b) * alpha / rank; LoKr dW = kron(w1, w2a w2b) * alpha / rank(w2), here on
+    the fused qkv (rows split into to_q/to_k/to_v)."""
+    root, _ = family_models
+    store = _store(root)
+    ref = _dm(store, root, "flux1-dev.safetensors")
+    base = _weights(ref.get())
+    g, d = torch.Generator().manual_seed(41), 64
+    n = "lora_unet_double_blocks_0_txt_mlp_0"
+    h = {k: _rnd(g, *sh) for k, sh in (("hada_w1_a", (4 * d, 2)), ("hada_w1_b", (2, d)), ("hada_w2_a", (4 * d, 2)),
+                                       ("hada_w2_b", (2, d)))}
+    sd = {f"{n}.{k}": v for k, v in h.items()}
+    sd[f"{n}.alpha"] = torch.tensor(1.0)
+    loha = (h["hada_w1_a"] @ h["hada_w1_b"]) * (h["hada_w2_a"] @ h["hada_w2_b"]) * 0.5
+    m = "diffusion_model.double_blocks.0.img_attn.qkv"
+    w1, w2a, w2b = _rnd(g, 3, 4), _rnd(g, d, 2), _rnd(g, 2, 16)
+    sd.update({f"{m}.lokr_w1": w1, f"{m}.lokr_w2_a": w2a, f"{m}.lokr_w2_b": w2b, f"{m}.alpha": torch.tensor(4.0)})
+    lokr = torch.kron(w1, w2a @ w2b) * 2.0
+    exp = {"transformer_blocks.0.ff_context.net.0.proj.weight": loha}
+    exp.update({f"transformer_blocks.0.attn.to_{c}.weight": lokr[i * d:(i + 1) * d] for i, c in enumerate("qkv")})
+    _save_lora(root, "flux-lycoris.safetensors", sd)
+    pm, _ = store.load_lora(ref, None, "flux-lycoris.safetensors", 0.9, 0.0)
+    _check(_weights(pm.get()), base, exp, 0.9)
+    assert pm.get()._loom_lora_unmatched == [] and pm.get()._loom_lora_applied == 2
+
+
 def test_lora_on_fp8_weights(family_models, flux_lora_files):
     """UNETLoader weight_dtype fp8_e4m3fn: the patched weights stay fp8 (W + s * delta, rounded once) and the
     patched copy computes with its own weights, not the base's."""
