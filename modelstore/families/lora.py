@@ -11,7 +11,8 @@ Each tensor name ends in ``.lora_down.weight``/``.lora_up.weight``/``.alpha``, `
 or ``.lora.down.weight``/``.lora.up.weight``; the update is ``strength * (alpha / rank) * up @ down`` (alpha absent:
 scale 1, diffusers' and ComfyUI's rule). ``.diff`` (a whole tensor: a weight, or a norm scale by its full key) and
 ``.diff_b`` (a bias) add ``strength * tensor``. Text-encoder keys (``lora_te*_``, ``text_encoder*.``) are left to
-the CLIP. Not read: DoRA (``dora_scale``), LoKr/LoHa; such keys are reported as not applied.
+the CLIP. DoRA magnitudes (``dora_scale``, PEFT's ``lora_magnitude_vector``) are applied (see ``dora_delta``).
+Not read: LoKr/LoHa; such keys are reported as not applied.
 
 How an original-layout update reaches the diffusers module: the loader already converts the file to diffusers'
 layout with ``convert_state`` (a family's own small function: renames, q/k/v splits of fused tensors, the
@@ -35,7 +36,7 @@ log = logging.getLogger("loom.models")
 SUFFIXES = ((".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_B.weight", "up"),
             (".lora_A.weight", "down"), (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
             (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"), (".diff_b", "diff_b"),
-            (".diff", "diff"))
+            (".diff", "diff"), (".dora_scale", "dora"), (".lora_magnitude_vector", "dora"))
 #: key prefix -> (space, separator): 'file' = original layout, 'diffusers' = diffusers module names, 'any' = both
 MODEL_PREFIXES = (("model.diffusion_model.", "file", "."), ("diffusion_model.", "file", "."),
                   ("lora_unet_", "file", "_"), ("transformer.", "diffusers", "."),
@@ -181,6 +182,35 @@ def _delta(target, shape: tuple, fname: str, device=None) -> torch.Tensor:
     return lora_delta(up, down, parts.get("alpha"), shape)
 
 
+def dora_delta(target, d: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """DoRA (Liu et al. 2024): the weight becomes m * (W + delta) / ||W + delta|| with the norm taken per output row
+    when the magnitude ``m`` (``dora_scale`` / PEFT's ``lora_magnitude_vector``) has one value per row, otherwise per
+    input column; returns that weight minus W, so strength s gives W + s * (W_dora - W) (ComfyUI's rule).
+    ``base``: W in the target's layout, fp32."""
+    m = target[3]["dora"].to(device=d.device, dtype=torch.float32)
+    wc = base + d
+    if m.numel() == wc.shape[0] and (m.dim() <= 1 or m.shape[0] == wc.shape[0]):  # per output row
+        norm = wc.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (wc.dim() - 1))
+        m = m.reshape(norm.shape)
+    else:  # per input column
+        norm = wc.transpose(0, 1).flatten(1).norm(dim=1).reshape((1, -1) + (1,) * (wc.dim() - 2))
+        m = m.reshape(norm.shape)
+    return wc * (m / norm) - base
+
+
+def _base_tensor(model, lay: Layout, target) -> torch.Tensor:
+    """W of a target in its own layout (fp32), gathered from the base model's diffusers tensors."""
+    _, space, key, _ = target
+    if space == "diffusers":
+        return model.module.get_parameter(key).data.float()
+    out = torch.zeros(lay.file[key], dtype=torch.float32, device=model.device)
+    for dk, dst, src in lay.rows.get(key, ()):
+        w = model.module.get_parameter(dk).data
+        out[src if isinstance(src, slice) else src.to(out.device)] = w[dst if isinstance(dst, slice) else
+                                                                        dst.to(w.device)].float()
+    return out
+
+
 def updates(lora_state, lay: Layout, fname: str = "LoRA", family: str = ""):
     """(list of (target, [(diffusers tensor key, dst rows or None for all, src rows or None)]), unmatched names).
     Raises ``LoraError`` naming the file when nothing in it is for this model."""
@@ -221,6 +251,8 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
     own = 0
     for target, parts in plan:
         d = _delta(target, lay.tensors(target[1])[target[2]], fname, model.device)
+        if target[0] == "lora" and "dora" in target[3]:
+            d = dora_delta(target, d, _base_tensor(model, lay, target))
         for dk, dst, src in parts:
             owner, _, pname = ("module." + dk).rpartition(".")
             mod = patched.get_submodule(owner)

@@ -247,6 +247,36 @@ def test_flux_diff_and_bias_diff_keys(family_models):
     assert pm.get()._loom_lora_unmatched == []
 
 
+def test_flux_dora(family_models):
+    """DoRA: W' = m * (W + dW) / ||W + dW|| (norm per output row for a (rows, 1) dora_scale, per input column for
+    (1, cols)), applied at strength s as W + s (W' - W); the row norm of a fused qkv spans its three diffusers
+    weights' rows, the column norm of img_mlp.2 (d, 4d) is taken over the whole weight."""
+    root, _ = family_models
+    store = _store(root)
+    ref = _dm(store, root, "flux1-dev.safetensors")
+    base = _weights(ref.get())
+    g, d, s_ = torch.Generator().manual_seed(31), 64, 0.6
+    sd = {}
+    up, down, sc = _pair(sd, "diffusion_model.double_blocks.0.img_attn.qkv", 3 * d, d, g, alpha=2)
+    qkv = torch.cat([base[f"transformer_blocks.0.attn.to_{c}.weight"] for c in "qkv"])
+    m_rows = 1.0 + _rnd(g, 3 * d, 1)
+    sd["diffusion_model.double_blocks.0.img_attn.qkv.dora_scale"] = m_rows
+    wc = qkv + sc * up @ down
+    new_qkv = wc * m_rows / wc.norm(dim=1, keepdim=True)
+    up, down, sc = _pair(sd, "lora_unet_double_blocks_0_img_mlp_2", d, 4 * d, g, alpha=4)
+    w2 = base["transformer_blocks.0.ff.net.2.weight"]
+    m_cols = 1.0 + _rnd(g, 1, 4 * d)
+    sd["lora_unet_double_blocks_0_img_mlp_2.dora_scale"] = m_cols
+    wc = w2 + sc * up @ down
+    new_w2 = wc * m_cols / wc.norm(dim=0, keepdim=True)
+    exp = {f"transformer_blocks.0.attn.to_{c}.weight": (new_qkv - qkv)[i * d:(i + 1) * d] for i, c in enumerate("qkv")}
+    exp["transformer_blocks.0.ff.net.2.weight"] = new_w2 - w2
+    _save_lora(root, "flux-dora.safetensors", sd)
+    pm, _ = store.load_lora(ref, None, "flux-dora.safetensors", s_, 0.0)
+    _check(_weights(pm.get()), base, exp, s_)
+    assert pm.get()._loom_lora_unmatched == []
+
+
 def test_lora_on_fp8_weights(family_models, flux_lora_files):
     """UNETLoader weight_dtype fp8_e4m3fn: the patched weights stay fp8 (W + s * delta, rounded once) and the
     patched copy computes with its own weights, not the base's."""

@@ -145,7 +145,8 @@ def test_unet_patches_controlnet_and_timestep_ranges_are_refused_on_flow_models(
     patched = {"FreeU": FreeU().run(None, model, 1.3, 1.4, 0.9, 0.2)[0],
                "PerturbedAttentionGuidance": PerturbedAttentionGuidance().run(None, model, 3.0)[0],
                "DifferentialDiffusion": DifferentialDiffusion().run(None, model)[0],
-               "SelfAttentionGuidance": SelfAttentionGuidance().run(None, model, 0.5, 2.0)[0]}
+               "SelfAttentionGuidance": SelfAttentionGuidance().run(None, model, 0.5, 2.0)[0],
+               "HypernetworkLoader": model.with_options(hypernetworks=(("hn.safetensors", 1, 1, 1.0),))}
     for name, m in patched.items():
         with pytest.raises(ValueError, match=name):
             KSampler().run(None, m, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)
