@@ -117,7 +117,8 @@ def apply_lora(module, lora_state: dict, strength: float, component: str | None 
     """A patched copy of a UNet or CLIP text encoder: W' = W + strength * alpha/rank * up @ down for every
     matched Linear/Conv weight. The base module is not mutated; unchanged tensors are shared, so the extra
     memory is only the patched weights (``patched._loom_own_bytes``). Unmatched keys of this component are
-    logged and listed in ``patched._loom_lora_unmatched``."""
+    logged and listed in ``patched._loom_lora_unmatched``; when the LoRA has keys for this component and none
+    match, ``LoraError`` names the file and some keys (as the transformer families do, modelstore/families/lora.py)."""
     component = component or _component_of(module)
     index = {_norm(n): n for n, _ in module.named_modules() if n}
     ldm = getattr(module, "_loom_ldm_names", None) or {}
@@ -130,6 +131,9 @@ def apply_lora(module, lora_state: dict, strength: float, component: str | None 
             unmatched.append(target)
             continue
         targets[name] = parts
+    if unmatched and not targets:  # keys for this component, none of them in it: a LoRA of another model
+        raise LoraError(f"{getattr(lora_state, 'name', 'LoRA')}: none of its {len(unmatched)} {component} LoRA targets "
+                        f"match this model (e.g. {', '.join(sorted(unmatched)[:4])}): a LoRA for another model family?")
     patched = _shallow_clone(module)
     own = 0
     mods = dict(patched.named_modules())

@@ -575,3 +575,12 @@ def test_lora_on_sd_unet_file(family_models):
     kq, kp = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight", "down_blocks.0.attentions.0.proj_in.weight"
     _check(got, base, {kq: dq, kp: dp}, -0.5)
     assert all(torch.equal(v, base[k]) for k, v in ref.get().state_dict().items())
+    # a FLUX.1 LoRA on the SD UNet: nothing matches -> an error naming the file and keys, as on the flow families
+    from modelstore.lora import LoraError
+
+    flux_only = {}
+    _pair(flux_only, "lora_unet_double_blocks_0_img_attn_qkv", 192, 64, g)
+    _save_lora(root, "flux-on-sd.safetensors", flux_only)
+    bad, _ = store.load_lora(ref, None, "flux-on-sd.safetensors", 1.0, 0.0)
+    with pytest.raises(LoraError, match="flux-on-sd.safetensors.*double_blocks_0_img_attn_qkv"):
+        bad.get()
