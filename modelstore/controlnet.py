@@ -1,7 +1,8 @@
 """ControlNet files: plan (architecture and diffusers config from tensor shapes, no weights read) and build (a
 diffusers ``ControlNetModel``). Layouts: the original single file (``control_model.*`` or bare LDM keys:
 ``input_blocks``, ``zero_convs``, ``input_hint_block``, ``middle_block_out``) and diffusers' own key layout
-(``controlnet_cond_embedding``, ``controlnet_down_blocks`` ...), whose config is inferred the same way.
+(``controlnet_cond_embedding``, ``controlnet_down_blocks`` ...), whose config is inferred the same way; a diffusers-layout
+file with a ``task_embedding`` is a ControlNet Union (``ControlNetUnionModel``).
 T2I-Adapters, which ComfyUI's ControlNet loader also reads, are planned and built by ``modelstore.t2i_adapter``,
 FLUX.1 ControlNets (diffusers' layout) by ``modelstore.flux_controlnet``.
 
@@ -123,6 +124,14 @@ def _plan_diffusers(shapes, diff: bool) -> ControlNetPlan:
     if has_add:
         cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256,
                    projection_class_embeddings_input_dim=shapes["add_embedding.linear_1.weight"][1])
+    if "task_embedding" in shapes:  # ControlNet Union (xinsir's controlnet-union-sdxl-1.0 and its promax file)
+        n_types, width = shapes["task_embedding"]
+        cfg.update(num_control_type=n_types, num_trans_channel=width,
+                   num_trans_layer=len(key_indices(shapes, "transformer_layes.")),
+                   num_proj_channel=shapes["spatial_ch_projs.weight"][0],
+                   # the attention head count is not in the tensors: 8 is the published models' (and diffusers' default)
+                   num_trans_head=8,
+                   addition_time_embed_dim=shapes["control_add_embedding.linear_1.weight"][1] // n_types)
     return ControlNetPlan("diffusers", "", arch, _freeze(cfg), diff)
 
 
@@ -161,11 +170,12 @@ def build_controlnet(plan, sd: dict, device=None):
         return build_t2i_adapter(plan, sd, device)
     if plan.model == "flux_controlnet":
         return build_flux_controlnet(plan, sd, device)
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
     from .build import instantiate, use_sdpa
 
-    m = instantiate(lambda: ControlNetModel(**plan.kwargs), convert_controlnet(sd, plan), device)
+    cls = ControlNetUnionModel if "num_control_type" in plan.kwargs else ControlNetModel
+    m = instantiate(lambda: cls(**plan.kwargs), convert_controlnet(sd, plan), device)
     use_sdpa(m)
     return m
 

@@ -18,10 +18,9 @@ from typing import Any
 from engine.node import Combo, Float, Node, Output, Socket
 
 from .cond_regions import active
+from .controlnet_union import UNION_TYPES, is_union, run_union
 from .loaders import model_list, store_of
 
-UNION_TYPES = ["auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
-               "segment", "tile", "repaint"]
 
 _MERGED: dict = {}  # (controlnet key, base UNet key) -> merged difference ControlNet; one entry (see _module)
 
@@ -135,13 +134,13 @@ class ControlApply:
             cn = self._module(cn)
             cdt = next(cn.parameters()).dtype
             hint = self._hint(x.shape[0], latent_hw, area, x.device, cdt)
-            kw = {}
-            union = self.net.option("union_type")
-            if union is not None and hasattr(cn.config, "num_control_type"):
-                kw["control_type"] = union
-            with torch.no_grad():
-                d, m = cn(x.to(cdt), t, encoder_hidden_states=emb.to(cdt), controlnet_cond=hint,
-                          conditioning_scale=float(self.strength), added_cond_kwargs=added, return_dict=False, **kw)
+            if is_union(cn):
+                d, m = run_union(cn, x.to(cdt), t, emb.to(cdt), hint, self.strength, added,
+                                 self.net.option("union_type"))
+            else:
+                with torch.no_grad():
+                    d, m = cn(x.to(cdt), t, encoder_hidden_states=emb.to(cdt), controlnet_cond=hint,
+                              conditioning_scale=float(self.strength), added_cond_kwargs=added, return_dict=False)
         return [r.to(dtype) for r in d], m.to(dtype)
 
 
@@ -255,8 +254,8 @@ class ControlNetInpaintingAliMamaApply(Node):
 
 
 class SetUnionControlNetType(Node):
-    """Selects the control type of a ControlNet Union model ('auto' lets the model infer it). Other ControlNets
-    ignore it."""
+    """Selects the control type of a ControlNet Union model (nodes/controlnet_union.py; 'auto': the hint is used
+    without a type). Other ControlNets ignore it."""
     display_name = "SetUnionControlNetType"
     category = "conditioning/controlnet"
     python_module = "comfy_extras.nodes_controlnet"

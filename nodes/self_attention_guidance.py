@@ -5,14 +5,14 @@ At every step, while the model makes its ordinary predictions, the UNet middle b
 how much attention each of its spatial positions receives (the attention probabilities averaged over heads and
 summed over queries: 1 on average, since each query's row sums to 1). Positions receiving more than average
 (> 1) form the attention mask. The unconditional pass's x0 estimate (the conditional one's when there is no
-unconditional pass, cfg 1) is Gaussian-blurred (``blur_sigma`` in latent pixels) where the mask is set, re-noised
+unconditional pass, cfg 1, or all its entries are area-limited) is Gaussian-blurred (``blur_sigma`` in latent pixels) where the mask is set, re-noised
 to the current sigma with the same pass's noise estimate, and the model predicts again from that degraded input
 with the same conditioning. The guidance is the paper's, on the noise estimate:
 
     eps_guided = eps_cfg + scale * (eps_pass - eps_degraded)
 
 done in the sampler's x0 space with eps = (x - x0) / sigma, so it holds for eps- and v-prediction models alike. Cost:
-one extra model call per step (batch B). The capture wrapper is put on the attention processor only for the sampling
+one extra model call per step (batch B); a step whose conditionings are all area-limited is left unguided. The capture wrapper is put on the attention processor only for the sampling
 run (``installed``) and the original processor is back afterwards; it records only for the thread that asked.
 """
 from __future__ import annotations
@@ -161,11 +161,13 @@ def patch(net, den, ms, predict, scale: float, blur_sigma: float):
             return predict(x, sigma)
 
     def hook(denoised, cond, uncond, cfg, x, sigma):
-        which = 0 if den.has_uncond and den.cfg != 1.0 else 1
-        pass_x0 = uncond if which == 0 else cond
-        where = den.call_rows(which, ms.timestep(sigma), sigma)
+        sides = (0, 1) if den.has_uncond and den.cfg != 1.0 else (1,)
+        t = ms.timestep(sigma)
+        # the unconditional pass's map; the conditional one's when every unconditional entry has an area
+        which, where = next(((w, r) for w in sides if (r := den.call_rows(w, t, sigma)) is not None), (1, None))
         if where is None or where[0] >= len(calls):  # only area-limited conditionings: no full attention map
             return denoised
+        pass_x0 = uncond if which == 0 else cond
         B = x.shape[0]
         received = calls[where[0]][where[1] * B:(where[1] + 1) * B]
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)

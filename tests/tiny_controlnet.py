@@ -47,3 +47,25 @@ def save_controlnet(path, cn, prefix: str = "control_model.", extra: dict | None
 
     sd = {k: v.contiguous() for k, v in controlnet_to_ldm(cn, prefix).items()}
     save_file({**sd, **(extra or {})}, str(path))
+
+
+def build_tiny_union(unet, n_types: int = 8, seed: int = 4):
+    """A ControlNetUnionModel (xinsir's architecture, diffusers' layout) over the tiny SD1 UNet's shape: union
+    transformer width 32 (= the first level), 8 heads, one layer; random projections so every part acts."""
+    import torch
+    from diffusers import ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    c = unet.config
+    cn = ControlNetUnionModel(in_channels=c.in_channels, down_block_types=c.down_block_types,
+                              block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
+                              cross_attention_dim=c.cross_attention_dim, attention_head_dim=c.attention_head_dim,
+                              conditioning_embedding_out_channels=(8, 8, 16, 16), addition_time_embed_dim=16,
+                              num_control_type=n_types, num_trans_channel=32, num_trans_head=8, num_trans_layer=1,
+                              num_proj_channel=32).eval()
+    with torch.no_grad():
+        for name, p in cn.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out",
+                                "spatial_ch_projs")):
+                p.normal_(0, 0.5)
+    return cn

@@ -11,7 +11,8 @@ Each tensor name ends in ``.lora_down.weight``/``.lora_up.weight``/``.alpha``, `
 or ``.lora.down.weight``/``.lora.up.weight``; the update is ``strength * (alpha / rank) * up @ down`` (alpha absent:
 scale 1, diffusers' and ComfyUI's rule). ``.diff`` (a whole tensor: a weight, or a norm scale by its full key) and
 ``.diff_b`` (a bias) add ``strength * tensor``. Text-encoder keys (``lora_te*_``, ``text_encoder*.``) are left to
-the CLIP. Not read: DoRA (``dora_scale``), LoKr/LoHa; such keys are reported as not applied.
+the CLIP. DoRA magnitudes (``dora_scale``, PEFT's ``lora_magnitude_vector``) are applied (see ``dora_delta``).
+LyCORIS LoHa (``hada_w*``) and LoKr (``lokr_w*``) updates are read too (not their Tucker conv forms).
 
 How an original-layout update reaches the diffusers module: the loader already converts the file to diffusers'
 layout with ``convert_state`` (a family's own small function: renames, q/k/v splits of fused tensors, the
@@ -35,7 +36,9 @@ log = logging.getLogger("loom.models")
 SUFFIXES = ((".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_B.weight", "up"),
             (".lora_A.weight", "down"), (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
             (".lora.up.weight", "up"), (".lora.down.weight", "down"), (".alpha", "alpha"), (".diff_b", "diff_b"),
-            (".diff", "diff"))
+            (".diff", "diff"), (".dora_scale", "dora"), (".lora_magnitude_vector", "dora"),
+            *((f".{n}", n) for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w1_a",
+                                     "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")))
 #: key prefix -> (space, separator): 'file' = original layout, 'diffusers' = diffusers module names, 'any' = both
 MODEL_PREFIXES = (("model.diffusion_model.", "file", "."), ("diffusion_model.", "file", "."),
                   ("lora_unet_", "file", "_"), ("transformer.", "diffusers", "."),
@@ -138,7 +141,7 @@ def resolve(groups: dict, lay: Layout) -> tuple[list, list[str]]:
         order = ("diffusers", "file") if space == "diffusers" else ("file", "diffusers")
         attempted = False
         for role, cands in _PART_TARGETS:
-            if not (("up" in parts and "down" in parts) if role == "lora" else role in parts):
+            if not (_low_rank_kind(parts) is not None if role == "lora" else role in parts):
                 continue
             attempted = True
             hit = None
@@ -162,6 +165,41 @@ def resolve(groups: dict, lay: Layout) -> tuple[list, list[str]]:
     return targets, list(dict.fromkeys(unmatched))
 
 
+def _low_rank_kind(parts: dict) -> str | None:
+    """'lora' (up + down), 'loha' (LyCORIS Hadamard: hada_w1_a/b, hada_w2_a/b), 'lokr' (LyCORIS Kronecker: lokr_w1 or
+    lokr_w1_a/b, lokr_w2 or lokr_w2_a/b), or None."""
+    if "up" in parts and "down" in parts:
+        return "lora"
+    if all(f"hada_w{i}_{ab}" in parts for i in (1, 2) for ab in "ab"):
+        return "loha"
+    if all(f"lokr_w{i}" in parts or (f"lokr_w{i}_a" in parts and f"lokr_w{i}_b" in parts) for i in (1, 2)):
+        return "lokr"
+    return None
+
+
+def _lycoris_delta(kind: str, parts: dict, device) -> torch.Tensor:
+    """LyCORIS updates (facts of the LyCORIS paper/library): LoHa (w1a w1b) * (w2a w2b) scaled by alpha / rank
+    (rank = w1b rows); LoKr kron(w1, w2), a factor given as a @ b when decomposed, scaled by alpha / rank of the
+    decomposed factor (1 when neither is)."""
+    t = {k: v.to(device=device, dtype=torch.float32) for k, v in parts.items() if k != "alpha" and k != "dora"}
+    alpha = parts.get("alpha")
+    if kind == "loha":
+        d = (t["hada_w1_a"] @ t["hada_w1_b"].flatten(1)) * (t["hada_w2_a"] @ t["hada_w2_b"].flatten(1))
+        rank = t["hada_w1_b"].shape[0]
+    else:
+        rank, f = None, []
+        for i in (1, 2):
+            if f"lokr_w{i}" in t:
+                f.append(t[f"lokr_w{i}"].flatten(1) if i == 1 else t[f"lokr_w{i}"])
+            else:
+                rank = t[f"lokr_w{i}_b"].shape[0]
+                f.append(t[f"lokr_w{i}_a"] @ t[f"lokr_w{i}_b"].flatten(1))
+        w1, w2 = f
+        d = torch.kron(w1, w2.flatten(1))
+    scale = float(alpha) / rank if alpha is not None and rank else 1.0
+    return d * scale
+
+
 def _delta(target, shape: tuple, fname: str, device=None) -> torch.Tensor:
     """The fp32 update of one target at strength 1, shaped ``shape`` (its tensor in its layout)."""
     role, _, key, parts = target
@@ -170,15 +208,55 @@ def _delta(target, shape: tuple, fname: str, device=None) -> torch.Tensor:
         if tuple(d.shape) != tuple(shape):
             raise LoraError(f"{fname}: LoRA {key} {role} has shape {tuple(d.shape)}, the model tensor {tuple(shape)}")
         return d.to(device=device, dtype=torch.float32)
+    kind = _low_rank_kind(parts)
+    if kind != "lora":
+        d = _lycoris_delta(kind, parts, device)
+        if d.numel() != _numel(shape) or d.shape[0] != shape[0]:
+            raise LoraError(f"{fname}: {kind} {key[:-len('.weight')]}: update of {d.shape[0]}x{d.shape[1]} does not "
+                            f"fit the model weight {tuple(shape)}")
+        return d.reshape(shape)
     up, down = parts["up"].to(device), parts["down"].to(device)
     rows, cols = up.shape[0], down.flatten(1).shape[1]
-    numel = 1
-    for n in shape:
-        numel *= n
-    if rows * cols != numel or rows != shape[0]:
+    if rows * cols != _numel(shape) or rows != shape[0]:
         raise LoraError(f"{fname}: LoRA {key[:-len('.weight')]}: update of {rows}x{cols} (up {tuple(up.shape)}, down "
                         f"{tuple(down.shape)}) does not fit the model weight {tuple(shape)}")
     return lora_delta(up, down, parts.get("alpha"), shape)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for x in shape:
+        n *= x
+    return n
+
+
+def dora_delta(target, d: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """DoRA (Liu et al. 2024): the weight becomes m * (W + delta) / ||W + delta|| with the norm taken per output row
+    when the magnitude ``m`` (``dora_scale`` / PEFT's ``lora_magnitude_vector``) has one value per row, otherwise per
+    input column; returns that weight minus W, so strength s gives W + s * (W_dora - W) (ComfyUI's rule).
+    ``base``: W in the target's layout, fp32."""
+    m = target[3]["dora"].to(device=d.device, dtype=torch.float32)
+    wc = base + d
+    if m.numel() == wc.shape[0] and (m.dim() <= 1 or m.shape[0] == wc.shape[0]):  # per output row
+        norm = wc.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (wc.dim() - 1))
+        m = m.reshape(norm.shape)
+    else:  # per input column
+        norm = wc.transpose(0, 1).flatten(1).norm(dim=1).reshape((1, -1) + (1,) * (wc.dim() - 2))
+        m = m.reshape(norm.shape)
+    return wc * (m / norm) - base
+
+
+def _base_tensor(model, lay: Layout, target) -> torch.Tensor:
+    """W of a target in its own layout (fp32), gathered from the base model's diffusers tensors."""
+    _, space, key, _ = target
+    if space == "diffusers":
+        return model.module.get_parameter(key).data.float()
+    out = torch.zeros(lay.file[key], dtype=torch.float32, device=model.device)
+    for dk, dst, src in lay.rows.get(key, ()):
+        w = model.module.get_parameter(dk).data
+        out[src if isinstance(src, slice) else src.to(out.device)] = w[dst if isinstance(dst, slice) else
+                                                                        dst.to(w.device)].float()
+    return out
 
 
 def updates(lora_state, lay: Layout, fname: str = "LoRA", family: str = ""):
@@ -221,6 +299,8 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
     own = 0
     for target, parts in plan:
         d = _delta(target, lay.tensors(target[1])[target[2]], fname, model.device)
+        if target[0] == "lora" and "dora" in target[3]:
+            d = dora_delta(target, d, _base_tensor(model, lay, target))
         for dk, dst, src in parts:
             owner, _, pname = ("module." + dk).rpartition(".")
             mod = patched.get_submodule(owner)

@@ -25,7 +25,8 @@ class ControlNets:
     def describe(self, src: Source, ctx: BuildContext) -> tuple:
         plan = self._plan(src, ctx)
         return (("arch", plan.arch), ("layout", plan.layout), ("difference", plan.difference), ("model", plan.model),
-                ("concat_mask", getattr(plan, "extra", 0) > 0))
+                ("concat_mask", getattr(plan, "extra", 0) > 0),
+                ("union_types", dict(plan.config).get("num_control_type", 0)))
 
     def build(self, key: ModelKey, ctx: BuildContext) -> Any:
         src = ctx.sources.current(key.file)

@@ -247,6 +247,62 @@ def test_flux_diff_and_bias_diff_keys(family_models):
     assert pm.get()._loom_lora_unmatched == []
 
 
+def test_flux_dora(family_models):
+    """DoRA: W' = m * (W + dW) / ||W + dW|| (norm per output row for a (rows, 1) dora_scale, per input column for
+    (1, cols)), applied at strength s as W + s (W' - W); the row norm of a fused qkv spans its three diffusers
+    weights' rows, the column norm of img_mlp.2 (d, 4d) is taken over the whole weight."""
+    root, _ = family_models
+    store = _store(root)
+    ref = _dm(store, root, "flux1-dev.safetensors")
+    base = _weights(ref.get())
+    g, d, s_ = torch.Generator().manual_seed(31), 64, 0.6
+    sd = {}
+    up, down, sc = _pair(sd, "diffusion_model.double_blocks.0.img_attn.qkv", 3 * d, d, g, alpha=2)
+    qkv = torch.cat([base[f"transformer_blocks.0.attn.to_{c}.weight"] for c in "qkv"])
+    m_rows = 1.0 + _rnd(g, 3 * d, 1)
+    sd["diffusion_model.double_blocks.0.img_attn.qkv.dora_scale"] = m_rows
+    wc = qkv + sc * up @ down
+    new_qkv = wc * m_rows / wc.norm(dim=1, keepdim=True)
+    up, down, sc = _pair(sd, "lora_unet_double_blocks_0_img_mlp_2", d, 4 * d, g, alpha=4)
+    w2 = base["transformer_blocks.0.ff.net.2.weight"]
+    m_cols = 1.0 + _rnd(g, 1, 4 * d)
+    sd["lora_unet_double_blocks_0_img_mlp_2.dora_scale"] = m_cols
+    wc = w2 + sc * up @ down
+    new_w2 = wc * m_cols / wc.norm(dim=0, keepdim=True)
+    exp = {f"transformer_blocks.0.attn.to_{c}.weight": (new_qkv - qkv)[i * d:(i + 1) * d] for i, c in enumerate("qkv")}
+    exp["transformer_blocks.0.ff.net.2.weight"] = new_w2 - w2
+    _save_lora(root, "flux-dora.safetensors", sd)
+    pm, _ = store.load_lora(ref, None, "flux-dora.safetensors", s_, 0.0)
+    _check(_weights(pm.get()), base, exp, s_)
+    assert pm.get()._loom_lora_unmatched == []
+
+
+def test_flux_lycoris_loha_and_lokr(family_models):
+    """LyCORIS: LoHa dW = (w1a w1b) * (w2a w2b) * alpha / rank; LoKr dW = kron(w1, w2a w2b) * alpha / rank(w2), here on
+    the fused qkv (rows split into to_q/to_k/to_v)."""
+    root, _ = family_models
+    store = _store(root)
+    ref = _dm(store, root, "flux1-dev.safetensors")
+    base = _weights(ref.get())
+    g, d = torch.Generator().manual_seed(41), 64
+    n = "lora_unet_double_blocks_0_txt_mlp_0"
+    h = {k: _rnd(g, *sh) for k, sh in (("hada_w1_a", (4 * d, 2)), ("hada_w1_b", (2, d)), ("hada_w2_a", (4 * d, 2)),
+                                       ("hada_w2_b", (2, d)))}
+    sd = {f"{n}.{k}": v for k, v in h.items()}
+    sd[f"{n}.alpha"] = torch.tensor(1.0)
+    loha = (h["hada_w1_a"] @ h["hada_w1_b"]) * (h["hada_w2_a"] @ h["hada_w2_b"]) * 0.5
+    m = "diffusion_model.double_blocks.0.img_attn.qkv"
+    w1, w2a, w2b = _rnd(g, 3, 4), _rnd(g, d, 2), _rnd(g, 2, 16)
+    sd.update({f"{m}.lokr_w1": w1, f"{m}.lokr_w2_a": w2a, f"{m}.lokr_w2_b": w2b, f"{m}.alpha": torch.tensor(4.0)})
+    lokr = torch.kron(w1, w2a @ w2b) * 2.0
+    exp = {"transformer_blocks.0.ff_context.net.0.proj.weight": loha}
+    exp.update({f"transformer_blocks.0.attn.to_{c}.weight": lokr[i * d:(i + 1) * d] for i, c in enumerate("qkv")})
+    _save_lora(root, "flux-lycoris.safetensors", sd)
+    pm, _ = store.load_lora(ref, None, "flux-lycoris.safetensors", 0.9, 0.0)
+    _check(_weights(pm.get()), base, exp, 0.9)
+    assert pm.get()._loom_lora_unmatched == [] and pm.get()._loom_lora_applied == 2
+
+
 def test_lora_on_fp8_weights(family_models, flux_lora_files):
     """UNETLoader weight_dtype fp8_e4m3fn: the patched weights stay fp8 (W + s * delta, rounded once) and the
     patched copy computes with its own weights, not the base's."""
@@ -455,3 +511,34 @@ def test_workflow_lora_loader_on_flux_split_loaders(family_models, fam_env):
     warns = [e.data for e in events if e.type == "warning"]
     assert len(warns) == 1 and warns[0]["node"] == "lora" and "t5" in warns[0]["message"], warns
     assert np.abs(_img(fam_env, "fbase") - _img(fam_env, "flora")).max() > 4
+
+
+def test_sd3_checkpoint_lora_patches_clip_g_and_model(family_models):
+    """CheckpointLoaderSimple on an all-in-one SD3 file + a kohya LoRA with lora_te2_ (CLIP-G) and lora_unet_
+    (fused context qkv of the last block) parts: both applied at their strengths, CLIP-L and T5 untouched."""
+    root, sets = family_models
+    store = _store(root)
+    m, c, _ = store.load_checkpoint("sd3.5_medium_incl_clips.safetensors")
+    g = torch.Generator().manual_seed(17)
+    gl = sets["sd3"]["clip_g"].text_model.encoder.layers[3].self_attn.v_proj
+    sd = {}
+    up, down, s = _pair(sd, "lora_te2_text_model_encoder_layers_3_self_attn_v_proj", gl.out_features, gl.in_features, g,
+                        alpha=1)
+    dte = s * up @ down
+    up, down, s = _pair(sd, "lora_unet_joint_blocks_1_context_block_attn_qkv", 3 * 128, 128, g, alpha=2)
+    full = s * up @ down
+    _save_lora(root, "sd3-te2.safetensors", sd)
+    base_m, bundle = _weights(m.get()), c.get()
+    kinds = [e.kind for e in bundle.encoders]
+    before = {e.kind: {k: v.clone() for k, v in e.model.state_dict().items()} for e in bundle.encoders}
+    m2, c2 = store.load_lora(m, c, "sd3-te2.safetensors", 0.75, 2.0)
+    _check(_weights(m2.get()), base_m, {f"transformer_blocks.1.attn.add_{c_}_proj.weight": full[i * 128:(i + 1) * 128]
+                                        for i, c_ in enumerate("qkv")}, 0.75)
+    after = {e.kind: e.model.state_dict() for e in c2.get().encoders}
+    assert [e.kind for e in c2.get().encoders] == kinds and "clip_g" in kinds
+    key = "text_model.encoder.layers.3.self_attn.v_proj.weight"
+    assert torch.allclose(after["clip_g"][key], before["clip_g"][key] + 2.0 * dte, atol=1e-6)
+    for kind in kinds:
+        for k, v in after[kind].items():
+            if not (kind == "clip_g" and k == key):
+                assert torch.equal(v, before[kind][k]), (kind, k)

@@ -145,7 +145,8 @@ def test_unet_patches_controlnet_and_timestep_ranges_are_refused_on_flow_models(
     patched = {"FreeU": FreeU().run(None, model, 1.3, 1.4, 0.9, 0.2)[0],
                "PerturbedAttentionGuidance": PerturbedAttentionGuidance().run(None, model, 3.0)[0],
                "DifferentialDiffusion": DifferentialDiffusion().run(None, model)[0],
-               "SelfAttentionGuidance": SelfAttentionGuidance().run(None, model, 0.5, 2.0)[0]}
+               "SelfAttentionGuidance": SelfAttentionGuidance().run(None, model, 0.5, 2.0)[0],
+               "HypernetworkLoader": model.with_options(hypernetworks=(("hn.safetensors", 1, 1, 1.0),))}
     for name, m in patched.items():
         with pytest.raises(ValueError, match=name):
             KSampler().run(None, m, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)
@@ -158,3 +159,26 @@ def test_unet_patches_controlnet_and_timestep_ranges_are_refused_on_flow_models(
     # the unpatched model with the plain conditioning still samples
     out = KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
     assert out.shape == (1, 16, 8, 8) and torch.isfinite(out).all()
+
+
+def test_redux_tokens_condition_flux(family_models, tmp_path):
+    """A FLUX.1 Redux style model (redux_up/redux_down) appends its tokens to the T5 context of tiny FLUX.1, whose
+    transformer samples with the longer context (text ids follow its length) to a different result."""
+    from safetensors.torch import save_file
+
+    from nodes.style_model import StyleModelApply, StyleModelRef
+
+    model, pos, neg, lat = _setup(family_models[0], "flux")
+    width = pos[0][0].shape[-1]
+    g = torch.Generator().manual_seed(4)
+    path = tmp_path / "tiny-redux.safetensors"
+    save_file({"redux_up.weight": torch.randn(3 * width, 32, generator=g) * 0.2,
+               "redux_up.bias": torch.zeros(3 * width), "redux_down.weight": torch.randn(width, 3 * width, generator=g) * 0.2,
+               "redux_down.bias": torch.zeros(width)}, str(path))
+    ref = StyleModelRef(str(path), path.stat().st_size, path.stat().st_mtime_ns, path.name)
+    vision = {"last_hidden_state": torch.randn(1, 5, 32, generator=g)}
+    styled = StyleModelApply().run(None, pos, ref, vision, 1.0, "multiply")[0]
+    assert styled[0][0].shape[1] == pos[0][0].shape[1] + 5
+    a = KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", styled, neg, lat, 1.0)[0]["samples"]
+    b = KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
+    assert torch.isfinite(a).all() and (a - b).abs().max() > 1e-4

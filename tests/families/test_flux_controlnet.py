@@ -186,3 +186,38 @@ def test_alimama_inpainting_applies_the_masked_image_and_keep_mask(cn_models):
     plain_cn = st.load("controlnet", "flux-cn.safetensors")
     a = CN.ControlNetInpaintingAliMamaApply().run(None, pos, neg, plain_cn, vae, hint(), mask, 0.9, 0.0, 1.0)[0]
     assert torch.equal(a[0][1]["control"].hint, hint()) and a[0][1]["control"].mask is None
+
+
+def test_inpainting_controlnet_workflow_runs_through_the_engine(cn_models, fam_exec, fam_env):
+    """UNETLoader + DualCLIPLoader + VAELoader + LoadImage (its alpha is the mask) + ControlNetLoader +
+    ControlNetInpaintingAliMamaApply + KSampler + VAEDecode + SaveImage, in the API format."""
+    import numpy as np
+    from PIL import Image
+
+    fam_env.input_dir.mkdir(parents=True, exist_ok=True)
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    rgba[16:48, 16:48, 3] = 0  # transparent = masked
+    Image.fromarray(rgba, "RGBA").save(fam_env.input_dir / "inpaint-src.png")
+    wf = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors",
+                                                           "weight_dtype": "default"}},
+          "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                               "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+          "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+          "p": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "a red circle"}},
+          "n": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": ""}},
+          "img": {"class_type": "LoadImage", "inputs": {"image": "inpaint-src.png"}},
+          "cn": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "flux-cn-inpaint.safetensors"}},
+          "apply": {"class_type": "ControlNetInpaintingAliMamaApply", "inputs": {
+              "positive": ["p", 0], "negative": ["n", 0], "control_net": ["cn", 0], "vae": ["vae", 0],
+              "image": ["img", 0], "mask": ["img", 1], "strength": 0.9, "start_percent": 0.0, "end_percent": 1.0}},
+          "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+          "ks": {"class_type": "KSampler", "inputs": {"model": ["unet", 0], "seed": 3, "steps": 2, "cfg": 1.0,
+                                                     "sampler_name": "euler", "scheduler": "simple",
+                                                     "positive": ["apply", 0], "negative": ["apply", 1],
+                                                     "latent_image": ["lat", 0], "denoise": 1.0}},
+          "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+          "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "flux-cn"}}}
+    r = fam_exec.run(wf)
+    assert r.status == "success", r.error
+    assert len(r.outputs["save"]["images"]) == 1

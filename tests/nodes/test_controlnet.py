@@ -157,3 +157,61 @@ def test_controlnet_workflow_through_the_engine(cn_env):
     r = Executor(default_registry(), env).run(wf)
     assert r.status == "success", r.error
     assert len(r.outputs["11"]["images"]) == 1
+
+
+def test_controlnet_union_types(cn_env, models_dir, refs):
+    """A ControlNet Union file (diffusers' layout, as xinsir publishes it) loads as ControlNetUnionModel; a type set
+    with SetUnionControlNetType gives diffusers' output for that task index (ComfyUI's names in the model card's
+    order: depth = 1, canny/lineart = 3); 'auto' is the hint without the task fusion; a type the file lacks is a
+    clear error."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from tests.tiny_controlnet import build_tiny_union
+
+    env, _ = cn_env
+    unet = refs[0].get()
+    union, six = build_tiny_union(unet), build_tiny_union(unet, n_types=6, seed=5)
+    for name, m in (("tiny-union.safetensors", union), ("tiny-union6.safetensors", six)):
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(models_dir / "controlnet" / name))
+    ctx = type("C", (), {"env": env})()
+    ref = CN.ControlNetLoader().run(ctx, "tiny-union.safetensors")[0]
+    assert ref.meta["union_types"] == 8
+    pos = encode_text(refs[1], "a square")
+    x, t, emb = torch.randn(1, 4, 8, 8), torch.tensor(600.0), pos[0][0]
+    hint = hint_image().movedim(-1, 1)
+
+    def res(r):
+        out = CN.ControlApply(r, hint_image(), 0.8).residuals(x, t, emb, None, None, (8, 8), torch.float32)
+        return out["down_block_additional_residuals"], out["mid_block_additional_residual"]
+
+    def want(model, idx):
+        ct = torch.zeros(1, model.config.num_control_type)
+        if idx is not None:
+            ct[:, idx] = 1.0
+        with torch.no_grad():
+            return model(x, t, emb, controlnet_cond=[hint], control_type=ct, control_type_idx=[idx or 0],
+                         conditioning_scale=0.8, return_dict=False)
+
+    got = {}
+    for typ, idx in (("depth", 1), ("canny/lineart/anime_lineart/mlsd", 3)):
+        got[typ] = res(CN.SetUnionControlNetType().run(None, ref, typ)[0])
+        d, m = want(union, idx)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got[typ][0], d)), typ
+        assert torch.allclose(got[typ][1], m, atol=1e-5)
+    assert not torch.allclose(got["depth"][1], got["canny/lineart/anime_lineart/mlsd"][1], atol=1e-4)
+    # auto: ComfyUI's union without a type = zero type vector, hint features added without the fusion offset
+    plain = copy.deepcopy(union)
+    with torch.no_grad():
+        plain.spatial_ch_projs.weight.zero_()
+        plain.spatial_ch_projs.bias.zero_()
+    d, m = want(plain, None)
+    auto = res(CN.SetUnionControlNetType().run(None, ref, "auto")[0])
+    assert torch.allclose(auto[1], m, atol=1e-5) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(auto[0], d))
+    assert not torch.allclose(auto[1], want(union, 0)[1], atol=1e-4)
+    # the 6-type (non-promax) file has no tile type
+    six_ref = CN.SetUnionControlNetType().run(None, CN.ControlNetLoader().run(ctx, "tiny-union6.safetensors")[0],
+                                              "tile")[0]
+    with pytest.raises(ValueError, match="6 control types.*tile"):
+        res(six_ref)

@@ -78,3 +78,33 @@ def test_blur_mask_and_map_size():
     received = torch.tensor([[2.0, 0.5, 1.0, 0.5]])  # only the first position gets more than average
     m = S.attention_mask(received, (4, 4), 3)
     assert m.shape == (1, 3, 4, 4) and float(m.sum()) == 3 * 4 and float(m[0, 0, :2, :2].min()) == 1.0
+
+
+def test_area_conditionings_pick_the_full_area_rows(refs):
+    """With area and full-area entries batched together, the map is read from the full-area entry's rows; with only
+    area-limited unconditional entries the conditional pass's map is used."""
+    from nodes.conditioning import ConditioningSetArea
+    from nodes.sampler_core import Denoiser
+
+    full, neg = encode_text(refs[1], "a cat"), encode_text(refs[1], "")
+    area = ConditioningSetArea().run(None, encode_text(refs[1], "a dog"), 64, 64, 0, 0, 1.0)[0]
+    lat = {"samples": torch.zeros(1, 4, 16, 16)}
+
+    def go(model, pos, negative):
+        return sample(None, model, pos, negative, lat, Plan("euler", "normal", 2), 0, 2, cfg=4.0,
+                      noise=Noise(2)).samples
+    sag = S.SelfAttentionGuidance().run(None, refs[0], 1.0, 2.0)[0]
+    zero = S.SelfAttentionGuidance().run(None, refs[0], 0.0, 2.0)[0]
+    for pos, negative in ((area + full, neg), (full, area)):
+        base = go(refs[0], pos, negative)
+        assert torch.equal(go(zero, pos, negative), base)
+        assert (go(sag, pos, negative) - base).abs().max() > 1e-3
+    with refs[0].store.using(refs[0]) as (unet,):
+        den = Denoiser(unet, area + full, neg, 4.0, 1, (16, 16), "cpu", 0.18215)
+        # calls: (uncond, full cat) batched first (uncond jobs come first), then (area dog) alone
+        assert den.call_rows(0, torch.tensor([500.0]), None) == (0, 0)
+        assert den.call_rows(1, torch.tensor([500.0]), None) == (0, 1)
+        assert Denoiser(unet, full + area, neg, 4.0, 1, (16, 16), "cpu", 0.18215).call_rows(1, 500, None) == (0, 1)
+        neg_area = Denoiser(unet, full, area, 4.0, 1, (16, 16), "cpu", 0.18215)
+        assert neg_area.call_rows(1, 500, None) == (1, 0)  # (area uncond) is its own first call
+        assert neg_area.call_rows(0, 500, None) is None

@@ -223,3 +223,53 @@ def test_one_channel_adapter_reads_the_hint_mean_at_the_latent_size(ad_env):
     got = got["down_intrablock_additional_residuals"]
     assert [t.shape for t in got] == [(2, 32, 8, 8), (2, 64, 4, 4), (2, 64, 2, 2)]
     assert all(torch.allclose(g, w.expand_as(g), atol=1e-6) for g, w in zip(got, want))
+
+
+def test_adapter_chained_on_a_controlnet_and_in_an_area(ad_env, models_dir, refs, tiny):
+    """A T2I-Adapter applied on top of a ControlNet gives both kinds of residuals in one call; in an area
+    (ConditioningSetArea) its features are those of the hint cut to the area."""
+    from tests.tiny_controlnet import build_tiny_controlnet, save_controlnet
+
+    env, mods = ad_env
+    save_controlnet(models_dir / "controlnet" / "cn-for-chain.safetensors", build_tiny_controlnet(tiny[0]))
+    cn = env.model_store().load("controlnet", "cn-for-chain.safetensors")
+    ad = env.model_store().load("controlnet", "ad-full-orig.safetensors")
+    pos = encode_text(refs[1], "x")
+    h = torch.rand(1, 64, 64, 3)
+    once = CN.ControlNetApply().run(None, pos, cn, h, 1.0)[0]
+    both = CN.ControlNetApply().run(None, once, ad, h, 0.5)[0]
+    x, t, emb = torch.randn(1, 4, 8, 8), torch.tensor(300.0), pos[0][0]
+    out = both[0][1]["control"].residuals(x, t, emb, None, None, (8, 8), torch.float32)
+    assert {"down_block_additional_residuals", "mid_block_additional_residual",
+            "down_intrablock_additional_residuals"} <= set(out)
+    area = (4, 4, 2, 4)  # h, w, y, x in latent units
+    got = CN.ControlApply(ad, h, 1.0).residuals(torch.randn(1, 4, 4, 4), t, emb, None, area, (8, 8), torch.float32)
+    want = mods["ad-full-orig.safetensors"](h.movedim(-1, 1)[:, :, 16:48, 32:64])
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got["down_intrablock_additional_residuals"], want))
+
+
+def test_sdxl_adapter_features_fit_an_sdxl_unet_including_the_mid_block(ad_env):
+    """The SDXL adapter's 4 features land in an SDXL-shaped UNet (DownBlock2D, CrossAttn, CrossAttn: the tiny
+    adapter's 16/32/48 channels) at an odd latent size (7x9: the hint is resized to 56x72 rounded up to 16 = 64x80):
+    the UNet takes all of them, the 4th in the mid block (diffusers adds it only when the shape matches, so the
+    output with 4 features differs from the output with the first 3)."""
+    from diffusers import UNet2DConditionModel
+
+    env, mods = ad_env
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(16, 32, 48), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=[1, 2, 2], norm_num_groups=8,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=32 + 6 * 8).eval()
+    ref = env.model_store().load("controlnet", "ad-xl-orig.safetensors")
+    x, t, emb = torch.randn(1, 4, 7, 9), torch.tensor(400.0), torch.randn(1, 5, 32)
+    added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[56.0, 72, 0, 0, 56, 72]])}
+    res = CN.ControlApply(ref, torch.rand(1, 56, 72, 3), 1.0).residuals(x, t, emb, added, None, (7, 9), torch.float32)
+    feats = res["down_intrablock_additional_residuals"]
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 4, 5), (32, 4, 5), (48, 2, 3), (48, 2, 3)]
+    with torch.no_grad():
+        full = unet(x, t, emb, added_cond_kwargs=added, down_intrablock_additional_residuals=list(feats)).sample
+        three = unet(x, t, emb, added_cond_kwargs=added, down_intrablock_additional_residuals=list(feats[:3])).sample
+    assert not torch.allclose(full, three, atol=1e-5)
