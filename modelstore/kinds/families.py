@@ -238,8 +238,13 @@ class SDUNetFiles:
         m._loom_ldm_names = ldm_unet_module_map(keys, plan.unet)
         return m
 
+    def patch(self, key: ModelKey, base: Any, lora_state: dict, strength: float, ctx: BuildContext) -> Any:
+        from ..lora import apply_lora
+
+        return apply_lora(base, lora_state, strength, "unet")
+
     def nbytes(self, value: Any) -> int:
-        return module_nbytes(value)
+        return _own_bytes(value, value)
 
 
 LOADERS.append(SDUNetFiles())

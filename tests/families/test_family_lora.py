@@ -542,3 +542,36 @@ def test_sd3_checkpoint_lora_patches_clip_g_and_model(family_models):
         for k, v in after[kind].items():
             if not (kind == "clip_g" and k == key):
                 assert torch.equal(v, before[kind][k]), (kind, k)
+
+
+def test_lora_on_sd_unet_file(family_models):
+    """UNETLoader on an SD1 UNet-only file (LDM keys, no prefix) takes a kohya LoRA like the checkpoint's UNet
+    (diffusers- and LDM-named targets)."""
+    from tests.models.ldm_export import unet_to_ldm
+    from tests.tiny_sd import build_tiny_sd1
+
+    root, _ = family_models
+    unet = build_tiny_sd1(seed=3)[0]
+    p = "model.diffusion_model."
+    tf.save({k[len(p):]: v for k, v in unet_to_ldm(unet).items()}, root / "diffusion_models" / "sd1_unet.safetensors")
+    store = _store(root)
+    ref = _dm(store, root, "sd1_unet.safetensors")
+    assert ref.key.component == "sd_unet"
+    g = torch.Generator().manual_seed(8)
+    q = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    pi = unet.down_blocks[0].attentions[0].proj_in
+    sd = {}
+    up, down, s = _pair(sd, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", q.out_features,
+                        q.in_features, g, alpha=2)
+    dq = s * up @ down
+    sd["lora_unet_input_blocks_1_1_proj_in.lora_up.weight"] = _rnd(g, pi.out_channels, R, 1, 1)
+    sd["lora_unet_input_blocks_1_1_proj_in.lora_down.weight"] = _rnd(g, R, pi.in_channels, 1, 1)
+    dp = (sd["lora_unet_input_blocks_1_1_proj_in.lora_up.weight"].flatten(1) @
+          sd["lora_unet_input_blocks_1_1_proj_in.lora_down.weight"].flatten(1)).reshape(pi.weight.shape)
+    _save_lora(root, "sd1-unet-lora.safetensors", sd)
+    base = {k: v.clone() for k, v in ref.get().state_dict().items()}
+    pm, _ = store.load_lora(ref, None, "sd1-unet-lora.safetensors", -0.5, 0.0)
+    got = pm.get().state_dict()
+    kq, kp = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight", "down_blocks.0.attentions.0.proj_in.weight"
+    _check(got, base, {kq: dq, kp: dp}, -0.5)
+    assert all(torch.equal(v, base[k]) for k, v in ref.get().state_dict().items())
