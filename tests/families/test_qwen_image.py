@@ -202,3 +202,25 @@ def test_scaled_fp8_files_load_dequantised(family_models, tmp_path):
     dm = fs.load_diffusion_model(st, tmp_path / "dm_scaled.safetensors", "dm_scaled.safetensors").get().module
     got = dm.state_dict()
     assert all(torch.equal(got[k], w) for k, w in dm_want.items())
+
+
+def test_low_denoise_keeps_the_latent(family_models):
+    """img2img with the per-channel normalisation: at denoise 0.001 KSampler returns nearly the VAE latent it was
+    given (raw latents in and out). The change shrinks with the noise level (0.006 here, 0.03 at denoise 0.005); a
+    mean or std missing in one direction would move the latent by the mean (|mean| averages 0.55) or by
+    (std - 1) x latent, whatever the denoise."""
+    from nodes.family_encode import encode
+    from nodes.sampling import KSampler
+    from nodes.vae import encode as vae_encode
+
+    root = family_models[0]
+    st = _store(root)
+    model = fs.load_diffusion_model(st, root / "diffusion_models" / DIT, DIT)
+    clip = fs.FamilyClip("qwen_image", (fs.load_text_encoder(st, root / "text_encoders" / TE),), store=st)
+    lat = vae_encode(st.load_vae(VAE), torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3)))
+    ctx = type("Ctx", (), {"env": None, "progress": lambda *a, **k: None, "check_cancelled": lambda *a: None})()
+    out = KSampler().run(ctx, model, 5, 2, 2.0, "euler", "simple", encode(clip, "red"), encode(clip, ""),
+                         {"samples": lat}, 0.001)[0]["samples"]
+    assert out.shape == lat.shape
+    d = (out - lat).abs().mean().item()
+    assert d < 0.02, d
