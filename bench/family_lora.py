@@ -5,7 +5,9 @@
 1. Full-size FLUX.1 dev shapes (19 double + 38 single blocks, width 3072; header only, no weights): the time to
    derive the file -> diffusers row map from the loader's converter, and a header check of a kohya LoRA naming
    every file weight.
-2. The tiny FLUX.1 of tests/tiny_families.py with a kohya LoRA (fused qkv of both streams, mlp, modulations) and a
+2. A full-width FLUX.1 with 1 double + 1 single block (bf16, ~546M params): time and new bytes of a rank-16 LoRA
+   on all 13 block Linears (a full FLUX.1 has 19 + 38 blocks).
+3. The tiny FLUX.1 of tests/tiny_families.py with a kohya LoRA (fused qkv of both streams, mlp, modulations) and a
    diffusers/PEFT LoRA (to_q, to_k, to_v, proj_mlp, ff) at strength 0.8: Loom's patched weights and velocity against
    diffusers' ``FluxPipeline.lora_state_dict`` -> ``load_lora_adapter`` -> ``fuse_lora(lora_scale=0.8)`` on the
    same diffusers module (max abs differences).
@@ -45,6 +47,38 @@ def full_size_map():
     print(f"full-size FLUX.1: {len(shapes)} tensors; row map {dt:.2f} s ({len(lay.rows)} file tensors -> "
           f"{len(lay.diffusers)} diffusers tensors, {len(mods)} LoRA-able weights); header check of {len(keys)} LoRA keys "
           f"{time.perf_counter() - t:.3f} s, warnings {warnings}")
+
+
+def patch_cost():
+    """Patch time of a rank-16 LoRA on every block Linear of a full-width FLUX.1 with 1 double + 1 single block
+    (random bf16 weights, built directly: no file), one thread."""
+    import resource
+
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    from modelstore.families import lora as fl, registry
+    from modelstore.families.flux import FluxDenoiser
+    from tests import tiny_families as tf
+
+    with init_empty_weights():
+        meta = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
+    shapes = {k: tuple(v.shape) for k, v in tf.flux_file(meta).items()}
+    m = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True).to(torch.bfloat16)
+    den = FluxDenoiser(m, registry.detect(shapes))
+    den.source_shapes = shapes
+    g, r, sd = torch.Generator().manual_seed(0), 16, {}
+    for k, s in shapes.items():
+        if k.endswith(".weight") and len(s) == 2 and "blocks" in k:
+            n = "lora_unet_" + k[:-len(".weight")].replace(".", "_")
+            sd[n + ".lora_down.weight"] = torch.randn(r, s[1], generator=g, dtype=torch.bfloat16) * 0.01
+            sd[n + ".lora_up.weight"] = torch.randn(s[0], r, generator=g, dtype=torch.bfloat16) * 0.01
+    t = time.perf_counter()
+    p = fl.patch_model(den, sd, 1.0, "bench")
+    dt = time.perf_counter() - t
+    print(f"full-width FLUX.1, 1 double + 1 single block ({sum(x.numel() for x in m.parameters()) / 1e6:.0f}M params "
+          f"bf16): rank-16 LoRA on {p._loom_lora_applied} targets patched in {dt:.2f} s on one CPU thread, "
+          f"{p._loom_own_bytes / 2**20:.0f} MiB of new weights, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 def against_peft():
@@ -107,6 +141,7 @@ def against_peft():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     full_size_map()
+    patch_cost()
     try:
         import peft  # noqa: F401
     except ImportError:
