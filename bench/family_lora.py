@@ -99,7 +99,7 @@ def against_peft():
         if alpha:
             sd[n + ".alpha"] = torch.tensor(float(alpha))
 
-    kohya, peft = {}, {}
+    kohya, peft_sd = {}, {}
     for name, shape in (("double_blocks_0_img_attn_qkv", (3 * d, d)), ("double_blocks_0_txt_attn_qkv", (3 * d, d)),
                         ("double_blocks_0_img_mlp_0", (4 * d, d)), ("double_blocks_0_txt_mod_lin", (6 * d, d)),
                         ("single_blocks_1_linear2", (d, 5 * d)), ("single_blocks_0_modulation_lin", (3 * d, d))):
@@ -107,12 +107,12 @@ def against_peft():
     for mod, shape in (("transformer_blocks.0.attn.to_q", (d, d)), ("transformer_blocks.0.attn.to_k", (d, d)),
                        ("single_transformer_blocks.1.attn.to_v", (d, d)),
                        ("single_transformer_blocks.0.proj_mlp", (4 * d, d)), ("transformer_blocks.0.ff.net.2", (d, 4 * d))):
-        pair(peft, "transformer." + mod, *shape, kohya=False)
+        pair(peft_sd, "transformer." + mod, *shape, kohya=False)
     store = ModelStore(ModelFolders(root), device="cpu", dtype="fp32")
     ref = load_diffusion_model(store, root / "diffusion_models" / "f.safetensors", "f")
     x, sigma = torch.randn(1, 16, 16, 16), torch.tensor([0.7])
     cond = {"context": torch.randn(1, 8, 128), "pooled": torch.randn(1, 64), "guidance": torch.tensor([3.5])}
-    for fmt, sd in (("kohya", kohya), ("peft", peft)):
+    for fmt, sd in (("kohya", kohya), ("peft", peft_sd)):
         tf.save(sd, root / "loras" / f"{fmt}.safetensors")
         patched = store.load_lora(ref, None, f"{fmt}.safetensors", 0.8, 0.0)[0].get()
         ours = patched.module.state_dict()

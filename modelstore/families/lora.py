@@ -88,11 +88,16 @@ def layout(family: str, config: dict, shapes: dict) -> Layout:
             continue
         ids, src = codes >> _BITS, codes & ((1 << _BITS) - 1)
         for i in ids.unique().tolist():
-            if not 0 <= i < len(names) or not shapes[names[i]]:
+            if 0 <= i < len(names) and not shapes[names[i]]:
                 continue
-            fk = names[i]
+            fk = names[i] if 0 <= i < len(names) and codes.dtype == torch.int64 else None
             dst = (ids == i).nonzero().flatten()
-            rows.setdefault(fk, []).append((dk, _compact(dst), _compact(src[dst])))
+            s_rows = _compact(src[dst])
+            top = s_rows.stop if isinstance(s_rows, slice) else int(s_rows.max().item()) + 1
+            if fk is None or top > shapes[fk][0]:
+                raise LoraError(f"LoRA on {family}: its convert_state does more than move rows ({dk}); the LoRA "
+                                "key map cannot be derived from it")
+            rows.setdefault(fk, []).append((dk, _compact(dst), s_rows))
             diff[dk] = (codes.shape[0],) + tuple(shapes[fk][1:])
     return Layout({k: tuple(v) for k, v in shapes.items()}, diff, rows)
 
