@@ -6,8 +6,14 @@ ConditioningSetArea): the sampler's Denoiser calls these, so another sampler cor
   mask's bounding box (at least 8 latent px, 8-px feather margin not added).
 - ``start_percent``/``end_percent``: the part of the schedule where the entry is active, ComfyUI's percentages
   of the model's noise levels: percent p is timestep (1 - p) x (T - 1) of a T-step training schedule.
+
+``entry_weight`` and ``RegionSum`` are ComfyUI's weighted averaging of the entries' predictions (every sampler core
+uses them): each entry adds prediction x weight over its area and its weight to a per-pixel count; the result is
+sum / count, 0 where no entry counted.
 """
 from __future__ import annotations
+
+FEATHER = 8  # latent pixels over which an area's inner edges fade in (ComfyUI's)
 
 
 
@@ -65,3 +71,64 @@ def active(start: float, end: float, t, train_steps: int = 1000) -> bool:
         return True
     tv = float(t.reshape(-1)[0]) if hasattr(t, "reshape") else float(t)  # the sampler passes one t per row
     return percent_to_timestep(end, train_steps) - 1e-4 <= tv <= percent_to_timestep(start, train_steps) + 1e-4
+
+
+def entry_weight(area: tuple | None, strength: float, mask, h: int, w: int, device, dtype):
+    """An entry's weight over its area, as ComfyUI computes it: ``mask`` (B,1,ah,aw, from ``mask_weight``) x
+    strength when the entry has a mask (no feathering); else ``strength``, with the area's edges that are not on the
+    latent border faded in linearly over 8 latent pixels: a (1,1,ah,aw) tensor, or the float itself for the whole
+    latent."""
+    import torch
+
+    if mask is not None:
+        return mask.to(device, dtype) * float(strength)
+    if area is None:
+        return float(strength)
+    ah, aw, ay, ax = area
+    m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
+    for t in range(min(FEATHER, ah)):
+        f = min(1.0, (t + 1) / FEATHER)
+        if ay != 0:
+            m[:, :, t:t + 1, :] *= f
+        if ay + ah < h:
+            m[:, :, ah - 1 - t:ah - t, :] *= f
+    for t in range(min(FEATHER, aw)):
+        f = min(1.0, (t + 1) / FEATHER)
+        if ax != 0:
+            m[:, :, :, t:t + 1] *= f
+        if ax + aw < w:
+            m[:, :, :, aw - 1 - t:aw - t] *= f
+    return m
+
+
+class RegionSum:
+    """Per side (0 = uncond, 1 = cond, ...) weighted sums of predictions shaped like ``like`` (B,C,H,W) and their
+    per-pixel weight counts. ``add`` an entry's prediction for its area; ``get`` the average (0 where nothing
+    counted), or None for a side nothing was added to."""
+
+    def __init__(self, like):
+        self.like = like
+        self.acc: dict = {}
+        self.cnt: dict = {}
+
+    def add(self, side: int, pred, area: tuple | None, weight) -> None:
+        import torch
+
+        if side not in self.acc:
+            self.acc[side] = torch.zeros_like(self.like)
+            self.cnt[side] = torch.zeros_like(self.like[:, :1])
+        if area is None:
+            self.acc[side] += pred * weight
+            self.cnt[side] += weight
+            return
+        ah, aw, ay, ax = area
+        self.acc[side][:, :, ay:ay + ah, ax:ax + aw] += pred * weight
+        self.cnt[side][:, :, ay:ay + ah, ax:ax + aw] += weight
+
+    def get(self, side: int):
+        import torch
+
+        if side not in self.acc:
+            return None
+        c = self.cnt[side]
+        return self.acc[side] / torch.where(c == 0, torch.ones_like(c), c)

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cond_regions import mask_weight, resolve_area
+from .cond_regions import RegionSum, entry_weight, mask_weight, resolve_area
 from .sampler_values import Guider, Noise, SamplerChoice, make_noise  # noqa: F401  (re-exported)
 from .samplers import Plan
 
@@ -34,28 +34,6 @@ from .latent_rgb import LATENT_RGB, latent_to_rgb  # noqa: F401  (LATENT_RGB: re
 
 
 # ------------------------------------------------------------------------------------------------ conds
-def _area_weight(area, strength, h, w, device, dtype):
-    """(1,1,h_area,w_area) weight: strength, with edges not on the latent border faded over 8 latent pixels."""
-    import torch
-
-    ah, aw, ay, ax = area
-    m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
-    rr = 8
-    for t in range(min(rr, ah)):
-        f = min(1.0, (t + 1) / rr)
-        if ay != 0:
-            m[:, :, t:t + 1, :] *= f
-        if ay + ah < h:
-            m[:, :, ah - 1 - t:ah - t, :] *= f
-    for t in range(min(rr, aw)):
-        f = min(1.0, (t + 1) / rr)
-        if ax != 0:
-            m[:, :, :, t:t + 1] *= f
-        if ax + aw < w:
-            m[:, :, :, aw - 1 - t:aw - t] *= f
-    return m
-
-
 @dataclass
 class _Job:
     which: int          # 0 = uncond, 1 = cond
@@ -229,32 +207,18 @@ class Denoiser:
             if jobs[0].area is None and len(jobs) == len({j.which for j in jobs}):
                 preds = dict(zip((j.which for j in jobs), self._call(x_in, t, jobs)))
                 return preds.get(0), preds[1]
-        acc = [None, None]
-        cnt = [None, None]
+        acc = RegionSum(x_in)  # ComfyUI's weighted average (nodes/cond_regions.py), shared with the flow families
         for jobs in self.groups.values():
             jobs = [j for j in jobs if self.simple or self._active(j, t, sigma)]
             if not jobs:
                 continue
             for j, pred in zip(jobs, self._call(x_in, t, jobs)):
-                if acc[j.which] is None:
-                    acc[j.which] = torch.zeros_like(x_in)
-                    cnt[j.which] = torch.zeros_like(x_in[:, :1])
-                if j.area is None and j.mask is None:
-                    acc[j.which] += pred * j.strength
-                    cnt[j.which] += j.strength
-                else:
-                    ah, aw, ay, ax = j.area if j.area is not None else (self.h, self.w, 0, 0)
-                    m = _area_weight((ah, aw, ay, ax), j.strength, self.h, self.w, x_in.device, x_in.dtype)
-                    if j.mask is not None:
-                        m = m * j.mask.to(x_in.device, x_in.dtype)
-                    acc[j.which][:, :, ay:ay + ah, ax:ax + aw] += pred * m
-                    cnt[j.which][:, :, ay:ay + ah, ax:ax + aw] += m
-        if acc[1] is None:  # no positive entry active at this step: a zero prediction, as ComfyUI gives
-            acc[1], cnt[1] = torch.zeros_like(x_in), torch.ones_like(x_in[:, :1])
-        res = []
-        for a, c in zip(acc, cnt):
-            res.append(None if a is None else a / torch.where(c == 0, torch.ones_like(c), c))
-        return res[0], res[1]
+                acc.add(j.which, pred, j.area,
+                        entry_weight(j.area, j.strength, j.mask, self.h, self.w, x_in.device, x_in.dtype))
+        cond = acc.get(1)
+        if cond is None:  # no positive entry active at this step: a zero network output
+            cond = torch.zeros_like(x_in)
+        return acc.get(0), cond
 
     def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
         u, c = self.outputs(x_in, t)
@@ -303,13 +267,13 @@ def model_sampling_of(model_ref):
     return from_spec(spec, pred)
 
 
-def _hooks(model_ref):
+def _hooks(model_ref, ms):
     from sampling.guidance import cfg_norm, rescale_cfg
 
     cfg_fn = None
     rescale = model_ref.option("rescale_cfg")
     if rescale is not None:
-        cfg_fn = rescale_cfg(float(rescale))
+        cfg_fn = rescale_cfg(float(rescale), flow=ms.is_flow)
     post = tuple(cfg_norm(float(v)) for v in (model_ref.option("cfg_norm"),) if v is not None)
     return cfg_fn, post
 
@@ -357,7 +321,7 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     import torch
     import torch.nn.functional as F
 
-    from sampling.guidance import GuidedDenoiser
+    from sampling.guidance import GuidedDenoiser, dual_cfg
     from sampling.ksampler import run as run_sampler
 
     from .family_sampling import is_flow_model
@@ -387,7 +351,7 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
     # rescales a latent that carries leftover noise back into flow space)
     noise_t = noise.make(lat0.shape, latent.get("batch_index")) if seed is not None else torch.zeros_like(lat0)
     need_uncond = "cfg_pp" in choice.name
-    cfg_fn, post = _hooks(model_ref)
+    cfg_fn, post = _hooks(model_ref, ms)
     from .model_patches import mask_patch, post_cfg_patches, sag_patch, unet_patches
 
     with model_ref.store.using(model_ref) as (net,), unet_patches(net, model_ref):  # FreeU etc. (ref options)
@@ -417,13 +381,8 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
             if den2 is not None:
                 u2, c2 = den2.outputs(x_in, t, sigma)
                 c2 = ms.calculate_denoised(sigma, c2, x)
-                u2 = cond if u2 is None else ms.calculate_denoised(sigma, u2, x)
-                if guider.nested:  # ((cond1 vs cond2) then vs negative)
-                    inner = c2 + (cond - c2) * guider.cfg
-                    return inner, u2 if guider.cfg2 != 1.0 else None
-                # regular: negative -> cond2 by cfg2, cond2 -> cond1 by cfg
-                base = u2 + (c2 - u2) * guider.cfg2
-                return base + (cond - c2) * guider.cfg, None
+                u2 = None if u2 is None else ms.calculate_denoised(sigma, u2, x)
+                return dual_cfg(cond, c2, u2, guider.cfg, guider.cfg2, guider.nested)
             return cond, unc
 
         cfg_used = guider.cfg if den2 is None else (guider.cfg2 if guider.nested else 1.0)

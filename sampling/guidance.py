@@ -39,9 +39,23 @@ class GuidedDenoiser:
         return out
 
 
-def rescale_cfg(multiplier: float):
-    """RescaleCFG (Lin et al. 2023, sec. 3.4): match the guided eps/v prediction's std to the conditional one's,
-    blended by ``multiplier``; done on the v-prediction implied by the denoised estimates."""
+def rescale_cfg(multiplier: float, flow: bool = False):
+    """RescaleCFG (Lin et al. 2023, sec. 3.4): match the std of the guided prediction to the conditional one's,
+    blended by ``multiplier``, in the space of the network's own prediction, derived from the denoised estimates.
+
+    EPS/V models (``flow`` False): the VP v-prediction v = alpha*eps - sigma_vp*x0 of k-diffusion's sigma.
+    Flow-matching (CONST) models (``flow`` True): the velocity v = (x - x0) / sigma the network predicts; as v is
+    affine in x0 with the same coefficients for cond and guided, this is x0 = x - (x - x0_cfg) * k with
+    k = multiplier * std(x - x0_cond) / std(x - x0_cfg) + (1 - multiplier), per batch item (no division by sigma)."""
+    if flow:
+        def flow_fn(cond, uncond, cfg, x, sigma):
+            guided = uncond + (cond - uncond) * cfg
+            ro_pos = torch.std(x - cond, dim=tuple(range(1, cond.ndim)), keepdim=True)
+            ro_cfg = torch.std(x - guided, dim=tuple(range(1, cond.ndim)), keepdim=True)
+            k = multiplier * (ro_pos / ro_cfg) + (1.0 - multiplier)
+            return x - (x - guided) * k
+        return flow_fn
+
     def fn(cond, uncond, cfg, x, sigma):
         s = sigma.reshape(sigma.shape[:1] + (1,) * (cond.ndim - 1))
         sc = (s * s + 1.0) ** 0.5
@@ -56,6 +70,19 @@ def rescale_cfg(multiplier: float):
         # back to x0: x0 = alpha*x_vp - sigma_vp*v, x_vp = x / sc
         return (x / sc) / sc - (s / sc) * v_final
     return fn
+
+
+def dual_cfg(cond1, cond2, negative, cfg: float, cfg2: float, nested: bool) -> tuple:
+    """DualCFGGuider's combination of three denoised estimates -> (cond, uncond) for a GuidedDenoiser.
+
+    regular: negative -> cond2 by ``cfg2``, then cond2 -> cond1 by ``cfg``; the result is final (uncond None; run the
+    GuidedDenoiser with cfg 1). ``negative`` None (cfg2 == 1): cond2 itself is the base.
+    nested: cond2 -> cond1 by ``cfg`` gives the cond, guided against ``negative`` by cfg2 (the GuidedDenoiser's
+    cfg; uncond None when cfg2 == 1)."""
+    if nested:
+        return cond2 + (cond1 - cond2) * cfg, (negative if cfg2 != 1.0 else None)
+    base = cond2 if negative is None or cfg2 == 1.0 else negative + (cond2 - negative) * cfg2
+    return base + (cond1 - cond2) * cfg, None
 
 
 def cfg_norm(strength: float):

@@ -75,17 +75,6 @@ def test_chained_advanced_ranges_equal_one_run(family_models):
     assert diff < 1e-4
 
 
-def test_dual_cfg_guider_on_flow_family_is_a_clear_error(family_models):
-    from nodes.guiders import DualCFGGuider
-
-    model, pos, neg, lat = _setup(family_models[0], "zimage")
-    g = DualCFGGuider().run(None, model, pos, pos, neg, 2.0, 2.0, "regular")[0]
-    sigmas = BasicScheduler().run(None, model, "simple", 2, 1.0)[0]
-    with pytest.raises(ValueError, match="DualCFGGuider"):
-        SamplerCustomAdvanced().run(None, RandomNoise().run(None, 1)[0], g, KSamplerSelect().run(None, "euler")[0],
-                                    sigmas, lat)
-
-
 def test_sampler_custom_advanced_workflow_on_zimage(fam_exec, fam_env):
     """The custom-sampling graph through the engine on Z-Image with ModelSamplingAuraFlow, to an image."""
     import numpy as np
@@ -119,8 +108,8 @@ def test_sampler_custom_advanced_workflow_on_zimage(fam_exec, fam_env):
     assert a.shape == (64, 64, 3) and a.std() > 0
 
 
-def test_cfg_norm_applies_and_rescale_cfg_is_refused_on_flow_models(family_models):
-    from nodes.model_sampling import CFGNorm, RescaleCFG
+def test_cfg_norm_applies_on_flow_models(family_models):
+    from nodes.model_sampling import CFGNorm
 
     model, pos, neg, lat = _setup(family_models[0], "zimage")
     ref = KSampler().run(None, model, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
@@ -130,29 +119,23 @@ def test_cfg_norm_applies_and_rescale_cfg_is_refused_on_flow_models(family_model
     zero = CFGNorm().run(None, model, 0.0)[0]  # strength 0 = no correction
     same = KSampler().run(None, zero, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)[0]["samples"]
     assert (same - ref).abs().max().item() < 1e-6
-    resc = RescaleCFG().run(None, model, 0.7)[0]
-    with pytest.raises(ValueError, match="RescaleCFG"):
-        KSampler().run(None, resc, SEED, STEPS, 4.0, "euler", "simple", pos, neg, lat, 1.0)
 
 
-def test_unet_patches_controlnet_and_timestep_ranges_are_refused_on_flow_models(family_models):
-    """What the flow path cannot honour yet is a clear error naming it, never a silently different picture."""
-    from nodes.conditioning_ops import ConditioningSetTimestepRange
-    from nodes.model_patches import DifferentialDiffusion, FreeU, PerturbedAttentionGuidance
+def test_unet_patches_and_controlnet_are_refused_on_flow_models(family_models):
+    """What the flow path cannot honour is a clear error naming it, never a silently different picture (timestep
+    ranges, areas, masks, DualCFGGuider, RescaleCFG and DifferentialDiffusion work: test_flow_conditioning.py and
+    test_flow_guidance.py)."""
+    from nodes.model_patches import FreeU, PerturbedAttentionGuidance
     from nodes.self_attention_guidance import SelfAttentionGuidance
 
     model, pos, neg, lat = _setup(family_models[0], "zimage")
     patched = {"FreeU": FreeU().run(None, model, 1.3, 1.4, 0.9, 0.2)[0],
                "PerturbedAttentionGuidance": PerturbedAttentionGuidance().run(None, model, 3.0)[0],
-               "DifferentialDiffusion": DifferentialDiffusion().run(None, model)[0],
                "SelfAttentionGuidance": SelfAttentionGuidance().run(None, model, 0.5, 2.0)[0],
                "HypernetworkLoader": model.with_options(hypernetworks=(("hn.safetensors", 1, 1, 1.0),))}
     for name, m in patched.items():
         with pytest.raises(ValueError, match=name):
             KSampler().run(None, m, SEED, STEPS, CFG, "euler", "simple", pos, neg, lat, 1.0)
-    ranged = ConditioningSetTimestepRange().run(None, pos, 0.0, 0.5)[0]
-    with pytest.raises(ValueError, match="timestep ranges"):
-        KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", ranged, neg, lat, 1.0)
     controlled = [[emb, {**opts, "control": object()}] for emb, opts in pos]
     with pytest.raises(ValueError, match="ControlNet"):
         KSampler().run(None, model, SEED, STEPS, CFG, "euler", "simple", controlled, neg, lat, 1.0)
