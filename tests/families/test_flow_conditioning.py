@@ -98,6 +98,12 @@ def test_side_without_an_active_entry_predicts_zero(family_models):
     assert cond.abs().max().item() == 0.0 and unc.abs().max().item() > 0.1
     cond, _ = _x0(model, late, x, late_sigma)
     assert (cond - _plain_x0(model, pos, x, late_sigma)).abs().max().item() < 1e-5
+    # end to end: a positive on [0, 0.5] alone at cfg 1 leaves euler's last step with x0 = 0: the zero latent
+    first = O.ConditioningSetTimestepRange().run(None, pos, 0.0, 0.5)[0]
+    lat = {"samples": torch.zeros(1, 16, 8, 8)}
+    out = KSampler().run(None, model, SEED, STEPS, 1.0, "euler", "simple", first, neg, lat, 1.0)[0]["samples"]
+    scale, shift = fsamp.latent_affine(model.meta)
+    assert ((out - shift) * scale).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("family", ["zimage", "flux"])
