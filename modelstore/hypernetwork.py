@@ -27,13 +27,12 @@ weight, in index order), so dropout modules need no guessing.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .tensorfile import PICKLE_SUFFIXES, PickleRefused
+from .filecache import FileCache, is_pickle
 
 # A1111's names: these, plus every activation class of torch.nn.modules.activation by its lowercased class name
 ACTIVATIONS = {"linear": None, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "elu": torch.nn.ELU,
@@ -47,8 +46,7 @@ OLD_NAMES = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias
 META_KEYS = ("layer_structure", "activation_func", "is_layer_norm", "activate_output", "use_dropout",
              "dropout_structure", "last_layer_dropout", "weight_initialization", "name", "step")
 
-_CACHE: dict = {}
-_LOCK = threading.Lock()
+_CACHE: FileCache = FileCache(16)
 
 
 class HypernetworkError(ValueError):
@@ -119,7 +117,7 @@ def _build_mlp(state: dict, where: str, activation, activate_output: bool) -> ML
 
 def _read(path: Path) -> tuple[dict, dict]:
     """(width -> [state_k, state_v], structure)."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if is_pickle(path):
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
         if not isinstance(raw, dict):
             raise HypernetworkError(f"{path.name}: not a hypernetwork (a dict of width -> MLP state dicts)")
@@ -152,15 +150,10 @@ def _read(path: Path) -> tuple[dict, dict]:
 
 def load(path: str | Path, allow_pickle: bool = False) -> Hypernetwork:
     """The hypernetwork in ``path`` (cached by path, size and mtime); HypernetworkError / PickleRefused name it."""
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:  # before the cache: the policy of this call
-        raise PickleRefused(f"{path.name} is a pickle file (can run code when loaded); convert it to "
-                            ".safetensors or allow pickle files")
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+    return _CACHE.get(path, allow_pickle, _load)
+
+
+def _load(path: Path) -> Hypernetwork:
     states, structure = _read(path)
     if not states:
         raise HypernetworkError(f"{path.name}: no MLPs (expected width keys such as 768)")
@@ -183,9 +176,4 @@ def load(path: str | Path, allow_pickle: bool = False) -> Hypernetwork:
                 raise HypernetworkError(f"{path.name}: the width-{width} {'kv'[j]} MLP takes "
                                         f"{m.layers[0].in_features} features")
         layers[width] = pair
-    hn = Hypernetwork(path.stem, layers, structure)
-    with _LOCK:
-        if len(_CACHE) > 16:
-            _CACHE.clear()
-        _CACHE[key] = hn
-    return hn
+    return Hypernetwork(path.stem, layers, structure)

@@ -18,17 +18,16 @@ Files: ``.safetensors``; pickle (``.pt``/``.pth``/``.ckpt``/``.bin``) only where
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .tensorfile import PICKLE_SUFFIXES, PickleRefused, load_pickle_state_dict
+from .filecache import FileCache, is_pickle
+from .tensorfile import load_pickle_state_dict
 
 STYLE_HEADS = 8
-_CACHE: dict = {}
-_LOCK = threading.Lock()
+_CACHE: FileCache[torch.nn.Module] = FileCache(8)
 
 
 class StyleModelError(ValueError):
@@ -114,24 +113,14 @@ def build(sd: dict, name: str = "style model") -> torch.nn.Module:
 
 def load(path: str | Path, allow_pickle: bool = False) -> torch.nn.Module:
     """The style model in ``path`` (cached by path, size and mtime; the pickle policy is checked first)."""
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise PickleRefused(f"{path.name} is a pickle file (can run code when loaded); convert it to .safetensors "
-                            "or allow pickle files")
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    return _CACHE.get(path, allow_pickle, _load)
+
+
+def _load(path: Path) -> torch.nn.Module:
+    if is_pickle(path):
         sd = load_pickle_state_dict(path)
     else:
         from safetensors.torch import load_file
 
         sd = load_file(str(path))
-    m = build(sd, path.name)
-    with _LOCK:
-        if len(_CACHE) > 8:
-            _CACHE.clear()
-        _CACHE[key] = m
-    return m
+    return build(sd, path.name)

@@ -20,14 +20,14 @@ import re
 import threading
 from pathlib import Path
 
+from modelstore.filecache import FileCache, is_pickle
+
 log = logging.getLogger(__name__)
 PREFIX = "embedding:"
 EXTENSIONS = (".safetensors", ".pt", ".bin", ".pth", ".ckpt")
-PICKLE = (".pt", ".bin", ".pth", ".ckpt")
 PLACEHOLDER_ID = 0  # a plain token id ('!'), never EOS: the pooled output is read at the EOS position
 
-_CACHE: dict = {}
-_LOCK = threading.Lock()
+_CACHE: FileCache = FileCache(64, refused=PermissionError)
 
 
 class EmbeddingToken(int):
@@ -67,18 +67,15 @@ def find_file(folders, name: str) -> Path | None:
 
 
 def load_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    """Every tensor of an embedding file (nested A1111 dicts flattened), cached by path, size and mtime."""
-    if path.suffix.lower() in PICKLE and not allow_pickle:  # before the cache: this caller's policy decides
-        raise PermissionError(f"{path.name} is a pickle file (can run code when loaded); convert it to "
-                              ".safetensors or allow pickle files")
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+    """Every tensor of an embedding file (nested A1111 dicts flattened), cached by path, size and mtime; a pickle
+    file is refused (PermissionError) unless ``allow_pickle``, whatever an earlier caller was allowed."""
+    return _CACHE.get(path, allow_pickle, _read)
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
-    if path.suffix.lower() in PICKLE:
+    if is_pickle(path):
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
     else:
         from safetensors.torch import load_file as st_load
@@ -94,10 +91,6 @@ def load_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             for k, x in v.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), x)
     walk("", raw)
-    with _LOCK:
-        if len(_CACHE) > 64:
-            _CACHE.clear()
-        _CACHE[key] = flat
     return flat
 
 
@@ -231,7 +224,7 @@ def validation_warnings(env, text) -> list[str]:
         path = find_file(folders, name)
         if path is None:
             out.append(f"embedding '{name}' not found in models/embeddings; the word will be ignored")
-        elif path.suffix.lower() in PICKLE and not allow_pickle:
+        elif is_pickle(path) and not allow_pickle:
             out.append(f"embedding '{name}' is a pickle file ({path.name}) and pickle files are not allowed; "
                        "the word will be ignored")
     return out
