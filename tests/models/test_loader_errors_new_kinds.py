@@ -177,10 +177,25 @@ def _bad_controls(d):
     save_file({k: v for k, v in good.items() if k != "conv_in.bias"}, str(d / "missing-adapter.safetensors"))
 
 
+def _adapter_sample_wf(name):
+    """The adapter's weights are built when the sampler first uses them (ControlNetLoader hands out a reference)."""
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a"}},
+            "3": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}},
+            "4": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "5": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+                "positive": ["2", 0], "negative": ["2", 0], "control_net": ["3", 0], "image": ["4", 0],
+                "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+            "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "7": {"class_type": "KSampler", "inputs": {
+                "model": ["1", 0], "positive": ["5", 0], "negative": ["5", 1], "latent_image": ["6", 0], "seed": 0,
+                "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+            "8": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}}}
+
+
 @pytest.mark.parametrize("name, says", [
     ("truncated-adapter.safetensors", ()), ("empty-adapter.safetensors", ()),
-    ("seven-adapter.safetensors", ("7",)), ("int-adapter.safetensors", ("conv_in.weight",)),
-    ("missing-adapter.safetensors", ("conv_in.bias",)),
+    ("seven-adapter.safetensors", ("7",)),
 ])
 def test_broken_t2i_adapters(ex, root, name, says):
     d = root / "controlnet"
@@ -188,6 +203,17 @@ def test_broken_t2i_adapters(ex, root, name, says):
         _bad_controls(d)
     _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
     assert ex.run(_cn_wf("good-adapter.safetensors")).status == "success"
+
+
+@pytest.mark.parametrize("name, says", [
+    ("int-adapter.safetensors", ("conv_in.weight", "int32")), ("missing-adapter.safetensors", ("conv_in.bias",)),
+])
+def test_broken_t2i_adapters_fail_where_they_are_built(ex, root, name, says):
+    d = root / "controlnet"
+    if not (d / "good-adapter.safetensors").exists():
+        _bad_controls(d)
+    _fails(ex, _adapter_sample_wf(name), "7", "KSampler", name, *says)
+    assert ex.run(_adapter_sample_wf("good-adapter.safetensors")).status == "success"
 
 
 # --------------------------------------------------------------------------------- LoRA / LoHa / LoKr on FLUX.1
