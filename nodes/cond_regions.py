@@ -125,6 +125,14 @@ class RegionSum:
         self.acc[side][:, :, ay:ay + ah, ax:ax + aw] += pred * weight
         self.cnt[side][:, :, ay:ay + ah, ax:ax + aw] += weight
 
+    def uncovered(self, side: int):
+        """Where side ``side`` got no weight: a (B,1,H,W) bool tensor, None where every pixel got some, True where
+        nothing was added for the side."""
+        if side not in self.cnt:
+            return True
+        m = self.cnt[side] == 0
+        return m if bool(m.any()) else None
+
     def get(self, side: int):
         import torch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from engine.budget import tensor_bytes
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Seed, Socket
 
 from .image import upscale
@@ -92,6 +93,17 @@ class ImageStitch(Node):
               Combo("spacing_color", list(_COLORS), "white"), Socket("image2", "IMAGE", optional=True))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, image1, direction, match_image_size, spacing_width, image2=None, **_):
+        if image2 is None:
+            return 0
+        (n1, h1, w1, c1), (n2, h2, w2, c2) = image1.shape, image2.shape
+        horizontal = direction in ("right", "left")
+        if match_image_size:  # image2 is scaled to image1's height (horizontal) or width (vertical)
+            h2, w2 = (h1, max(1, round(w2 * h1 / h2))) if horizontal else (max(1, round(h2 * w1 / w2)), w1)
+        h, w = (max(h1, h2), w1 + w2 + spacing_width) if horizontal else (h1 + h2 + spacing_width, max(w1, w2))
+        return tensor_bytes(max(n1, n2), h, w, max(c1, c2))
+
     def run(self, ctx, image1, direction, match_image_size, spacing_width, spacing_color, image2=None):
         import torch
 
@@ -150,6 +162,10 @@ class RepeatImageBatch(Node):
     python_module = "comfy_extras.nodes_images"
     inputs = (Socket("image", "IMAGE"), Int("amount", 1, min=1, max=4096))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, image, amount, **_):
+        return amount * image.numel() * image.element_size()
 
     def run(self, ctx, image, amount):
         return (image.repeat((amount, 1, 1, 1)),)
@@ -211,6 +227,10 @@ class ResizeAndPadImage(Node):
               Combo("interpolation", ["area", "bicubic", "nearest-exact", "bilinear", "lanczos"]))
     outputs = (Output("IMAGE"),)
 
+    @classmethod
+    def estimate_bytes(cls, image, target_width, target_height, **_):
+        return tensor_bytes(image.shape[0], target_height, target_width, image.shape[3])
+
     def run(self, ctx, image, target_width, target_height, padding_color, interpolation):
         import torch
 
@@ -234,6 +254,11 @@ class ImageScaleToMaxDimension(Node):
               Combo("upscale_method", ["area", "lanczos", "bilinear", "nearest-exact", "bilinear", "bicubic"]),
               Int("largest_size", 512, min=0, max=MAX_RESOLUTION, step=1))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, image, largest_size, **_):  # at most largest_size on both sides
+        side = largest_size if largest_size > 0 else max(image.shape[1], image.shape[2])
+        return tensor_bytes(image.shape[0], side, side, image.shape[3])
 
     def run(self, ctx, image, upscale_method, largest_size):
         h, w = image.shape[1], image.shape[2]

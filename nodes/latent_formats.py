@@ -2,6 +2,7 @@
 FLUX.2's 128 channels at 1/16."""
 from __future__ import annotations
 
+from engine.budget import tensor_bytes
 from engine.node import MAX_RESOLUTION, Int, Node, Output
 
 
@@ -12,6 +13,10 @@ class EmptySD3LatentImage(Node):
               Int("height", 1024, min=16, max=MAX_RESOLUTION, step=16),
               Int("batch_size", 1, min=1, max=4096))
     outputs = (Output("LATENT"),)
+
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, 16, height // 8, width // 8)
 
     def run(self, ctx, width, height, batch_size):
         import torch
@@ -30,6 +35,10 @@ class EmptyFlux2LatentImage(Node):
               Int("height", 1024, min=16, max=MAX_RESOLUTION, step=16),
               Int("batch_size", 1, min=1, max=4096))
     outputs = (Output("LATENT"),)
+
+    @classmethod
+    def estimate_bytes(cls, width, height, batch_size, **_):
+        return tensor_bytes(batch_size, 128, height // 16, width // 16)
 
     def run(self, ctx, width, height, batch_size):
         import torch

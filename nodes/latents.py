@@ -246,6 +246,12 @@ class RepeatLatentBatch(Node):
     inputs = (Socket("samples", "LATENT"), Int("amount", 1, min=1, max=64))
     outputs = (Output("LATENT"),)
 
+    @classmethod
+    def estimate_bytes(cls, samples, amount, **_):
+        n = amount * samples["samples"].numel() * samples["samples"].element_size()
+        m = samples.get("noise_mask")
+        return n + (amount * m.numel() * m.element_size() if m is not None else 0)
+
     def run(self, ctx, samples, amount):
         s = samples["samples"]
         out = dict(samples)

@@ -2,6 +2,7 @@
 MaskToImage, GrowMask. MASK is (B,H,W) float 0..1 (1 = masked / repaint); IMAGE is (B,H,W,C) float 0..1."""
 from __future__ import annotations
 
+from engine.budget import tensor_bytes
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Socket
 
 from .masks import repeat_batch
@@ -23,6 +24,10 @@ class SolidMask(Node):
     inputs = (Float("value", 1.0, min=0.0, max=1.0, step=0.01),
               Int("width", 512, min=1, max=MAX_RESOLUTION, step=1), Int("height", 512, min=1, max=MAX_RESOLUTION, step=1))
     outputs = (Output("MASK"),)
+
+    @classmethod
+    def estimate_bytes(cls, width, height, **_):
+        return tensor_bytes(1, height, width)
 
     def run(self, ctx, value, width, height):
         import torch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from engine.budget import tensor_bytes
 from engine.node import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Socket
 
 from .latents import common_upscale
@@ -73,6 +74,11 @@ class ImagePadForOutpaint(Node):
               Int("feathering", 40, min=0, max=MAX_RESOLUTION, step=1))
     outputs = (Output("IMAGE"), Output("MASK"))
 
+    @classmethod
+    def estimate_bytes(cls, image, left, top, right, bottom, **_):
+        B, H, W, C = image.shape
+        return tensor_bytes(B, H + top + bottom, W + left + right, C) + tensor_bytes(H + top + bottom, W + left + right)
+
     def run(self, ctx, image, left, top, right, bottom, feathering):
         import torch
 
@@ -99,6 +105,10 @@ class ImageScaleToTotalPixels(Node):
     inputs = (Socket("image", "IMAGE"), Combo("upscale_method", IMAGE_UPSCALE_METHODS),
               Float("megapixels", 1.0, min=0.01, max=16.0, step=0.01))
     outputs = (Output("IMAGE"),)
+
+    @classmethod
+    def estimate_bytes(cls, image, megapixels, **_):
+        return tensor_bytes(image.shape[0], round(megapixels * 1024 * 1024) + 1, image.shape[3])
 
     def run(self, ctx, image, upscale_method, megapixels):
         H, W = image.shape[1], image.shape[2]

@@ -13,7 +13,8 @@ Semantics (ComfyUI 0.3.75's, pinned by tests/sampling):
   rectified flow sigma_0 * noise + (1 - sigma_0) * latent. No noise: the latent as is.
 - CFG in x0 space ``uncond + cfg * (cond - uncond)`` in one batched network call; cfg == 1 skips the
   unconditional pass (except for the CFG++ samplers, which need it). Several conditioning entries and areas are
-  evaluated separately and averaged with ComfyUI's area weights (strength, 8-latent-pixel feathered edges).
+  evaluated separately and averaged with ComfyUI's area weights (strength, 8-latent-pixel feathered edges); as
+  in ComfyUI a side's x0 is 0 where none of its active entries covers a pixel, and at steps where none is active.
 - ``noise_mask``: outside the mask the latent is re-noised to the current sigma before each model call and its x0
   estimate pinned to the original; the result keeps the original outside the mask.
 - Progress every step with a lazy latent->RGB preview of the first item's x0 (TAESD if its decoder is
@@ -62,6 +63,7 @@ class Denoiser:
         h, w = latent_hw
         self.h, self.w = h, w
         self.ms = model_sampling  # ComfyUI's timestep ranges are percents of the model's sigma schedule
+        self.uncovered: dict = {}  # side -> pixels no active entry covered at the last outputs() (see denoised)
         groups = [1] if negative is None or (self.cfg == 1.0 and not need_uncond) else [0, 1]
         self.jobs: list[_Job] = []
         for which in groups:
@@ -206,6 +208,7 @@ class Denoiser:
             jobs = next(iter(self.groups.values()))
             if jobs[0].area is None and len(jobs) == len({j.which for j in jobs}):
                 preds = dict(zip((j.which for j in jobs), self._call(x_in, t, jobs)))
+                self.uncovered = {}
                 return preds.get(0), preds[1]
         acc = RegionSum(x_in)  # ComfyUI's weighted average (nodes/cond_regions.py), shared with the flow families
         for jobs in self.groups.values():
@@ -215,10 +218,25 @@ class Denoiser:
             for j, pred in zip(jobs, self._call(x_in, t, jobs)):
                 acc.add(j.which, pred, j.area,
                         entry_weight(j.area, j.strength, j.mask, self.h, self.w, x_in.device, x_in.dtype))
+        self.uncovered = {w: acc.uncovered(w) for w in (0, 1)}
         cond = acc.get(1)
-        if cond is None:  # no positive entry active at this step: a zero network output
+        if cond is None:  # no positive entry active at this step (its x0 is zeroed by ``denoised``)
             cond = torch.zeros_like(x_in)
         return acc.get(0), cond
+
+    def denoised(self, which: int, out, x, sigma, ms):
+        """Side ``which``'s x0 from its network output ``out`` of the last ``outputs`` call, as ComfyUI averages in
+        x0 space: 0 at pixels no active entry of the side covered, all 0 for a side with entries none of which is
+        active at this step (``out`` None for the negative); None for a negative that is not evaluated."""
+        import torch
+
+        if out is None:
+            return torch.zeros_like(x) if which == 0 and self.has_uncond else None
+        d = ms.calculate_denoised(sigma, out, x)
+        m = self.uncovered.get(which)
+        if m is None:
+            return d
+        return torch.zeros_like(d) if m is True else d.masked_fill(m, 0.0)
 
     def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
         u, c = self.outputs(x_in, t)
@@ -376,12 +394,10 @@ def sample_sigmas(ctx, guider: Guider, sampler, sigmas: torch.Tensor, latent: di
             x_in = ms.calculate_input(sigma, x)
             t = ms.timestep(sigma)
             u, c = net_den.outputs(x_in, t, sigma)
-            cond = ms.calculate_denoised(sigma, c, x)
-            unc = None if u is None else ms.calculate_denoised(sigma, u, x)
+            cond, unc = net_den.denoised(1, c, x, sigma, ms), net_den.denoised(0, u, x, sigma, ms)
             if den2 is not None:
                 u2, c2 = den2.outputs(x_in, t, sigma)
-                c2 = ms.calculate_denoised(sigma, c2, x)
-                u2 = None if u2 is None else ms.calculate_denoised(sigma, u2, x)
+                c2, u2 = den2.denoised(1, c2, x, sigma, ms), den2.denoised(0, u2, x, sigma, ms)
                 return dual_cfg(cond, c2, u2, guider.cfg, guider.cfg2, guider.nested)
             return cond, unc
 

@@ -14,6 +14,7 @@ from nodes import family_sampling as fsamp
 from nodes.sampler_values import Guider
 from nodes.sampling import KSampler, KSamplerAdvanced
 from tests.families.test_family_sampler_nodes import _setup
+from tests.families.test_flux_controlnet import cn_models  # noqa: F401  (fixture)
 
 STEPS, SEED, CFG = 4, 23, 2.5
 
@@ -98,6 +99,12 @@ def test_side_without_an_active_entry_predicts_zero(family_models):
     assert cond.abs().max().item() == 0.0 and unc.abs().max().item() > 0.1
     cond, _ = _x0(model, late, x, late_sigma)
     assert (cond - _plain_x0(model, pos, x, late_sigma)).abs().max().item() < 1e-5
+    # end to end: a positive on [0, 0.5] alone at cfg 1 leaves euler's last step with x0 = 0: the zero latent
+    first = O.ConditioningSetTimestepRange().run(None, pos, 0.0, 0.5)[0]
+    lat = {"samples": torch.zeros(1, 16, 8, 8)}
+    out = KSampler().run(None, model, SEED, STEPS, 1.0, "euler", "simple", first, neg, lat, 1.0)[0]["samples"]
+    scale, shift = fsamp.latent_affine(model.meta)
+    assert ((out - shift) * scale).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("family", ["zimage", "flux"])
@@ -178,3 +185,76 @@ def test_masks_strength_and_mask_bounds(family_models, family):
     print(f"{family}: mask bounds vs by-hand crop average: max abs diff {diff:.2e}")
     assert diff < 1e-5
     assert (crop - xb[:, :, 4:12, 8:16]).abs().max().item() > 1e-3  # the crop call is not the whole-latent one
+
+
+def test_percentage_area_equals_pixel_area(family_models):
+    model, pos, _, _ = _setup(family_models[0], "zimage")
+    other = _other(family_models[0], "zimage")
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(6))
+    px = C.ConditioningSetArea().run(None, other, 64, 80, 32, 16, 0.8)[0]
+    pc = O.ConditioningSetAreaPercentage().run(None, other, 0.5, 0.625, 0.25, 0.125, 0.8)[0]
+    a, _ = _x0(model, pos + px, x, 0.4)
+    b, _ = _x0(model, pos + pc, x, 0.4)
+    assert (a - b).abs().max().item() == 0.0 and (a - _plain_x0(model, pos, x, 0.4)).abs().max().item() > 1e-3
+
+
+def test_regional_flux_workflow_through_the_engine(fam_exec, fam_env):
+    """The regional-prompt graph ComfyUI users wire for FLUX.1: a global prompt + ConditioningSetArea (right half)
+    switched off after 60% by ConditioningSetTimestepRange, combined, FluxGuidance, KSampler, to an image."""
+    import numpy as np
+    from PIL import Image
+
+    def enc(text):
+        return {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": text}}
+
+    wf = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+        "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                            "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+        "g": enc("a red circle"), "r": enc("a blue square"), "n": enc(""),
+        "area": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["r", 0], "width": 64, "height": 128,
+                                                                  "x": 64, "y": 0, "strength": 1.0}},
+        "range": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["area", 0], "start": 0.0,
+                                                                           "end": 0.6}},
+        "comb": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["g", 0],
+                                                                 "conditioning_2": ["range", 0]}},
+        "fg": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["comb", 0], "guidance": 3.5}},
+        "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "ks": {"class_type": "KSampler", "inputs": {"model": ["unet", 0], "seed": 7, "steps": 4, "cfg": 2.0,
+                                                    "sampler_name": "euler", "scheduler": "simple",
+                                                    "positive": ["fg", 0], "negative": ["n", 0],
+                                                    "latent_image": ["lat", 0], "denoise": 1.0}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "regional"}},
+    }
+    r = fam_exec.run(wf)
+    assert r.status == "success", r.error
+    wf["fg"]["inputs"]["conditioning"] = ["g", 0]
+    wf["save"]["inputs"]["filename_prefix"] = "global"
+    assert fam_exec.run(wf).status == "success"
+    a = np.asarray(Image.open(sorted(fam_env.output_dir.glob("regional*.png"))[-1])).astype(float)
+    b = np.asarray(Image.open(sorted(fam_env.output_dir.glob("global*.png"))[-1])).astype(float)
+    assert a.shape == (128, 128, 3) and a.std() > 0 and np.abs(a - b).max() > 0
+
+
+def test_flux_controlnet_on_an_area_entry(cn_models):
+    """A ControlNet-applied conditioning restricted to an odd area on FLUX.1: the ControlNet runs on the crop's call
+    (its hint resized to the crop, as ComfyUI resizes the hint to the model input) and the result is finite and
+    differs from the same area without the ControlNet."""
+    from nodes import controlnet as CN
+    from tests.families.test_flux_controlnet import _setup as cn_setup, hint
+
+    root = cn_models[0]
+    st, _, model, pos, neg, vae = cn_setup(root)
+    ref_cn = st.load("controlnet", "flux-cn.safetensors")
+    p2, n2 = CN.ControlNetApplyAdvanced().run(None, pos, neg, ref_cn, hint(128), 1.0, 0.0, 1.0, vae)
+    area = lambda conds: [[e, {**o, "area": (5, 7, 3, 1)}] for e, o in conds]
+    lat = {"samples": torch.zeros(1, 16, 16, 16)}
+
+    def run(p):
+        return fsamp.sample(None, model, pos + area(p), neg, lat, seed=11, steps=3, cfg=2.0, sampler_name="euler",
+                            scheduler="simple")
+
+    a, b = run(p2), run(pos)
+    assert torch.isfinite(a).all() and (a - b).abs().max().item() > 1e-4

@@ -76,3 +76,15 @@ def test_area_percentage_equals_area_in_pixels(refs):
     assert close(run(refs, pos + pct, neg), run(refs, pos + px, neg))
     strong = O.ConditioningSetAreaStrength().run(None, dog, 2.5)[0]
     assert strong[0][1]["strength"] == 2.5 and "strength" not in dog[0][1]
+
+
+def test_positive_out_of_range_is_a_zero_x0(refs):
+    """ComfyUI averages entries in x0 space and gives 0 where none is active: a positive on [0, 0.5] alone, cfg 1,
+    leaves euler's last step with x0 = 0, so the result is exactly the zero latent (an eps of 0 would keep x)."""
+    pos = encode_text(refs[1], "a cat")
+    first = O.ConditioningSetTimestepRange().run(None, pos, 0.0, 0.5)[0]
+    lat = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = sample(None, refs[0], first, None, lat, Plan("euler", "normal", 4), 0, 4, cfg=1.0, noise=Noise(1)).samples
+    assert out.abs().max().item() < 1e-5
+    full = sample(None, refs[0], pos, None, lat, Plan("euler", "normal", 4), 0, 4, cfg=1.0, noise=Noise(1)).samples
+    assert full.abs().max().item() > 0.1
