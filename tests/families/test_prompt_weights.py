@@ -176,3 +176,30 @@ def test_zimage_txt2img_changes_with_a_weight_and_not_at_one(fam_exec, fam_env):
     diff = np.abs(images["wplain"] - images["wheavy"]).max()
     print(f"\nZ-Image 64px, 2 steps: max pixel diff plain vs (a red:1.6) = {diff}")
     assert diff > 0
+
+
+def test_split_loader_clips_weight_like_clip_text_encode(family_models):
+    """SD3's TripleCLIPLoader: the CLIP-L tokens are reweighted against CLIP's empty window (BOS, EOS, pad), the
+    pooled vectors are the unweighted prompt's (as ComfyUI), the T5 part is weighted as FLUX.1's."""
+    root = family_models[0]
+    clip = _clip(_store(root), root, ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"], "sd3")
+    plain, weighted = encode(clip, "red circle")[0], encode(clip, "(red:1.5) circle")[0]
+    assert torch.equal(weighted[1]["pooled_output"], plain[1]["pooled_output"])
+    te = dict(clip.encoders)["clip_l"].get()
+    tok = te.tokenizer
+    with torch.no_grad():
+        z = te.model(tok("red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids,
+                     output_hidden_states=True).hidden_states[-2].float()
+        ze = te.model(tok("", padding="max_length", max_length=77, return_tensors="pt").input_ids,
+                      output_hidden_states=True).hidden_states[-2].float()
+    n = len(tok("red", add_special_tokens=False).input_ids)
+    want = z.clone()
+    want[:, 1:1 + n] = (z[:, 1:1 + n] - ze[:, 1:1 + n]) * 1.5 + ze[:, 1:1 + n]
+    width = z.shape[-1]
+    assert torch.equal(plain[0][:, :77, :width], z)
+    assert torch.allclose(weighted[0][:, :77, :width], want, atol=1e-6, rtol=0)
+    assert not torch.allclose(weighted[0][:, :77, :width], z, atol=1e-4)
+    flux = _clip(_store(root), root, ["clip_l.safetensors", "t5xxl_fp16.safetensors"], "flux")
+    flux_weighted = encode(flux, "(red:1.5) circle")[0]
+    assert torch.equal(weighted[0][:, 77:], flux_weighted[0])
+    assert torch.equal(flux_weighted[1]["pooled_output"], encode(flux, "red circle")[0][1]["pooled_output"])
