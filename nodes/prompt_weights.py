@@ -53,7 +53,8 @@ def weighted_ids(tok, text: str, resolver=None) -> list[tuple[int, float]]:
     ``resolver`` (nodes/embeddings.py ``Resolver``, or None: the words stay text) resolves ``embedding:`` words."""
     out: list[tuple[int, float]] = []
     for seg, w in parse_weights(text):
-        for piece, is_emb in _pieces(_unescape(seg)):
+        seg = _unescape(seg)
+        for piece, is_emb in (_pieces(seg) if resolver is not None else [(seg, False)]):
             if is_emb and resolver is not None:
                 toks, piece = resolver.split(piece)
                 out += [(t, w) for t in toks]

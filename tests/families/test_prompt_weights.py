@@ -203,3 +203,17 @@ def test_split_loader_clips_weight_like_clip_text_encode(family_models):
     flux_weighted = encode(flux, "(red:1.5) circle")[0]
     assert torch.equal(weighted[0][:, 77:], flux_weighted[0])
     assert torch.equal(flux_weighted[1]["pooled_output"], encode(flux, "red circle")[0][1]["pooled_output"])
+
+
+def test_weighted_ids_tokenize_each_segment_with_its_weight(clips):
+    from nodes.prompt_weights import weighted_ids
+
+    tok = clips[1]["lumina2"][1].tokenizer
+
+    def ids(s):
+        return tok(s, add_special_tokens=False).input_ids
+
+    got = weighted_ids(tok, "a \\(b\\) ((red)) (circle:0.5) embedding:x")
+    pieces = [("a (b) ", 1.0), ("red", 1.21), (" ", 1.0), ("circle", 0.5), (" embedding:x", 1.0)]
+    assert [t for t, _ in got] == [i for s, _ in pieces for i in ids(s)]  # no resolver: embedding words stay text
+    assert [w for _, w in got] == pytest.approx([w for s, w in pieces for _ in ids(s)])
