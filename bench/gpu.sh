@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1
-exec timeout 300 python - "$@" <<'PY'
+exec timeout 300 "${PYTHON:-python3}" - "$@" <<'PY'
 import argparse, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 

@@ -166,7 +166,15 @@ def resolver(clip_ref, index: int, encoder, warn) -> Resolver | None:
 
 
 def _token_embedding(encoder) -> torch.nn.Embedding:
-    return getattr(encoder, "text_model", encoder).embeddings.token_embedding
+    """The embedding module the encoder's forward calls on its input ids: CLIP's token embedding, T5's encoder
+    stack copy (transformers 5 does not share it with ``shared``), else ``get_input_embeddings()`` (Qwen)."""
+    inner = getattr(encoder, "text_model", encoder)
+    if hasattr(inner, "embeddings") and hasattr(inner.embeddings, "token_embedding"):
+        return inner.embeddings.token_embedding
+    stack = getattr(encoder, "encoder", None)
+    if stack is not None and hasattr(stack, "embed_tokens"):
+        return stack.embed_tokens
+    return encoder.get_input_embeddings()
 
 
 _ACTIVE = threading.local()

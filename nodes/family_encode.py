@@ -10,11 +10,15 @@ TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
 - ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens), CLIP-G's projected pooled output.
 - ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
   T5's 256 tokens; pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute zeros.
-Prompt weighting ``(word:1.2)`` is not applied for these families yet (the text is encoded as written).
+Prompt weighting ``(word:1.2)``, escapes and ``embedding:name`` apply to every encoder as in CLIPTextEncode
+(nodes/prompt_weights.py says how the weights act on T5 and Qwen outputs); a prompt without them is encoded as
+written.
 """
 from __future__ import annotations
 
 import torch
+
+from .prompt_weights import has_syntax, resolver_for, weighted_ids
 
 QWEN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 #: diffusers QwenImagePipeline.prompt_template_encode (the text Qwen-Image was trained with)
@@ -50,23 +54,68 @@ def _ids(tok, text: str, length: int | None, dev):
     return enc.input_ids.to(dev)
 
 
-def _clip(te, text: str):
+def _plain(te, text):
+    """No ``embedding:`` resolver: such words stay prompt text."""
+    return None
+
+
+def _weighted(te, pairs: list, empty: list, features):
+    """Token features (1, L, D) of the (id, weight) ``pairs`` by ``features(ids)`` (``embedding:`` vectors injected),
+    reweighted against ``features`` of the ``empty`` ids where a weight is not 1 (nodes/prompt_weights.py)."""
+    from .embeddings import inject
+    from .prompt_weights import reweight
+
+    dev = next(te.model.parameters()).device
+    ids = torch.tensor([[t for t, _ in pairs]], device=dev)
+    with inject(te.model, ids, [pairs]):
+        out = features(ids)
+    z = out[0] if isinstance(out, tuple) else out
+    z = z.float().cpu()
+    weights = torch.tensor([w for _, w in pairs])
+    if (weights != 1.0).any():
+        ze = features(torch.tensor([empty], device=dev))
+        ze = (ze[0] if isinstance(ze, tuple) else ze).float().cpu()
+        z = reweight(z, ze, weights)
+    return (z,) + tuple(out[1:]) if isinstance(out, tuple) else z
+
+
+def _clip_pairs(te, text: str, res):
+    """CLIP (id, weight) pairs of one 77-token window (BOS, prompt, EOS, pad) and the empty window's ids."""
+    from .prompt_parse import tokenize_weighted
+
+    tok = te.tokenizer
+    return tokenize_weighted(tok, text, res(te, text))[0], [t for t, _ in tokenize_weighted(tok, "")[0]]
+
+
+def _clip(te, text: str, res=_plain):
     """(penultimate hidden (1,77,D), pooled (1,P)): pooled = projected text_embeds when the file has a projection,
-    else CLIP's pooled output (final-norm feature at the first end token)."""
+    else CLIP's pooled output (final-norm feature at the first end token). Weights reweight the hidden states;
+    the pooled output is the unweighted prompt's (as ComfyUI)."""
+    def features(ids):
+        o = te.model(ids, output_hidden_states=True)
+        pooled = getattr(o, "text_embeds", None)
+        return o.hidden_states[-2], (pooled if pooled is not None else o.pooler_output)
+
+    if has_syntax(text):
+        h, pooled = _weighted(te, *_clip_pairs(te, text, res), features)
+        return h, pooled.float().cpu()
     dev = next(te.model.parameters()).device
-    ids = _ids(te.tokenizer, text, 77, dev)
-    o = te.model(ids, output_hidden_states=True)
-    pooled = getattr(o, "text_embeds", None)
-    if pooled is None:
-        pooled = o.pooler_output
-    return o.hidden_states[-2].float().cpu(), pooled.float().cpu()
+    h, pooled = features(_ids(te.tokenizer, text, 77, dev))
+    return h.float().cpu(), pooled.float().cpu()
 
 
-def _clip_pooled_output(te, text: str):
+def _clip_pooled_output(te, text: str, res=_plain):
     """CLIP's un-projected pooled output (Flux uses it): final-norm feature at the first end token."""
+    from .embeddings import inject
+
     dev = next(te.model.parameters()).device
-    ids = _ids(te.tokenizer, text, 77, dev)
-    o = te.model(ids, output_hidden_states=True)
+    if has_syntax(text):
+        pairs, _ = _clip_pairs(te, text, res)
+        ids = torch.tensor([[t for t, _ in pairs]], device=dev)
+    else:
+        pairs, ids = [], _ids(te.tokenizer, text, 77, dev)
+    with inject(te.model, ids, [pairs]):
+        o = te.model(ids, output_hidden_states=True)
     if getattr(o, "pooler_output", None) is not None:
         return o.pooler_output.float().cpu()
     eos = te.model.config.eos_token_id
@@ -74,39 +123,75 @@ def _clip_pooled_output(te, text: str):
     return o.last_hidden_state[torch.arange(ids.shape[0]), pos].float().cpu()
 
 
-def _t5(te, text: str):
-    dev = next(te.model.parameters()).device
-    ids = _ids(te.tokenizer, text, T5_TOKENS, dev)
-    return te.model(ids).last_hidden_state.float().cpu()
+def _t5(te, text: str, res=_plain):
+    """T5 last hidden state over 256 tokens (1, 256, D). Weighted: the empty sequence is ``</s>`` then pad."""
+    def features(ids):
+        return te.model(ids).last_hidden_state
+
+    tok = te.tokenizer
+    if not has_syntax(text):
+        return features(_ids(tok, text, T5_TOKENS, next(te.model.parameters()).device)).float().cpu()
+    pairs = weighted_ids(tok, text, res(te, text))[:T5_TOKENS - 1] + [(tok.eos_token_id, 1.0)]
+    pairs += [(tok.pad_token_id, 1.0)] * (T5_TOKENS - len(pairs))
+    return _weighted(te, pairs, [tok.eos_token_id] + [tok.pad_token_id] * (T5_TOKENS - 1), features)
 
 
-def _qwen(te, text: str):
-    dev = next(te.model.parameters()).device
-    ids = _ids(te.tokenizer, QWEN_TEMPLATE.format(text), None, dev)
-    return te.model(input_ids=ids, output_hidden_states=True).hidden_states[-2].float().cpu()
+def _qwen(te, text: str, res=_plain):
+    """Qwen3 penultimate hidden layer of the templated prompt (1, L, D). Weighted: the empty sequence is L pads."""
+    def features(ids):
+        return te.model(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+
+    tok = te.tokenizer
+    if not has_syntax(text):
+        return features(_ids(tok, QWEN_TEMPLATE.format(text), None, next(te.model.parameters()).device)).float().cpu()
+    pairs = weighted_ids(tok, QWEN_TEMPLATE.format(text), res(te, text))
+    return _weighted(te, pairs, [tok.pad_token_id] * len(pairs), features)
 
 
-def _qwen_image(te, text: str):
-    """QwenImagePipeline's prompt embedding: template, last hidden state, the template prefix dropped."""
+def _qwen_image(te, text: str, res=_plain):
+    """QwenImagePipeline's prompt embedding: template, last hidden state, the template prefix dropped. Weighted:
+    the empty sequence is as many pads as the templated prompt (before the prefix is dropped)."""
+    def features(ids):
+        mask = torch.ones_like(ids)
+        return te.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+
+    tok = te.tokenizer
     dev = next(te.model.parameters()).device
     prefix = QWEN_IMAGE_TEMPLATE.split("{}")[0]
-    drop = len(te.tokenizer(prefix).input_ids)
-    enc = te.tokenizer(QWEN_IMAGE_TEMPLATE.format(text), max_length=QWEN_IMAGE_MAX_TOKENS + drop, truncation=True,
-                       return_tensors="pt")
-    ids = enc.input_ids.to(dev)
-    h = te.model(input_ids=ids, attention_mask=enc.attention_mask.to(dev), output_hidden_states=True).hidden_states[-1]
-    return h[:, drop:].float().cpu()
+    drop = len(tok(prefix).input_ids)
+    if not has_syntax(text):
+        enc = tok(QWEN_IMAGE_TEMPLATE.format(text), max_length=QWEN_IMAGE_MAX_TOKENS + drop, truncation=True,
+                  return_tensors="pt")
+        ids = enc.input_ids.to(dev)
+        h = te.model(input_ids=ids, attention_mask=enc.attention_mask.to(dev),
+                     output_hidden_states=True).hidden_states[-1]
+        return h[:, drop:].float().cpu()
+    pairs = weighted_ids(tok, QWEN_IMAGE_TEMPLATE.format(text), res(te, text))[:QWEN_IMAGE_MAX_TOKENS + drop]
+    return _weighted(te, pairs, [tok.pad_token_id] * len(pairs), features)[:, drop:]
 
 
-def encode(clip, text: str | dict) -> list:
+def encode(clip, text: str | dict, warn=None) -> list:
     """CONDITIONING for ``text`` (one string, or a dict kind -> string as CLIPTextEncodeFlux/SD3 give). ``clip`` is a
-    split loader's ``FamilyClip`` or the CLIP ref of an all-in-one checkpoint (meta ``clip_type``)."""
+    split loader's ``FamilyClip`` or the CLIP ref of an all-in-one checkpoint (meta ``clip_type``). Prompt weights
+    and ``embedding:name`` apply to every encoder (nodes/prompt_weights.py); embedding problems go to ``warn``."""
     texts = text if isinstance(text, dict) else {k: text for k in ("clip_l", "clip_g", "t5", "qwen3", "qwen25vl")}
+    store = clip.store
+    kinds = list(clip.kinds()) if hasattr(clip, "encoders") else []
+    cache: dict = {}
+
+    def res(te, t):
+        """The ``embedding:`` resolver for ``te`` (one per encoder, so each warning is given once), None if unused."""
+        if "embedding:" not in t:
+            return None
+        if te.kind not in cache:
+            cache[te.kind] = resolver_for(store, te, kinds.index(te.kind) if te.kind in kinds else 0, warn)
+        return cache[te.kind]
+
     if hasattr(clip, "encoders"):
         with clip.store.using(*[r for _, r in clip.encoders]) as tes, torch.no_grad():
-            return _encode(clip.type, {te.kind: te for te in tes}, texts)
+            return _encode(clip.type, {te.kind: te for te in tes}, texts, res)
     with clip.store.using(clip) as (bundle,), torch.no_grad():
-        return _encode(bundle.clip_type, {te.kind: te for te in bundle.encoders}, texts)
+        return _encode(bundle.clip_type, {te.kind: te for te in bundle.encoders}, texts, res)
 
 
 def clip_type(clip) -> str | None:
@@ -116,36 +201,42 @@ def clip_type(clip) -> str | None:
     return getattr(clip, "meta", {}).get("clip_type")
 
 
-def _encode(type_: str, by: dict, texts: dict) -> list:
+def _encode(type_: str, by: dict, texts: dict, res=_plain) -> list:
     if type_ == "lumina2":
-        return [[_qwen(by["qwen3"], texts["qwen3"]), {}]]
+        return [[_qwen(by["qwen3"], texts["qwen3"], res), {}]]
     if type_ == "qwen_image":
-        return [[_qwen_image(by["qwen25vl"], texts["qwen25vl"]), {}]]
+        return [[_qwen_image(by["qwen25vl"], texts["qwen25vl"], res), {}]]
     if type_ == "flux":
-        return [[_t5(by["t5"], texts["t5"]), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"])}]]
+        return [[_t5(by["t5"], texts["t5"], res), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"], res)}]]
     if type_ == "sd3":
-        return [_sd3(by, texts)]
+        return [_sd3(by, texts, res)]
     if type_ == "sdxl":  # SDXL: both CLIPs' penultimate layers side by side, CLIP-G's projected pooled output
-        hl, _ = _clip(by["clip_l"], texts["clip_l"])
-        hg, pg = _clip(by["clip_g"], texts["clip_g"])
+        hl, _ = _clip(by["clip_l"], texts["clip_l"], res)
+        hg, pg = _clip(by["clip_g"], texts["clip_g"], res)
         return [[torch.cat([hl, hg], -1), {"pooled_output": pg}]]
     if type_ == "stable_diffusion":
-        te = by["clip_l"]
-        dev = next(te.model.parameters()).device
-        o = te.model(_ids(te.tokenizer, texts["clip_l"], 77, dev))
-        pooled = getattr(o, "text_embeds", None)
-        pooled = pooled if pooled is not None else o.pooler_output
-        return [[o.last_hidden_state.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+        te, text = by["clip_l"], texts["clip_l"]
+
+        def features(ids):
+            o = te.model(ids)
+            pooled = getattr(o, "text_embeds", None)
+            return o.last_hidden_state, (pooled if pooled is not None else o.pooler_output)
+
+        if has_syntax(text):
+            h, pooled = _weighted(te, *_clip_pairs(te, text, res), features)
+        else:
+            h, pooled = features(_ids(te.tokenizer, text, 77, next(te.model.parameters()).device))
+        return [[h.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
     raise ValueError(f"CLIP type {type_!r} cannot encode text yet")
 
 
-def _sd3(by: dict, texts: dict):
+def _sd3(by: dict, texts: dict, res=_plain):
     feats, pooled = [], []
-    t5 = _t5(by["t5"], texts["t5"]) if "t5" in by else None
+    t5 = _t5(by["t5"], texts["t5"], res) if "t5" in by else None
     width = t5.shape[-1] if t5 is not None else 4096
     for kind, dim in (("clip_l", 768), ("clip_g", 1280)):
         if kind in by:
-            h, p = _clip(by[kind], texts[kind])
+            h, p = _clip(by[kind], texts[kind], res)
         elif kind == "clip_l":  # a missing CLIP-L is zeros of its real width (768), before CLIP-G
             h, p = torch.zeros(1, 77, dim), torch.zeros(1, dim)
         else:  # a missing CLIP-G: zero features come from the padding to T5's width, zero pooled from the sampler

@@ -17,6 +17,13 @@ def _family(clip, what: str, types):
     return clip
 
 
+def _prompt_warnings(env, *texts) -> list[str]:
+    """Validation warnings for the ``embedding:`` words of the prompts typed in a node (each once)."""
+    from .embeddings import validation_warnings
+
+    return list(dict.fromkeys(w for t in texts for w in validation_warnings(env, t)))
+
+
 class CLIPTextEncodeSDXL(Node):
     """SDXL base conditioning: text_l for CLIP-L, text_g for CLIP-G, plus the size/crop micro-conditioning the
     base UNet was trained with (pixels)."""
@@ -37,7 +44,7 @@ class CLIPTextEncodeSDXL(Node):
         from .family_encode import clip_type, encode
 
         if clip_type(clip) == "sdxl":  # DualCLIPLoader type sdxl
-            cond = encode(clip, {"clip_l": text_l, "clip_g": text_g})
+            cond = encode(clip, {"clip_l": text_l, "clip_g": text_g}, warn=getattr(ctx, "warn", None))
         elif getattr(clip, "meta", {}).get("arch") != "sdxl":
             raise ValueError("CLIPTextEncodeSDXL needs the CLIP of an SDXL base checkpoint or a DualCLIPLoader "
                              "of type sdxl (CLIP-L + CLIP-G)")
@@ -78,11 +85,15 @@ class CLIPTextEncodeFlux(Node):
               Float("guidance", 3.5, min=0.0, max=100.0, step=0.1))
     outputs = (Output("CONDITIONING"),)
 
+    @classmethod
+    def warnings(cls, env, clip_l=None, t5xxl=None, **_):
+        return _prompt_warnings(env, clip_l, t5xxl)
+
     def run(self, ctx, clip, clip_l, t5xxl, guidance):
         from .family_encode import encode
 
         _family(clip, "CLIPTextEncodeFlux", ("flux",))
-        cond = encode(clip, {"clip_l": clip_l, "t5": t5xxl})
+        cond = encode(clip, {"clip_l": clip_l, "t5": t5xxl}, warn=getattr(ctx, "warn", None))
         return ([[c, {**o, "guidance": float(guidance)}] for c, o in cond],)
 
 
@@ -105,6 +116,10 @@ class CLIPTextEncodeSD3(Node):
               Combo("empty_padding", ["none", "empty_prompt"]))
     outputs = (Output("CONDITIONING"),)
 
+    @classmethod
+    def warnings(cls, env, clip_l=None, clip_g=None, t5xxl=None, **_):
+        return _prompt_warnings(env, clip_l, clip_g, t5xxl)
+
     def run(self, ctx, clip, clip_l, clip_g, t5xxl, empty_padding):
         from .family_encode import encode
 
@@ -113,7 +128,7 @@ class CLIPTextEncodeSD3(Node):
         if empty_padding == "none" and hasattr(clip, "encoders"):
             keep = tuple((k, r) for k, r in clip.encoders if texts[k] != "")
             clip = type(clip)(clip.type, keep, clip.options, clip.store)
-        return (encode(clip, texts),)
+        return (encode(clip, texts, warn=getattr(ctx, "warn", None)),)
 
 
 NODES = [CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, CLIPTextEncodeFlux, FluxGuidance, CLIPTextEncodeSD3]

@@ -14,6 +14,7 @@ from nodes import family_sampling as fsamp
 from nodes.sampler_values import Guider
 from nodes.sampling import KSampler, KSamplerAdvanced
 from tests.families.test_family_sampler_nodes import _setup
+from tests.families.test_flux_controlnet import cn_models  # noqa: F401  (fixture)
 
 STEPS, SEED, CFG = 4, 23, 2.5
 
@@ -235,3 +236,25 @@ def test_regional_flux_workflow_through_the_engine(fam_exec, fam_env):
     a = np.asarray(Image.open(sorted(fam_env.output_dir.glob("regional*.png"))[-1])).astype(float)
     b = np.asarray(Image.open(sorted(fam_env.output_dir.glob("global*.png"))[-1])).astype(float)
     assert a.shape == (128, 128, 3) and a.std() > 0 and np.abs(a - b).max() > 0
+
+
+def test_flux_controlnet_on_an_area_entry(cn_models):
+    """A ControlNet-applied conditioning restricted to an odd area on FLUX.1: the ControlNet runs on the crop's call
+    (its hint resized to the crop, as ComfyUI resizes the hint to the model input) and the result is finite and
+    differs from the same area without the ControlNet."""
+    from nodes import controlnet as CN
+    from tests.families.test_flux_controlnet import _setup as cn_setup, hint
+
+    root = cn_models[0]
+    st, _, model, pos, neg, vae = cn_setup(root)
+    ref_cn = st.load("controlnet", "flux-cn.safetensors")
+    p2, n2 = CN.ControlNetApplyAdvanced().run(None, pos, neg, ref_cn, hint(128), 1.0, 0.0, 1.0, vae)
+    area = lambda conds: [[e, {**o, "area": (5, 7, 3, 1)}] for e, o in conds]
+    lat = {"samples": torch.zeros(1, 16, 16, 16)}
+
+    def run(p):
+        return fsamp.sample(None, model, pos + area(p), neg, lat, seed=11, steps=3, cfg=2.0, sampler_name="euler",
+                            scheduler="simple")
+
+    a, b = run(p2), run(pos)
+    assert torch.isfinite(a).all() and (a - b).abs().max().item() > 1e-4

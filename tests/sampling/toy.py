@@ -18,7 +18,7 @@ def toy_predict(ms):
     def predict(x, sigma):
         xb = torch.cat([x, x])
         sb = torch.cat([sigma, sigma])
-        c = torch.tensor([1.0] * x.shape[0] + [-1.0] * x.shape[0]).reshape(-1, 1, 1, 1)
+        c = torch.tensor([1.0] * x.shape[0] + [-1.0] * x.shape[0], device=x.device).reshape(-1, 1, 1, 1)
         x_in = ms.calculate_input(sb, xb)
         t = ms.timestep(sb).float().reshape(-1, 1, 1, 1)
         out = torch.tanh(0.7 * x_in + 0.3 * c) * (1 + t / 1000)
@@ -28,8 +28,8 @@ def toy_predict(ms):
     return predict
 
 
-def run_fixture(model: str, scheduler: str, sampler: str):
-    """Returns (final, callbacks [(i, denoised, x)], reference dict)."""
+def run_fixture(model: str, scheduler: str, sampler: str, device: str = "cpu"):
+    """Returns (final, callbacks [(i, denoised, x)], reference dict, model calls); tensors on ``device``."""
     ms = MODELS[model]()
     key = f"{model}/{scheduler}/{sampler}/"
     ref = {k[len(key):]: v for k, v in sampler_tensors().items() if k.startswith(key)}
@@ -39,6 +39,7 @@ def run_fixture(model: str, scheduler: str, sampler: str):
     noise = noise_tensors()["prepare_noise/shape=1x4x8x8/seed=42"]
     den = GuidedDenoiser(toy_predict(ms), 5.0, model_sampling=ms)
     cbs = []
-    final = run(den, ms, sampler, sigmas, torch.zeros(1, 4, 8, 8), noise, 42,
+    sigmas, noise = sigmas.to(device), noise.to(device)
+    final = run(den, ms, sampler, sigmas, torch.zeros(1, 4, 8, 8, device=device), noise, 42,
                 callback=lambda i, d, x, n: cbs.append((i, d.clone(), x.clone())))
     return final, cbs, ref, den.calls

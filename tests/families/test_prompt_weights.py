@@ -1,0 +1,219 @@
+"""Prompt weighting, escapes and ``embedding:name`` on the transformer families' text encoders (T5 for FLUX.1,
+Qwen3 for Z-Image, Qwen2.5-VL for Qwen-Image), on the tiny files with their tiny tokenizers.
+
+Expectations are computed by hand from the encoder: the prompt's features ``z`` (the syntax stripped, tokenized as
+one string) and ComfyUI's empty sequence ``z_empty`` at the same length (T5: ``</s>`` then pad to 256; Qwen: pad
+tokens), then ``(z - z_empty) * w + z_empty`` on the weighted tokens only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nodes.family_encode import QWEN_IMAGE_TEMPLATE, QWEN_TEMPLATE, T5_TOKENS, encode
+from tests.families.test_family_equivalence import _clip, _store
+
+SETS = {"lumina2": (["qwen_3_4b.safetensors"], "qwen3"),
+        "qwen_image": (["qwen_2.5_vl_7b_fp8_scaled.safetensors"], "qwen25vl"),
+        "flux": (["clip_l.safetensors", "t5xxl_fp16.safetensors"], "t5")}
+
+
+@pytest.fixture(scope="module")
+def clips(family_models):
+    root = family_models[0]
+    st = _store(root)
+    out = {}
+    for type_, (names, kind) in SETS.items():
+        clip = _clip(st, root, names, type_)
+        out[type_] = (clip, dict(clip.encoders)[kind].get())
+    return root, out
+
+
+def _cond(clip, text, **kw):
+    """The conditioning tensor of ``text``; FLUX.1's CLIP-L (pooled vector only) gets the plain words, so that its
+    own embedding warnings (CLIP-L is narrower than T5) stay out of the T5 checks."""
+    if clip.type == "flux":
+        text = {"clip_l": "red circle", "t5": text}
+    return encode(clip, text, **kw)[0][0]
+
+
+def _by_hand(type_, te, text, weighted=(), pad_empty=True):
+    """(z, z_empty) of ``text`` (no syntax) as the family encodes it, and the positions of ``weighted`` (the text's
+    first occurrence of that substring) in the returned features."""
+    tok, m = te.tokenizer, te.model
+    with torch.no_grad():
+        if type_ == "flux":
+            ids = tok(text, padding="max_length", max_length=T5_TOKENS, truncation=True, return_tensors="pt").input_ids
+            empty = torch.tensor([[tok.eos_token_id] + [tok.pad_token_id] * (T5_TOKENS - 1)])
+            z, ze = m(ids).last_hidden_state, m(empty).last_hidden_state
+            start = 0
+        else:
+            tmpl = QWEN_TEMPLATE if type_ == "lumina2" else QWEN_IMAGE_TEMPLATE
+            prefix = tmpl.split("{}")[0]
+            ids = tok(tmpl.format(text), return_tensors="pt").input_ids
+            empty = torch.full_like(ids, tok.pad_token_id)
+            layer = -2 if type_ == "lumina2" else -1
+            kw = {} if type_ == "lumina2" else {"attention_mask": torch.ones_like(ids)}
+            z = m(input_ids=ids, output_hidden_states=True, **kw).hidden_states[layer]
+            ze = m(input_ids=empty, output_hidden_states=True, **kw).hidden_states[layer]
+            start = len(tok(prefix).input_ids)
+            if type_ == "qwen_image":  # the template prefix is dropped from the conditioning
+                z, ze, start = z[:, start:], ze[:, start:], 0
+    spans = []
+    for w in weighted:
+        before = text[:text.index(w)]
+        a = start + (len(tok(before, add_special_tokens=False).input_ids) if before else 0)
+        spans.append(range(a, a + len(tok(w, add_special_tokens=False).input_ids)))
+    return z.float(), ze.float(), spans
+
+
+@pytest.mark.parametrize("type_", list(SETS))
+def test_no_syntax_and_weight_one_are_the_plain_encoding(clips, type_):
+    _, c = clips
+    clip, te = c[type_]
+    z, _, _ = _by_hand(type_, te, "a red circle")
+    assert torch.equal(_cond(clip, "a red circle"), z)  # today's path, bit for bit
+    assert torch.equal(_cond(clip, "(a red:1.0) circle"), z)  # syntax with all weights 1: same ids, same features
+
+
+@pytest.mark.parametrize("type_", list(SETS))
+def test_weight_is_comfyui_formula_on_the_weighted_tokens_only(clips, type_):
+    _, c = clips
+    clip, te = c[type_]
+    z, ze, (red,) = _by_hand(type_, te, "red circle", weighted=("red",))
+    got = _cond(clip, "(red:1.5) circle")
+    want = z.clone()
+    want[:, red.start:red.stop] = (z[:, red.start:red.stop] - ze[:, red.start:red.stop]) * 1.5 + ze[:, red.start:red.stop]
+    assert got.shape == z.shape and len(red) >= 1
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert not torch.allclose(got, z, atol=1e-4)
+    rest = [i for i in range(z.shape[1]) if i not in red]
+    assert torch.equal(got[:, rest], z[:, rest])  # ' circle', the template, eos and padding: untouched
+
+
+@pytest.mark.parametrize("type_", ["lumina2", "flux"])
+def test_nesting_multiplies_and_escapes_are_literal(clips, type_):
+    _, c = clips
+    clip, te = c[type_]
+    z, ze, (red,) = _by_hand(type_, te, "red circle", weighted=("red",))
+    nested = _cond(clip, "((red)) circle")
+    want = z.clone()
+    want[:, red.start:red.stop] = (z[:, red.start:red.stop] - ze[:, red.start:red.stop]) * 1.21 + ze[:, red.start:red.stop]
+    assert torch.allclose(nested, want, atol=1e-5, rtol=0)
+    assert torch.allclose(_cond(clip, "((red:1.5)) circle"), _cond(clip, "(red:1.5) circle"), atol=0)  # explicit = set
+    lit, _, _ = _by_hand(type_, te, "(red) circle")
+    assert torch.equal(_cond(clip, "\\(red\\) circle"), lit)  # the parentheses reach the tokenizer
+    assert lit.shape != z.shape or not torch.allclose(lit, z, atol=1e-4)
+
+
+def _write_embedding(root, name, vectors):
+    from safetensors.torch import save_file
+
+    (root / "embeddings").mkdir(exist_ok=True)
+    save_file({"emb_params": vectors.contiguous()}, str(root / "embeddings" / f"{name}.safetensors"))
+
+
+@pytest.mark.parametrize("type_", ["lumina2", "flux", "qwen_image"])
+def test_embedding_of_the_encoders_width_is_used_else_warned(clips, type_):
+    root, c = clips
+    clip, te = c[type_]
+    from nodes.embeddings import _token_embedding
+
+    emb = _token_embedding(te.model)
+    ids = te.tokenizer("red", add_special_tokens=False).input_ids
+    _write_embedding(root, f"red_{type_}", emb.weight[ids].detach().clone())
+    _write_embedding(root, f"wide_{type_}", torch.randn(2, emb.weight.shape[1] + 8))
+    warnings = []
+    got = _cond(clip, f"embedding:red_{type_} circle", warn=warnings.append)
+    assert warnings == []
+    assert torch.allclose(got, _cond(clip, "red circle"), atol=1e-5)
+    weighted = _cond(clip, f"(embedding:red_{type_}:1.5) circle")
+    assert torch.allclose(weighted, _cond(clip, "(red:1.5) circle"), atol=1e-5)
+    got = _cond(clip, f"embedding:wide_{type_} circle", warn=warnings.append)
+    assert len(warnings) == 1 and f"wide_{type_}" in warnings[0] and "width" in warnings[0], warnings
+    z, _, _ = _by_hand(type_, te, " circle")  # the word is left out; ' circle' is tokenized as written
+    assert torch.allclose(got, z, atol=1e-6)
+
+
+def test_embedding_warnings_at_validation_and_run_time(fam_env, family_models):
+    from engine.executor import Executor
+    from nodes import default_registry
+
+    root = family_models[0]
+    _write_embedding(root, "wide_t5", torch.randn(1, 7))
+    wf = {"clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                              "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+          "p": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip": ["clip", 0], "clip_l": "a red circle",
+                                                               "t5xxl": "embedding:ghost, embedding:wide_t5 circle",
+                                                               "guidance": 3.5}},
+          "out": {"class_type": "PreviewAny", "inputs": {"source": ["p", 0]}}}
+    ex = Executor(default_registry(), fam_env)
+    v = ex.prepare(wf)
+    assert any("embedding 'ghost' not found" in w for w in v.warnings), v.warnings
+    events = []
+    r = ex.run(wf, sink=events.append)
+    assert r.status == "success", r.error
+    run = [e.data for e in events if e.type == "warning"]
+    assert {w["node"] for w in run} == {"p"}
+    assert any("'ghost'" in w["message"] for w in run) and any("'wide_t5'" in w["message"] for w in run), run
+
+
+def test_zimage_txt2img_changes_with_a_weight_and_not_at_one(fam_exec, fam_env):
+    from tests.families.test_family_txt2img import _enc, txt2img
+
+    images = {}
+    for prefix, text in (("wplain", "a red circle"), ("wone", "(a red:1.0) circle"), ("wheavy", "(a red:1.6) circle")):
+        wf = txt2img({"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
+                                                                      "weight_dtype": "default"}},
+                      "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors",
+                                                                      "type": "lumina2"}},
+                      "p": _enc("clip", text), "n": _enc("clip", "")}, ["p", 0], ["n", 0], steps=2, prefix=prefix)
+        r = fam_exec.run(wf)
+        assert r.status == "success", r.error
+        images[prefix] = np.asarray(Image.open(sorted(fam_env.output_dir.glob(f"{prefix}_*.png"))[-1])).astype(int)
+    assert np.array_equal(images["wplain"], images["wone"])
+    diff = np.abs(images["wplain"] - images["wheavy"]).max()
+    print(f"\nZ-Image 64px, 2 steps: max pixel diff plain vs (a red:1.6) = {diff}")
+    assert diff > 0
+
+
+def test_split_loader_clips_weight_like_clip_text_encode(family_models):
+    """SD3's TripleCLIPLoader: the CLIP-L tokens are reweighted against CLIP's empty window (BOS, EOS, pad), the
+    pooled vectors are the unweighted prompt's (as ComfyUI), the T5 part is weighted as FLUX.1's."""
+    root = family_models[0]
+    clip = _clip(_store(root), root, ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"], "sd3")
+    plain, weighted = encode(clip, "red circle")[0], encode(clip, "(red:1.5) circle")[0]
+    assert torch.equal(weighted[1]["pooled_output"], plain[1]["pooled_output"])
+    te = dict(clip.encoders)["clip_l"].get()
+    tok = te.tokenizer
+    with torch.no_grad():
+        z = te.model(tok("red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids,
+                     output_hidden_states=True).hidden_states[-2].float()
+        ze = te.model(tok("", padding="max_length", max_length=77, return_tensors="pt").input_ids,
+                      output_hidden_states=True).hidden_states[-2].float()
+    n = len(tok("red", add_special_tokens=False).input_ids)
+    want = z.clone()
+    want[:, 1:1 + n] = (z[:, 1:1 + n] - ze[:, 1:1 + n]) * 1.5 + ze[:, 1:1 + n]
+    width = z.shape[-1]
+    assert torch.equal(plain[0][:, :77, :width], z)
+    assert torch.allclose(weighted[0][:, :77, :width], want, atol=1e-6, rtol=0)
+    assert not torch.allclose(weighted[0][:, :77, :width], z, atol=1e-4)
+    flux = _clip(_store(root), root, ["clip_l.safetensors", "t5xxl_fp16.safetensors"], "flux")
+    flux_weighted = encode(flux, "(red:1.5) circle")[0]
+    assert torch.equal(weighted[0][:, 77:], flux_weighted[0])
+    assert torch.equal(flux_weighted[1]["pooled_output"], encode(flux, "red circle")[0][1]["pooled_output"])
+
+
+def test_weighted_ids_tokenize_each_segment_with_its_weight(clips):
+    from nodes.prompt_weights import weighted_ids
+
+    tok = clips[1]["lumina2"][1].tokenizer
+
+    def ids(s):
+        return tok(s, add_special_tokens=False).input_ids
+
+    got = weighted_ids(tok, "a \\(b\\) ((red)) (circle:0.5) embedding:x")
+    pieces = [("a (b) ", 1.0), ("red", 1.21), (" ", 1.0), ("circle", 0.5), (" embedding:x", 1.0)]
+    assert [t for t, _ in got] == [i for s, _ in pieces for i in ids(s)]  # no resolver: embedding words stay text
+    assert [w for _, w in got] == pytest.approx([w for s, w in pieces for _ in ids(s)])
