@@ -266,3 +266,73 @@ def test_broken_family_loras(ex, root, name, says):
         _bad_loras(d)
     _fails(ex, _lora_wf(name), "2", "LoraLoaderModelOnly", name, *says)
     assert ex.run(_lora_wf("good-lora.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------- Qwen2.5-VL text encoder (Qwen-Image)
+def _te_wf(name):
+    return {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": name, "type": "qwen_image", "device": "default"}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": "a cat"}},
+            "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+
+
+TEXT_KEY = "model.layers.0.self_attn.o_proj.weight"  # (32, 32) in the tiny Qwen2.5-VL
+
+
+def _bad_text_encoders(root):
+    d = root / "text_encoders"
+    good = tf.qwen25vl_file(tf.tiny_qwen25vl())
+    tf.save(good, d / "good-qwen.safetensors")
+    tf.write_qwen_tokenizer(root / "tokenizers" / "qwen25vl")
+    _truncate(d / "good-qwen.safetensors", d / "truncated-qwen.safetensors")
+    (d / "empty-qwen.safetensors").write_bytes(b"")
+    tf.save({k: v for k, v in good.items() if k != TEXT_KEY}, d / "missing-qwen.safetensors")
+    tf.save({**good, TEXT_KEY: torch.ones(32, 32, dtype=torch.int32)}, d / "int-qwen.safetensors")
+    tf.save({**good, TEXT_KEY: good[TEXT_KEY][:, :3].contiguous()}, d / "shape-qwen.safetensors")
+    tf.save({**good, "model.bogus.weight": torch.ones(2)}, d / "extra-qwen.safetensors")
+    torch.save(good, str(d / "pickled-qwen.pt"))
+    tf.save(good, d / "badtok-qwen.safetensors")  # its own tokenizer folder beside it, truncated
+    tf.write_qwen_tokenizer(d / "badtok-qwen_tokenizer")
+    tok = d / "badtok-qwen_tokenizer" / "tokenizer.json"
+    tok.write_text(tok.read_text()[:50])
+
+
+@pytest.mark.parametrize("name, node, says", [
+    ("truncated-qwen.safetensors", "CLIPLoader", ()), ("empty-qwen.safetensors", "CLIPLoader", ()),
+    ("pickled-qwen.pt", "CLIPLoader", ("pickle",)),
+    # the text encoder is built where it is first used
+    ("missing-qwen.safetensors", "CLIPTextEncode", ("layers.0.self_attn.o_proj.weight",)),
+    ("int-qwen.safetensors", "CLIPTextEncode", ("layers.0.self_attn.o_proj.weight", "int32")),
+    ("shape-qwen.safetensors", "CLIPTextEncode", ("layers.0.self_attn.o_proj.weight", "(32, 3)")),
+    ("extra-qwen.safetensors", "CLIPTextEncode", ("bogus.weight",)),
+    ("badtok-qwen.safetensors", "CLIPTextEncode", ("tokenizer", "badtok-qwen_tokenizer")),
+])
+def test_broken_qwen_text_encoders(ex, root, name, node, says):
+    if not (root / "text_encoders" / "good-qwen.safetensors").exists():
+        _bad_text_encoders(root)
+    _fails(ex, _te_wf(name), {"CLIPLoader": "1", "CLIPTextEncode": "2"}[node], node, name, *says)
+    assert ex.run(_te_wf("good-qwen.safetensors")).status == "success"
+
+
+def test_a_qwen_text_encoder_without_its_tokenizer(tmp_path):
+    from engine.executor import Executor
+    from nodes import default_registry
+    from tests.nodes.conftest import make_env
+
+    (tmp_path / "text_encoders").mkdir()
+    tf.save(tf.qwen25vl_file(tf.tiny_qwen25vl()), tmp_path / "text_encoders" / "lonely-qwen.safetensors")
+    ex = Executor(default_registry(), make_env(tmp_path, tmp_path / "io"))
+    msg = _fails(ex, _te_wf("lonely-qwen.safetensors"), "1", "CLIPLoader", "lonely-qwen.safetensors", "tokenizer")
+    assert "never downloads" in msg
+    tf.write_qwen_tokenizer(tmp_path / "tokenizers" / "qwen25vl")  # supplied: the same executor now runs it
+    assert ex.run(_te_wf("lonely-qwen.safetensors")).status == "success"
+
+
+def test_the_lazy_lora_path_refuses_a_huge_lokr_before_the_product():
+    """A pickle LoRA (no header to check at the loader) reaches _delta: the fit is checked from the factors' shapes
+    before kron would make 10^12 values."""
+    from modelstore.families.lora import _delta
+    from modelstore.lora import LoraError
+
+    parts = {"lokr_w1": torch.zeros(1000, 1000), "lokr_w2": torch.zeros(1000, 1000)}
+    with pytest.raises(LoraError, match=r"x.pt: lokr blk: update of 1000000x1000000 does not fit .*\(192, 64\)"):
+        _delta(("lora", "file", "blk.weight", parts), (192, 64), "x.pt")
