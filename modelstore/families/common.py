@@ -43,9 +43,14 @@ def dequantize_scaled_fp8(sd: dict) -> dict:
         return sd
     out = {k: v for k, v in sd.items() if k != "scaled_fp8" and not k.endswith((".scale_weight", ".scale_input"))}
     for k in scales:
-        w = k[:-len(".scale_weight")] + ".weight"
-        if w in out:
-            out[w] = (out[w].float() * sd[k].float()).to(out[w].dtype)
+        w, s = k[:-len(".scale_weight")] + ".weight", sd[k]
+        if w not in out:
+            raise CheckpointError(f"scaled fp8: {k} scales {w}, which is not in the file")
+        # a scalar: anything bigger would broadcast the weight into a larger tensor (or fail with torch's text)
+        if s.numel() != 1 or not s.float().isfinite().all():
+            raise CheckpointError(f"scaled fp8: {k} must be one finite number, got shape {tuple(s.shape)}"
+                                  + ("" if s.numel() != 1 else f" value {s.float().item()}"))
+        out[w] = (out[w].float() * s.float().reshape(())).to(out[w].dtype)
     return out
 
 

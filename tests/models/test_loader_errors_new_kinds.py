@@ -336,3 +336,32 @@ def test_the_lazy_lora_path_refuses_a_huge_lokr_before_the_product():
     parts = {"lokr_w1": torch.zeros(1000, 1000), "lokr_w2": torch.zeros(1000, 1000)}
     with pytest.raises(LoraError, match=r"x.pt: lokr blk: update of 1000000x1000000 does not fit .*\(192, 64\)"):
         _delta(("lora", "file", "blk.weight", parts), (192, 64), "x.pt")
+
+
+def _scaled(good, key, scale):
+    """``good`` as a ComfyUI scaled-fp8 file: ``key`` stored fp8 (weight / scale) with its ``scale_weight``."""
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    w = (good[key] / (s.reshape(-1)[0] if s.numel() and torch.isfinite(s).all() and s.reshape(-1)[0] else 1))
+    return {**good, key: w.to(torch.float8_e4m3fn), key[:-len("weight")] + "scale_weight": s,
+            "scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+
+
+@pytest.mark.parametrize("name, scale, says", [
+    ("scaled-ok-qwen.safetensors", 0.5, None),
+    ("scaled-vector-qwen.safetensors", [0.5, 0.5, 0.5], ("scale_weight", "(3,)")),
+    ("scaled-huge-qwen.safetensors", torch.full((4096, 1, 1), 0.5), ("scale_weight", "(4096, 1, 1)")),
+    ("scaled-nan-qwen.safetensors", float("nan"), ("scale_weight", "nan")),
+])
+def test_scaled_fp8_text_encoders(ex, root, name, scale, says):
+    """A scale_weight that is not one finite number is refused, naming it (a (4096, 1, 1) scale used to broadcast the
+    weight into a 4096x larger tensor)."""
+    d = root / "text_encoders"
+    if not (d / "good-qwen.safetensors").exists():
+        _bad_text_encoders(root)
+    good = tf.qwen25vl_file(tf.tiny_qwen25vl())
+    tf.save(_scaled(good, TEXT_KEY, scale), d / name)
+    if says is None:
+        assert ex.run(_te_wf(name)).status == "success"
+        return
+    _fails(ex, _te_wf(name), "2", "CLIPTextEncode", name, *says)
+    assert ex.run(_te_wf("good-qwen.safetensors")).status == "success"
