@@ -51,9 +51,19 @@ def plan_flux_controlnet(shapes: dict) -> FluxControlNetPlan:
         raise CheckpointError("FLUX ControlNet-Union (controlnet_mode_embedder): not supported yet")
     if any(k.startswith("input_hint_block.") for k in shapes):
         raise CheckpointError("FLUX ControlNet with a pixel-space hint encoder (input_hint_block): not supported yet")
-    inner, cin = shapes["x_embedder.weight"]
-    head = shapes["transformer_blocks.0.attn.norm_q.weight"][0] if "transformer_blocks.0.attn.norm_q.weight" in \
-        shapes else shapes["single_transformer_blocks.0.attn.norm_q.weight"][0]
+    def need(key, ndim):
+        if key not in shapes:
+            raise CheckpointError(f"FLUX ControlNet: tensor {key} missing: cannot infer the model config")
+        if len(shapes[key]) != ndim:
+            raise CheckpointError(f"FLUX ControlNet: {key} has shape {tuple(shapes[key])}, expected {ndim} dims")
+        return shapes[key]
+
+    inner, cin = need("x_embedder.weight", 2)
+    need(PROBE, 2), need("context_embedder.weight", 2), need("time_text_embed.text_embedder.linear_1.weight", 2)
+    q = "transformer_blocks.0.attn.norm_q.weight"
+    head = need(q if q in shapes else "single_" + q, 1)[0]
+    if head <= 0 or inner % head:
+        raise CheckpointError(f"FLUX ControlNet: width {inner} is not a whole number of {head}-wide heads")
     # FLUX's RoPE axes are (head/8, 7 head/16, 7 head/16): (16, 56, 56) for its 128-wide heads
     axes = [head // 8, head * 7 // 16, head * 7 // 16]
     cfg = {"patch_size": 1, "in_channels": cin, "num_layers": len(key_indices(shapes, "transformer_blocks.")),

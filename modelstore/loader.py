@@ -62,6 +62,10 @@ class Loader:
             return src, tuple(self.loader(component).describe(src, self.context()) or ())
         except CheckpointError as e:  # a plan's refusal is worded for the layout: say which file
             raise _named(e, path) from None
+        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as e:  # a plan read a header that
+            # lacks what its layout always has: the file is not that kind (never the plan's raw error text)
+            raise CheckpointError(f"{path.name}: not a {component} file Loom can read (its tensors do not fit the "
+                                  f"layout: {type(e).__name__} {str(e)[:200]})") from None
 
     # -- building --------------------------------------------------------------------------------------
     def build(self, key: ModelKey) -> tuple[Any, int]:

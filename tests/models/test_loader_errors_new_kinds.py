@@ -365,3 +365,32 @@ def test_scaled_fp8_text_encoders(ex, root, name, scale, says):
         return
     _fails(ex, _te_wf(name), "2", "CLIPTextEncode", name, *says)
     assert ex.run(_te_wf("good-qwen.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------------------ FLUX ControlNet files
+def _bad_flux_controlnets(d):
+    from tests.families.test_flux_controlnet import tiny_flux_controlnet
+
+    good = {k: v.contiguous() for k, v in tiny_flux_controlnet(tf.tiny_flux()).state_dict().items()}
+    tf.save(good, d / "good-fluxcn.safetensors")
+    _truncate(d / "good-fluxcn.safetensors", d / "truncated-fluxcn.safetensors")
+    tf.save({k: v for k, v in good.items() if k != "x_embedder.weight"}, d / "missing-fluxcn.safetensors")
+    tf.save({**good, "x_embedder.weight": good["x_embedder.weight"].flatten()}, d / "flat-fluxcn.safetensors")
+    q = "transformer_blocks.0.attn.norm_q.weight"
+    tf.save({**good, q: torch.zeros(0)}, d / "headless-fluxcn.safetensors")
+    tf.save({k: v for k, v in good.items() if k != "context_embedder.weight"}, d / "nocontext-fluxcn.safetensors")
+
+
+@pytest.mark.parametrize("name, says", [
+    ("truncated-fluxcn.safetensors", ()), ("missing-fluxcn.safetensors", ("x_embedder.weight",)),
+    ("flat-fluxcn.safetensors", ("x_embedder.weight",)), ("headless-fluxcn.safetensors", ("heads",)),
+    ("nocontext-fluxcn.safetensors", ("context_embedder.weight",)),
+])
+def test_broken_flux_controlnets(ex, root, name, says):
+    """A header missing what the diffusers layout always has used to raise KeyError / ValueError /
+    ZeroDivisionError from the plan, naming no file."""
+    d = root / "controlnet"
+    if not (d / "good-fluxcn.safetensors").exists():
+        _bad_flux_controlnets(d)
+    _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
+    assert ex.run(_cn_wf("good-fluxcn.safetensors")).status == "success"
