@@ -24,6 +24,16 @@ def instantiate(factory, state_dict: dict, device=None):
         raise CheckpointError(f"{type(module).__name__}: inferred config does not match the weights: "
                               f"missing {sorted(missing)[:5]} ({len(missing)}), unexpected {sorted(extra)[:5]} "
                               f"({len(extra)})")
+    want = module.state_dict()
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (the config needs {tuple(v.shape)})" for k, v in want.items()
+             if tuple(state_dict[k].shape) != tuple(v.shape)]
+    if wrong:  # load_state_dict would fail with torch's own text, naming neither the file nor the config
+        raise CheckpointError(f"{type(module).__name__}: tensors of the wrong shape for the inferred config: "
+                              f"{', '.join(wrong[:4])}" + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""))
+    ints = [f"{k} ({str(state_dict[k].dtype).replace('torch.', '')})" for k, _ in module.named_parameters()
+            if k in state_dict and not (state_dict[k].is_floating_point() or state_dict[k].is_complex())]
+    if ints:  # load_state_dict would fail with torch's own text ("Only Tensors of floating point ... gradients")
+        raise CheckpointError(f"{type(module).__name__}: weights that are not floating point: {', '.join(ints[:4])}")
     module.load_state_dict(state_dict, strict=True, assign=True)
     if device is not None:
         module.to(device)

@@ -19,6 +19,14 @@ def is_pickle(path: Path) -> bool:
     return path.suffix.lower() in PICKLE_SUFFIXES
 
 
+def unreadable(path: Path, e: BaseException) -> str:
+    """The message for a file that the safetensors / pickle reader refused (truncated, empty, not that format):
+    the file's name and the reader's first line, never a traceback."""
+    detail = str(e).strip().splitlines()
+    return (f"{path.name}: cannot be read as a {'pickle' if is_pickle(path) else 'safetensors'} file "
+            f"({type(e).__name__}: {detail[0][:200] if detail else 'no detail'})")
+
+
 class FileCache(Generic[T]):
     def __init__(self, max_items: int, refused: type[Exception] = PickleRefused):
         self.max_items = max_items

@@ -27,12 +27,13 @@ weight, in index order), so dropout modules need no guessing.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .filecache import FileCache, is_pickle
+from .filecache import FileCache, is_pickle, unreadable
 
 # A1111's names: these, plus every activation class of torch.nn.modules.activation by its lowercased class name
 ACTIVATIONS = {"linear": None, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "elu": torch.nn.ELU,
@@ -83,11 +84,25 @@ class Hypernetwork:
     structure: dict
 
 
+_KEY = re.compile(r"linear\.(\d{1,6})\.(weight|bias)")
+
+
 def _build_mlp(state: dict, where: str, activation, activate_output: bool) -> MLP:
     state = {OLD_NAMES.get(k, k): v for k, v in state.items()}
-    idx = sorted({int(k.split(".")[1]) for k in state if k.startswith("linear.") and k.endswith(".weight")})
+    for k, v in state.items():
+        if not isinstance(k, str) or not _KEY.fullmatch(k):
+            raise HypernetworkError(f"{where}: tensor {str(k)[:100]!r} is not linear.<i>.weight / linear.<i>.bias")
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise HypernetworkError(f"{where}: {k} is {getattr(v, 'dtype', type(v).__name__)}, expected floating "
+                                    "point weights")
+        if not torch.isfinite(v).all():
+            raise HypernetworkError(f"{where}: {k} has NaN or infinite values")
+    idx = sorted({int(_KEY.fullmatch(k)[1]) for k in state if k.endswith(".weight")})
     if not idx:
         raise HypernetworkError(f"{where}: no linear.<i>.weight tensors")
+    lone = sorted(k for k in state if int(_KEY.fullmatch(k)[1]) not in idx)
+    if lone:
+        raise HypernetworkError(f"{where}: {lone[0]} has no weight beside it")
     steps = []
     for i in idx:
         w, b = state[f"linear.{i}.weight"], state.get(f"linear.{i}.bias")
@@ -99,6 +114,9 @@ def _build_mlp(state: dict, where: str, activation, activate_output: bool) -> ML
             kind = "norm"
         else:
             raise HypernetworkError(f"{where}: linear.{i}.weight has shape {tuple(w.shape)}")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise HypernetworkError(f"{where}: linear.{i}.bias has shape {tuple(b.shape)}, its weight "
+                                    f"{tuple(w.shape)} needs ({w.shape[0]},)")
         with torch.no_grad():
             m.weight.copy_(w.float())
             if b is not None:
@@ -116,7 +134,16 @@ def _build_mlp(state: dict, where: str, activation, activate_output: bool) -> ML
 
 
 def _read(path: Path) -> tuple[dict, dict]:
-    """(width -> [state_k, state_v], structure)."""
+    """(width -> [state_k, state_v], structure); HypernetworkError naming the file when it cannot be read."""
+    try:
+        return _read_file(path)
+    except HypernetworkError:
+        raise
+    except Exception as e:  # truncated, empty, not that format
+        raise HypernetworkError(unreadable(path, e)) from None
+
+
+def _read_file(path: Path) -> tuple[dict, dict]:
     if is_pickle(path):
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
         if not isinstance(raw, dict):
@@ -166,7 +193,9 @@ def _load(path: Path) -> Hypernetwork:
         activation is None or activation()
     except TypeError as e:  # an activation class that needs arguments A1111 never stores
         raise HypernetworkError(f"{path.name}: activation_func {act_name!r} cannot be built ({e})") from None
-    activate_output = bool(structure.get("activate_output", True))
+    activate_output = structure.get("activate_output", True)
+    activate_output = activate_output.strip().lower() not in ("false", "0", "no", "") \
+        if isinstance(activate_output, str) else bool(activate_output)  # metadata text "false" is False
     layers = {}
     for width, (sk, sv) in sorted(states.items()):
         pair = tuple(_build_mlp(s, f"{path.name}: width {width} {'kv'[j]}", activation, activate_output)

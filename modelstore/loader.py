@@ -58,7 +58,10 @@ class Loader:
     def describe(self, component: str, path: Path) -> tuple[Source, tuple]:
         """(source, info pairs) of a file for ``component`` (headers only; raises for files it cannot load)."""
         src = self.sources.open(path)
-        return src, tuple(self.loader(component).describe(src, self.context()) or ())
+        try:
+            return src, tuple(self.loader(component).describe(src, self.context()) or ())
+        except CheckpointError as e:  # a plan's refusal is worded for the layout: say which file
+            raise _named(e, path) from None
 
     # -- building --------------------------------------------------------------------------------------
     def build(self, key: ModelKey) -> tuple[Any, int]:
@@ -66,7 +69,10 @@ class Loader:
         kind = self.loader(key.component)
         ctx = self.context()
         if not key.patches:
-            value = kind.build(key, ctx)
+            try:
+                value = kind.build(key, ctx)
+            except CheckpointError as e:  # raised where the file is out of sight: say which one
+                raise _named(e, Path(key.file.path)) from None
             return value, kind.nbytes(value)
         last = key.patches[-1]
         if hasattr(last, "apply"):  # a computed patch (modelstore.merge.MergePatch): its own rule on the base
@@ -94,3 +100,8 @@ class Loader:
 
     def clear(self) -> None:
         self.sources.clear()
+
+
+def _named(e: CheckpointError, path: Path) -> CheckpointError:
+    """``e``, prefixed with the file's name unless it already says it."""
+    return e if path.name in str(e) else CheckpointError(f"{path.name}: {e}")

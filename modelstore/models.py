@@ -173,7 +173,7 @@ class ModelStore:
             prefix = plan.prefix
         shapes = {k[len(prefix):]: v for k, v in src.header.shapes.items() if k.startswith(prefix)}
         lay = self.loader.sources.plan(src, "family_lora_layout", lambda s: layout(plan.family, plan.config, shapes))
-        return header_check(lay, plan.family, list(read_header(lora_path).tensors), lora_path.name)
+        return header_check(lay, plan.family, read_header(lora_path).tensors, lora_path.name)
 
     # -- access -----------------------------------------------------------------------------------------
     def get(self, ref: ModelRef) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .filecache import FileCache, is_pickle
+from .filecache import FileCache, is_pickle, unreadable
 from .tensorfile import load_pickle_state_dict
 
 STYLE_HEADS = 8
@@ -85,13 +85,21 @@ class Redux(torch.nn.Module):
 
 
 def build(sd: dict, name: str = "style model") -> torch.nn.Module:
-    """The module for a state dict in one of the two layouts (StyleModelError naming what is missing)."""
+    """The module for a state dict in one of the two layouts (StyleModelError naming what is missing, extra, of
+    the wrong shape or dtype, or not finite). The module is laid out on the meta device and checked against the
+    file before any weight is allocated, so dims declared by a few tiny tensors cannot make it allocate more than
+    the file holds."""
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise StyleModelError(f"{name}: tensor {k} is {getattr(v, 'dtype', type(v).__name__)}, expected floating "
+                                  "point weights")
     if "redux_up.weight" in sd:
         up, down = sd["redux_up.weight"], sd.get("redux_down.weight")
-        if down is None or down.shape[1] != up.shape[0] or up.shape[0] != 3 * down.shape[0]:
+        if up.ndim != 2 or down is None or down.ndim != 2 or down.shape[1] != up.shape[0] \
+                or up.shape[0] != 3 * down.shape[0]:
             raise StyleModelError(f"{name}: redux_up {tuple(up.shape)} and redux_down "
                                   f"{tuple(getattr(down, 'shape', ()))} do not form a Redux encoder")
-        m = Redux(up.shape[1], down.shape[0])
+        make = lambda: Redux(up.shape[1], down.shape[0])  # noqa: E731
     elif "style_embedding" in sd:
         emb, proj = sd["style_embedding"], sd.get("proj")
         if emb.ndim != 3 or proj is None or proj.ndim != 2 or proj.shape[0] != emb.shape[-1]:
@@ -101,13 +109,23 @@ def build(sd: dict, name: str = "style model") -> torch.nn.Module:
         width = emb.shape[-1]
         if width % STYLE_HEADS:
             raise StyleModelError(f"{name}: width {width} is not divisible by {STYLE_HEADS} heads")
-        m = StyleAdapter(width, proj.shape[1], n_layers, emb.shape[1])
+        make = lambda: StyleAdapter(width, proj.shape[1], n_layers, emb.shape[1])  # noqa: E731
     else:
         raise StyleModelError(f"{name}: neither a T2I-Adapter style model (style_embedding, transformer_layes.*) "
                               "nor a FLUX.1 Redux model (redux_up, redux_down)")
-    missing, unexpected = m.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    with torch.device("meta"):
+        m = make()
+    want = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     if missing or unexpected:
-        raise StyleModelError(f"{name}: missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}")
+        raise StyleModelError(f"{name}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {want[k]})" for k in want if tuple(sd[k].shape) != want[k]]
+    if wrong:
+        raise StyleModelError(f"{name}: wrong shapes: {', '.join(wrong[:4])}")
+    bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise StyleModelError(f"{name}: NaN or infinite values in {', '.join(sorted(bad)[:4])}")
+    m.load_state_dict({k: v.float() for k, v in sd.items()}, assign=True)
     return m.eval().requires_grad_(False)
 
 
@@ -117,10 +135,15 @@ def load(path: str | Path, allow_pickle: bool = False) -> torch.nn.Module:
 
 
 def _load(path: Path) -> torch.nn.Module:
-    if is_pickle(path):
-        sd = load_pickle_state_dict(path)
-    else:
-        from safetensors.torch import load_file
+    try:
+        if is_pickle(path):
+            sd = load_pickle_state_dict(path)
+        else:
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path))
+            sd = load_file(str(path))
+    except Exception as e:  # truncated, empty, not safetensors / a pickle of something else
+        raise StyleModelError(unreadable(path, e)) from None
+    if not isinstance(sd, dict):
+        raise StyleModelError(f"{path.name}: not a state dict")
     return build(sd, path.name)

@@ -182,6 +182,69 @@ def _low_rank_kind(parts: dict) -> str | None:
     return None
 
 
+def _shape(v) -> tuple:
+    return tuple(getattr(v, "shape", v))
+
+
+def _prod(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= int(x)
+    return n
+
+
+def update_shape(kind: str, parts: dict, name: str, fname: str) -> tuple[int, int]:
+    """(rows, cols) of a low-rank update from its factors' shapes alone (tensors, or a header's TensorInfo), before
+    any product is formed: a LoKr of two 1000x1000 factors (kron: 10^12 values) or a rank-1 pair 10^5 wide is refused
+    by the caller's fit check, not computed. LoraError names the module when the factors do not chain."""
+    def bad(why):
+        return LoraError(f"{fname}: {kind} {name}: {why}")
+
+    def pair(a_key, b_key):  # a @ b.flatten(1): a (m, r) and b (r, ...)
+        a, b = _shape(parts[a_key]), _shape(parts[b_key])
+        if len(a) < 2 or _prod(a[2:]) != 1 or len(b) < 2:
+            raise bad(f"{a_key} {a} / {b_key} {b} are not a low-rank pair (expected matrices, (m, r) and (r, n))")
+        if a[1] != b[0]:
+            raise bad(f"{a_key} {a} and {b_key} {b} disagree on the rank")
+        if a[1] == 0:
+            raise bad(f"{a_key} {a}: rank 0")
+        return a[0], _prod(b[1:])
+
+    if kind == "lora":
+        return pair("up", "down")
+    if kind == "loha":
+        one, two = pair("hada_w1_a", "hada_w1_b"), pair("hada_w2_a", "hada_w2_b")
+        if one != two:
+            raise bad(f"hada_w1 gives {one[0]}x{one[1]}, hada_w2 {two[0]}x{two[1]}")
+        return one
+    dims = []
+    for i in (1, 2):
+        if f"lokr_w{i}" in parts:
+            w = _shape(parts[f"lokr_w{i}"])
+            if len(w) < 2:
+                raise bad(f"lokr_w{i} {w} is not a matrix")
+            dims.append((w[0], _prod(w[1:])))
+        else:
+            dims.append(pair(f"lokr_w{i}_a", f"lokr_w{i}_b"))
+    return dims[0][0] * dims[1][0], dims[0][1] * dims[1][1]
+
+
+def check_fit(target, shape: tuple, fname: str) -> None:
+    """LoraError unless the update of ``target`` (from its factors' shapes) fits the model tensor ``shape``."""
+    role, _, key, parts = target
+    if role != "lora":
+        if _shape(parts[role]) != tuple(shape):
+            raise LoraError(f"{fname}: LoRA {key} {role} has shape {_shape(parts[role])}, the model tensor "
+                            f"{tuple(shape)}")
+        return
+    kind = _low_rank_kind(parts)
+    name = key[:-len(".weight")] if key.endswith(".weight") else key
+    rows, cols = update_shape(kind, parts, name, fname)
+    if rows * cols != _numel(shape) or rows != shape[0]:
+        raise LoraError(f"{fname}: {kind} {name}: update of {rows}x{cols} does not fit the model weight "
+                        f"{tuple(shape)}")
+
+
 def _lycoris_delta(kind: str, parts: dict, device) -> torch.Tensor:
     """LyCORIS updates (facts of the LyCORIS paper/library): LoHa (w1a w1b) * (w2a w2b) scaled by alpha / rank
     (rank = w1b rows); LoKr kron(w1, w2), a factor given as a @ b when decomposed, scaled by alpha / rank of the
@@ -214,18 +277,10 @@ def _delta(target, shape: tuple, fname: str, device=None) -> torch.Tensor:
             raise LoraError(f"{fname}: LoRA {key} {role} has shape {tuple(d.shape)}, the model tensor {tuple(shape)}")
         return d.to(device=device, dtype=torch.float32)
     kind = _low_rank_kind(parts)
+    check_fit(target, shape, fname)  # from the factors' shapes, before any product is formed
     if kind != "lora":
-        d = _lycoris_delta(kind, parts, device)
-        if d.numel() != _numel(shape) or d.shape[0] != shape[0]:
-            raise LoraError(f"{fname}: {kind} {key[:-len('.weight')]}: update of {d.shape[0]}x{d.shape[1]} does not "
-                            f"fit the model weight {tuple(shape)}")
-        return d.reshape(shape)
-    up, down = parts["up"].to(device), parts["down"].to(device)
-    rows, cols = up.shape[0], down.flatten(1).shape[1]
-    if rows * cols != _numel(shape) or rows != shape[0]:
-        raise LoraError(f"{fname}: LoRA {key[:-len('.weight')]}: update of {rows}x{cols} (up {tuple(up.shape)}, down "
-                        f"{tuple(down.shape)}) does not fit the model weight {tuple(shape)}")
-    return lora_delta(up, down, parts.get("alpha"), shape)
+        return _lycoris_delta(kind, parts, device).reshape(shape)
+    return lora_delta(parts["up"].to(device), parts["down"].to(device), parts.get("alpha"), shape)
 
 
 def _numel(shape) -> int:
@@ -342,11 +397,21 @@ def patch_model(model, lora_state, strength: float, fname: str = "LoRA"):
 
 
 def header_check(lay: Layout, family: str, lora_keys, fname: str) -> list[str]:
-    """Header-only check of a LoRA's tensor names against a model's Layout (no weights read): raises
-    ``LoraError`` when no target matches; returns warnings naming unmatched targets otherwise."""
-    groups, other = group(dict.fromkeys(lora_keys))
+    """Header-only check of a LoRA against a model's Layout (no weights read). ``lora_keys``: tensor names, or
+    {name: TensorInfo} (a safetensors header), whose dtypes and shapes are then checked too: every matched update
+    must be floating point and fit its target. Raises ``LoraError`` when no target matches or one does not fit;
+    returns warnings naming unmatched targets otherwise."""
+    infos = lora_keys if isinstance(lora_keys, dict) else dict.fromkeys(lora_keys)
+    groups, other = group(infos)
     targets, unmatched = resolve(groups, lay)
     _refuse_no_match(targets, groups, other, fname, family)
+    if isinstance(lora_keys, dict):
+        for t in targets:
+            for part, info in t[3].items():
+                dt = getattr(info, "dtype", "float")
+                if "float" not in str(dt):
+                    raise LoraError(f"{fname}: LoRA {t[2]} {part} is {dt}, expected floating point weights")
+            check_fit(t, lay.tensors(t[1])[t[2]], fname)
     miss = unmatched + other
     if not groups and not other:
         return [f"{fname}: no diffusion-model keys in this LoRA; the {family} model is unchanged"]

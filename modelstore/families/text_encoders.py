@@ -183,7 +183,12 @@ def load_tokenizer(kind: str, file: Path, models_root: Path | None, folder: Path
     dirs = [folder] if folder is not None else tokenizer_dirs(kind, file, models_root)
     for d in dirs:
         if (d / "tokenizer.json").is_file():
-            if (d / "tokenizer_config.json").is_file():
-                return AutoTokenizer.from_pretrained(d, local_files_only=True)
-            return PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
+            try:
+                if (d / "tokenizer_config.json").is_file():
+                    return AutoTokenizer.from_pretrained(d, local_files_only=True)
+                return PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
+            except Exception as e:  # corrupt JSON, a tokenizer of another kind: the library's text names no file
+                detail = (str(e).strip().splitlines() or ["no detail"])[0][:200]
+                raise CheckpointError(f"{file.name}: the {kind} tokenizer in {d} cannot be read "
+                                      f"({type(e).__name__}: {detail})") from None
     raise MissingTokenizer(kind, file.name, dirs)

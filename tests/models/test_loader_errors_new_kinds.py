@@ -1,0 +1,338 @@
+"""Malformed files for the loader kinds added late (style models, hypernetworks, T2I-Adapters, FLUX ControlNets,
+LoRA/LoHa/LoKr on a transformer family), driven through the NODES in API workflows on one executor: each run fails
+with an execution_error naming the node and the file (and the tensor where one is at fault), never a raw torch /
+safetensors error, a traceback as the message, or an unbounded allocation; and the next valid workflow on the same
+executor succeeds (nothing is left cached in a broken state)."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests import tiny_families as tf
+
+RAW = ("RuntimeError", "KeyError", "IndexError", "TypeError", "AttributeError", "SafetensorError",
+       "ZeroDivisionError", "UnpicklingError", "OverflowError")
+
+
+@pytest.fixture(scope="module")
+def root(models_root):
+    for d in ("style_models", "hypernetworks", "controlnet", "diffusion_models", "text_encoders", "vae", "loras"):
+        (models_root / d).mkdir(exist_ok=True)
+    tf.save(tf.flux_file(tf.tiny_flux()), models_root / "diffusion_models" / "flux1-dev.safetensors")
+    return models_root
+
+
+@pytest.fixture(scope="module")
+def ex(root, tmp_path_factory):
+    from engine.executor import Executor
+    from nodes import default_registry
+    from tests.nodes.conftest import make_env
+
+    return Executor(default_registry(), make_env(root, tmp_path_factory.mktemp("io")))
+
+
+def _raw(path, header: dict | bytes, data: bytes = b""):
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+def _truncate(src, dst):
+    b = src.read_bytes()
+    dst.write_bytes(b[: len(b) - max(1, (len(b) - 8 - struct.unpack("<Q", b[:8])[0]) // 2)])
+
+
+def _fails(ex, wf, node_id, class_type, *says):
+    r = ex.run(wf)
+    assert r.status == "error", (class_type, says)
+    err = r.error
+    assert err["node_id"] == node_id and err["node_type"] == class_type, err
+    msg = err["exception_message"]
+    assert "Traceback" not in msg and not any(err["exception_type"].endswith(t) for t in RAW), err
+    for s in says:
+        assert s in msg, (s, msg)
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------ style models
+def _style_sd(w=16, ctx=64, tokens=2, layers=1):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    sd = {"style_embedding": r(1, tokens, w), "ln_pre.weight": 1 + r(w), "ln_pre.bias": r(w),
+          "ln_post.weight": 1 + r(w), "ln_post.bias": r(w), "proj": r(w, ctx)}
+    for i in range(layers):
+        p = f"transformer_layes.{i}."
+        sd.update({p + "ln_1.weight": 1 + r(w), p + "ln_1.bias": r(w), p + "attn.in_proj_weight": r(3 * w, w),
+                   p + "attn.in_proj_bias": r(3 * w), p + "attn.out_proj.weight": r(w, w), p + "attn.out_proj.bias": r(w),
+                   p + "ln_2.weight": 1 + r(w), p + "ln_2.bias": r(w), p + "mlp.c_fc.weight": r(4 * w, w),
+                   p + "mlp.c_fc.bias": r(4 * w), p + "mlp.c_proj.weight": r(w, 4 * w), p + "mlp.c_proj.bias": r(w)})
+    return sd
+
+
+def _style_wf(name):
+    return {"1": {"class_type": "StyleModelLoader", "inputs": {"style_model_name": name}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+def _bad_styles(d):
+    good = _style_sd()
+    save_file(good, str(d / "good-style.safetensors"))
+    _truncate(d / "good-style.safetensors", d / "truncated-style.safetensors")
+    (d / "empty-style.safetensors").write_bytes(b"")
+    save_file({**good, "ln_pre.weight": torch.ones(7)}, str(d / "shape-style.safetensors"))
+    save_file({k: v for k, v in good.items() if k != "ln_post.bias"}, str(d / "missing-style.safetensors"))
+    save_file({**good, "bogus.weight": torch.ones(2)}, str(d / "extra-style.safetensors"))
+    save_file({**good, "proj": torch.ones(16, 64, dtype=torch.int32)}, str(d / "int-style.safetensors"))
+    save_file({**good, "proj": torch.full((16, 64), float("nan"))}, str(d / "nan-style.safetensors"))
+    # a width of 2^16 declared by tiny tensors: building the blocks first would allocate 3 x 2^32 floats (48 GiB)
+    save_file({"style_embedding": torch.zeros(1, 1, 1 << 16), "proj": torch.zeros(1 << 16, 1),
+               "transformer_layes.0.ln_1.weight": torch.ones(1)}, str(d / "huge-style.safetensors"))
+    save_file({"redux_up.weight": torch.zeros(12), "redux_down.weight": torch.zeros(4)}, str(d / "rank-redux.safetensors"))
+    torch.save(good, str(d / "pickled-style.pt"))
+
+
+@pytest.mark.parametrize("name, says", [
+    ("truncated-style.safetensors", ()), ("empty-style.safetensors", ()),
+    ("shape-style.safetensors", ("ln_pre.weight",)), ("missing-style.safetensors", ("ln_post.bias",)),
+    ("extra-style.safetensors", ("bogus.weight",)), ("int-style.safetensors", ("proj", "int")),
+    ("nan-style.safetensors", ("proj",)), ("huge-style.safetensors", ()), ("rank-redux.safetensors", ("redux",)),
+    ("pickled-style.pt", ("pickle",)),
+])
+def test_broken_style_models(ex, root, name, says):
+    d = root / "style_models"
+    if not (d / "good-style.safetensors").exists():
+        _bad_styles(d)
+    _fails(ex, _style_wf(name), "1", "StyleModelLoader", name, *says)
+    assert ex.run(_style_wf("good-style.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------------------------ hypernetworks
+def _hn_sd(width=64):
+    g = torch.Generator().manual_seed(1)
+    sd = {}
+    for j in "01":
+        sd[f"{width}.{j}.linear.0.weight"] = torch.randn(2 * width, width, generator=g) * 0.01
+        sd[f"{width}.{j}.linear.0.bias"] = torch.zeros(2 * width)
+        sd[f"{width}.{j}.linear.1.weight"] = torch.randn(width, 2 * width, generator=g) * 0.01
+        sd[f"{width}.{j}.linear.1.bias"] = torch.zeros(width)
+    return sd
+
+
+def _hn_wf(name):
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+            "2": {"class_type": "HypernetworkLoader", "inputs": {"model": ["1", 0], "hypernetwork_name": name,
+                                                                 "strength": 1.0}},
+            "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+
+
+def _bad_hns(d):
+    good = _hn_sd()
+    save_file(good, str(d / "good-hn.safetensors"), metadata={"activation_func": "relu"})
+    _truncate(d / "good-hn.safetensors", d / "truncated-hn.safetensors")
+    (d / "empty-hn.safetensors").write_bytes(b"")
+    save_file(good, str(d / "garbage-hn.safetensors"), metadata={"layer_structure": "[1, 2,", "activation_func": "{"})
+    save_file({**good, "64.0.linear.x.weight": torch.ones(2, 2)}, str(d / "badindex-hn.safetensors"))
+    save_file({**good, "64.0.linear.0.bias": torch.zeros(3)}, str(d / "bias-hn.safetensors"))
+    save_file({**good, "64.1.linear.0.weight": torch.ones(128, 64, dtype=torch.int64)}, str(d / "int-hn.safetensors"))
+    save_file({**good, "64.1.linear.1.weight": torch.full((64, 128), float("inf"))}, str(d / "inf-hn.safetensors"))
+    save_file({**good, "64.0.linear.0.weight": torch.ones(2, 2, 64)}, str(d / "rank3-hn.safetensors"))
+    torch.save({64: [{}, {}]}, str(d / "pickled-hn.pt"))
+
+
+@pytest.mark.parametrize("name, says", [
+    ("truncated-hn.safetensors", ()), ("empty-hn.safetensors", ()), ("garbage-hn.safetensors", ("activation_func",)),
+    ("badindex-hn.safetensors", ("linear.x.weight",)), ("bias-hn.safetensors", ("linear.0.bias",)),
+    ("int-hn.safetensors", ("int",)), ("inf-hn.safetensors", ("linear.1.weight",)),
+    ("rank3-hn.safetensors", ("linear.0.weight",)), ("pickled-hn.pt", ("pickle",)),
+])
+def test_broken_hypernetworks(ex, root, name, says):
+    d = root / "hypernetworks"
+    if not (d / "good-hn.safetensors").exists():
+        _bad_hns(d)
+    _fails(ex, _hn_wf(name), "2", "HypernetworkLoader", name, *says)
+    assert ex.run(_hn_wf("good-hn.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------ T2I-Adapter / FLUX ControlNet files
+def _cn_wf(name):
+    return {"1": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+def _bad_controls(d):
+    from tests.tiny_t2i_adapter import adapter_to_original, build_tiny_adapter
+
+    good = {k: v.contiguous() for k, v in adapter_to_original(build_tiny_adapter()).items()}
+    save_file(good, str(d / "good-adapter.safetensors"))
+    _truncate(d / "good-adapter.safetensors", d / "truncated-adapter.safetensors")
+    (d / "empty-adapter.safetensors").write_bytes(b"")
+    one = dict(good)
+    one["conv_in.weight"] = good["conv_in.weight"][:, :7].contiguous()  # 7 = no whole number of 8x8 pixel blocks
+    save_file(one, str(d / "seven-adapter.safetensors"))
+    save_file({k: (v.to(torch.int32) if k == "conv_in.weight" else v) for k, v in good.items()},
+              str(d / "int-adapter.safetensors"))
+    save_file({k: v for k, v in good.items() if k != "conv_in.bias"}, str(d / "missing-adapter.safetensors"))
+
+
+def _adapter_sample_wf(name):
+    """The adapter's weights are built when the sampler first uses them (ControlNetLoader hands out a reference)."""
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a"}},
+            "3": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}},
+            "4": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "5": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+                "positive": ["2", 0], "negative": ["2", 0], "control_net": ["3", 0], "image": ["4", 0],
+                "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+            "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "7": {"class_type": "KSampler", "inputs": {
+                "model": ["1", 0], "positive": ["5", 0], "negative": ["5", 1], "latent_image": ["6", 0], "seed": 0,
+                "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+            "8": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}}}
+
+
+@pytest.mark.parametrize("name, says", [
+    ("truncated-adapter.safetensors", ()), ("empty-adapter.safetensors", ()),
+    ("seven-adapter.safetensors", ("7",)),
+])
+def test_broken_t2i_adapters(ex, root, name, says):
+    d = root / "controlnet"
+    if not (d / "good-adapter.safetensors").exists():
+        _bad_controls(d)
+    _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
+    assert ex.run(_cn_wf("good-adapter.safetensors")).status == "success"
+
+
+@pytest.mark.parametrize("name, says", [
+    ("int-adapter.safetensors", ("conv_in.weight", "int32")), ("missing-adapter.safetensors", ("conv_in.bias",)),
+])
+def test_broken_t2i_adapters_fail_where_they_are_built(ex, root, name, says):
+    d = root / "controlnet"
+    if not (d / "good-adapter.safetensors").exists():
+        _bad_controls(d)
+    _fails(ex, _adapter_sample_wf(name), "7", "KSampler", name, *says)
+    assert ex.run(_adapter_sample_wf("good-adapter.safetensors")).status == "success"
+
+
+# --------------------------------------------------------------------------------- LoRA / LoHa / LoKr on FLUX.1
+def _lora_wf(name, strength=1.0):
+    return {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+            "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": name,
+                                                                  "strength_model": strength}},
+            "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+
+
+QKV = "diffusion_model.double_blocks.0.img_attn.qkv"  # (192, 64) in the tiny FLUX.1
+
+
+def _bad_loras(d):
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    save_file({f"{QKV}.lora_up.weight": r(192, 4), f"{QKV}.lora_down.weight": r(4, 64)}, str(d / "good-lora.safetensors"))
+    _truncate(d / "good-lora.safetensors", d / "truncated-lora.safetensors")
+    (d / "empty-lora.safetensors").write_bytes(b"")
+    # rank 10^6 declared by zero-size tensors (no data), and a rank-1 LoRA whose product would be 40 GB
+    save_file({f"{QKV}.lora_up.weight": torch.zeros(192, 10**6)[:, :0].contiguous().reshape(192, 0),
+               f"{QKV}.lora_down.weight": torch.zeros(0, 64)}, str(d / "rank0-lora.safetensors"))
+    save_file({f"{QKV}.lora_up.weight": r(100_000, 1), f"{QKV}.lora_down.weight": r(1, 100_000)},
+              str(d / "huge-lora.safetensors"))
+    # LoKr factors of 1000x1000 each: kron would be 10^12 values (4 TB) before any shape check
+    save_file({f"{QKV}.lokr_w1": r(1000, 1000), f"{QKV}.lokr_w2": r(1000, 1000)}, str(d / "huge-lokr.safetensors"))
+    save_file({f"{QKV}.hada_w1_a": r(100_000, 1), f"{QKV}.hada_w1_b": r(1, 100_000), f"{QKV}.hada_w2_a": r(100_000, 1),
+               f"{QKV}.hada_w2_b": r(1, 100_000)}, str(d / "huge-loha.safetensors"))
+    save_file({f"{QKV}.hada_w1_a": r(192, 2), f"{QKV}.hada_w1_b": r(3, 64), f"{QKV}.hada_w2_a": r(192, 2),
+               f"{QKV}.hada_w2_b": r(2, 64)}, str(d / "inner-loha.safetensors"))
+    save_file({f"{QKV}.lokr_w1_a": r(3, 2), f"{QKV}.lokr_w1_b": r(5, 4), f"{QKV}.lokr_w2": r(64, 16)},
+              str(d / "inner-lokr.safetensors"))
+    save_file({f"{QKV}.lora_up.weight": torch.ones(192, 4, dtype=torch.int32), f"{QKV}.lora_down.weight": r(4, 64)},
+              str(d / "int-lora.safetensors"))
+    save_file({f"{QKV}.lora_up.weight": r(192, 4, 3), f"{QKV}.lora_down.weight": r(4, 64)},
+              str(d / "rank3-lora.safetensors"))
+    torch.save({f"{QKV}.lora_up.weight": r(192, 4)}, str(d / "pickled-lora.pt"))
+
+
+@pytest.mark.parametrize("name, says", [
+    ("truncated-lora.safetensors", ()), ("empty-lora.safetensors", ()), ("rank0-lora.safetensors", ()),
+    ("huge-lora.safetensors", ("double_blocks.0.img_attn.qkv",)), ("huge-lokr.safetensors", ("double_blocks.0.img_attn.qkv",)),
+    ("huge-loha.safetensors", ("double_blocks.0.img_attn.qkv",)), ("inner-loha.safetensors", ("hada",)),
+    ("inner-lokr.safetensors", ("lokr",)), ("int-lora.safetensors", ("int",)), ("rank3-lora.safetensors", ()),
+    ("pickled-lora.pt", ("pickle",)),
+])
+def test_broken_family_loras(ex, root, name, says):
+    d = root / "loras"
+    if not (d / "good-lora.safetensors").exists():
+        _bad_loras(d)
+    _fails(ex, _lora_wf(name), "2", "LoraLoaderModelOnly", name, *says)
+    assert ex.run(_lora_wf("good-lora.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------- Qwen2.5-VL text encoder (Qwen-Image)
+def _te_wf(name):
+    return {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": name, "type": "qwen_image", "device": "default"}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": "a cat"}},
+            "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+
+
+TEXT_KEY = "model.layers.0.self_attn.o_proj.weight"  # (32, 32) in the tiny Qwen2.5-VL
+
+
+def _bad_text_encoders(root):
+    d = root / "text_encoders"
+    good = tf.qwen25vl_file(tf.tiny_qwen25vl())
+    tf.save(good, d / "good-qwen.safetensors")
+    tf.write_qwen_tokenizer(root / "tokenizers" / "qwen25vl")
+    _truncate(d / "good-qwen.safetensors", d / "truncated-qwen.safetensors")
+    (d / "empty-qwen.safetensors").write_bytes(b"")
+    tf.save({k: v for k, v in good.items() if k != TEXT_KEY}, d / "missing-qwen.safetensors")
+    tf.save({**good, TEXT_KEY: torch.ones(32, 32, dtype=torch.int32)}, d / "int-qwen.safetensors")
+    tf.save({**good, TEXT_KEY: good[TEXT_KEY][:, :3].contiguous()}, d / "shape-qwen.safetensors")
+    tf.save({**good, "model.bogus.weight": torch.ones(2)}, d / "extra-qwen.safetensors")
+    torch.save(good, str(d / "pickled-qwen.pt"))
+    tf.save(good, d / "badtok-qwen.safetensors")  # its own tokenizer folder beside it, truncated
+    tf.write_qwen_tokenizer(d / "badtok-qwen_tokenizer")
+    tok = d / "badtok-qwen_tokenizer" / "tokenizer.json"
+    tok.write_text(tok.read_text()[:50])
+
+
+@pytest.mark.parametrize("name, node, says", [
+    ("truncated-qwen.safetensors", "CLIPLoader", ()), ("empty-qwen.safetensors", "CLIPLoader", ()),
+    ("pickled-qwen.pt", "CLIPLoader", ("pickle",)),
+    # the text encoder is built where it is first used
+    ("missing-qwen.safetensors", "CLIPTextEncode", ("layers.0.self_attn.o_proj.weight",)),
+    ("int-qwen.safetensors", "CLIPTextEncode", ("layers.0.self_attn.o_proj.weight", "int32")),
+    ("shape-qwen.safetensors", "CLIPTextEncode", ("layers.0.self_attn.o_proj.weight", "(32, 3)")),
+    ("extra-qwen.safetensors", "CLIPTextEncode", ("bogus.weight",)),
+    ("badtok-qwen.safetensors", "CLIPTextEncode", ("tokenizer", "badtok-qwen_tokenizer")),
+])
+def test_broken_qwen_text_encoders(ex, root, name, node, says):
+    if not (root / "text_encoders" / "good-qwen.safetensors").exists():
+        _bad_text_encoders(root)
+    _fails(ex, _te_wf(name), {"CLIPLoader": "1", "CLIPTextEncode": "2"}[node], node, name, *says)
+    assert ex.run(_te_wf("good-qwen.safetensors")).status == "success"
+
+
+def test_a_qwen_text_encoder_without_its_tokenizer(tmp_path):
+    from engine.executor import Executor
+    from nodes import default_registry
+    from tests.nodes.conftest import make_env
+
+    (tmp_path / "text_encoders").mkdir()
+    tf.save(tf.qwen25vl_file(tf.tiny_qwen25vl()), tmp_path / "text_encoders" / "lonely-qwen.safetensors")
+    ex = Executor(default_registry(), make_env(tmp_path, tmp_path / "io"))
+    msg = _fails(ex, _te_wf("lonely-qwen.safetensors"), "1", "CLIPLoader", "lonely-qwen.safetensors", "tokenizer")
+    assert "never downloads" in msg
+    tf.write_qwen_tokenizer(tmp_path / "tokenizers" / "qwen25vl")  # supplied: the same executor now runs it
+    assert ex.run(_te_wf("lonely-qwen.safetensors")).status == "success"
+
+
+def test_the_lazy_lora_path_refuses_a_huge_lokr_before_the_product():
+    """A pickle LoRA (no header to check at the loader) reaches _delta: the fit is checked from the factors' shapes
+    before kron would make 10^12 values."""
+    from modelstore.families.lora import _delta
+    from modelstore.lora import LoraError
+
+    parts = {"lokr_w1": torch.zeros(1000, 1000), "lokr_w2": torch.zeros(1000, 1000)}
+    with pytest.raises(LoraError, match=r"x.pt: lokr blk: update of 1000000x1000000 does not fit .*\(192, 64\)"):
+        _delta(("lora", "file", "blk.weight", parts), (192, 64), "x.pt")
