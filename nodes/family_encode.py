@@ -10,9 +10,9 @@ TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
 - ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens), CLIP-G's projected pooled output.
 - ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
   T5's 256 tokens; pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute zeros.
-Prompt weighting ``(word:1.2)``, escapes and ``embedding:name`` apply to every encoder as in CLIPTextEncode
-(nodes/prompt_weights.py says how the weights act on T5 and Qwen outputs); a prompt without them is encoded as
-written.
+Prompt syntax as ComfyUI reads it (nodes/prompt_weights.py): ``(word:1.2)`` weights on CLIP and T5 tokens; Qwen3
+and Qwen2.5-VL prompts are not weighted (ComfyUI disables weights there, the text is encoded as written); escapes
+and ``embedding:name`` on every encoder. A prompt without syntax is encoded exactly as before.
 """
 from __future__ import annotations
 
@@ -137,20 +137,23 @@ def _t5(te, text: str, res=_plain):
 
 
 def _qwen(te, text: str, res=_plain):
-    """Qwen3 penultimate hidden layer of the templated prompt (1, L, D). Weighted: the empty sequence is L pads."""
+    """Qwen3 penultimate hidden layer of the templated prompt (1, L, D). No prompt weights (as ComfyUI); escapes
+    and ``embedding:`` words are read in the templated text (nodes/prompt_weights.py)."""
     def features(ids):
         return te.model(input_ids=ids, output_hidden_states=True).hidden_states[-2]
 
     tok = te.tokenizer
-    if not has_syntax(text):
+    if not has_syntax(text, weighted=False):
         return features(_ids(tok, QWEN_TEMPLATE.format(text), None, next(te.model.parameters()).device)).float().cpu()
-    pairs = weighted_ids(tok, QWEN_TEMPLATE.format(text), res(te, text))
-    return _weighted(te, pairs, [tok.pad_token_id] * len(pairs), features)
+    pairs = weighted_ids(tok, QWEN_TEMPLATE.format(text), res(te, text), weighted=False)
+    return _weighted(te, pairs, [], features)
 
 
 def _qwen_image(te, text: str, res=_plain):
-    """QwenImagePipeline's prompt embedding: template, last hidden state, the template prefix dropped. Weighted:
-    the empty sequence is as many pads as the templated prompt (before the prefix is dropped)."""
+    """QwenImagePipeline's prompt embedding: template, last hidden state, the template prefix dropped. No prompt
+    weights (as ComfyUI); with escapes or ``embedding:`` words the prefix end is found as ComfyUI finds it (the
+    second ``<|im_start|>``, then ``user\\n`` when it follows: an embedding right after the template's newline
+    takes that newline, as in ComfyUI)."""
     def features(ids):
         mask = torch.ones_like(ids)
         return te.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
@@ -166,14 +169,27 @@ def _qwen_image(te, text: str, res=_plain):
         h = te.model(input_ids=ids, attention_mask=enc.attention_mask.to(dev),
                      output_hidden_states=True).hidden_states[-1]
         return h[:, drop:].float().cpu()
-    pairs = weighted_ids(tok, QWEN_IMAGE_TEMPLATE.format(text), res(te, text))[:QWEN_IMAGE_MAX_TOKENS + drop]
-    return _weighted(te, pairs, [tok.pad_token_id] * len(pairs), features)[:, drop:]
+    pairs = weighted_ids(tok, QWEN_IMAGE_TEMPLATE.format(text), res(te, text), weighted=False)
+    pairs = pairs[:QWEN_IMAGE_MAX_TOKENS + drop]
+    return _weighted(te, pairs, [], features)[:, _template_end(tok, [t for t, _ in pairs]):]
+
+
+def _template_end(tok, ids: list) -> int:
+    """Where Qwen-Image's prompt starts in ``ids``: after the second ``<|im_start|>`` and the ``user\\n`` that
+    normally follows it (ComfyUI's rule for the templated sequence)."""
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    user = tok("user\n", add_special_tokens=False).input_ids
+    seen = [i for i, t in enumerate(ids) if t == start][:2]
+    end = seen[-1] if seen else 0
+    if len(ids) > end + len(user) + 1 and list(ids[end + 1:end + 1 + len(user)]) == user:
+        end += 1 + len(user)
+    return end
 
 
 def encode(clip, text: str | dict, warn=None) -> list:
     """CONDITIONING for ``text`` (one string, or a dict kind -> string as CLIPTextEncodeFlux/SD3 give). ``clip`` is a
-    split loader's ``FamilyClip`` or the CLIP ref of an all-in-one checkpoint (meta ``clip_type``). Prompt weights
-    and ``embedding:name`` apply to every encoder (nodes/prompt_weights.py); embedding problems go to ``warn``."""
+    split loader's ``FamilyClip`` or the CLIP ref of an all-in-one checkpoint (meta ``clip_type``). Prompt syntax as
+    nodes/prompt_weights.py says; embedding problems go to ``warn``."""
     texts = text if isinstance(text, dict) else {k: text for k in ("clip_l", "clip_g", "t5", "qwen3", "qwen25vl")}
     store = clip.store
     kinds = list(clip.kinds()) if hasattr(clip, "encoders") else []

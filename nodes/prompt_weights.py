@@ -1,22 +1,27 @@
-"""Prompt weighting and ``embedding:name`` for the transformer families' text encoders (T5, Qwen3, Qwen2.5-VL),
-with the parser of CLIPTextEncode (nodes/prompt_parse.py ``parse_weights``): ``(x:1.2)``, ``(x)`` = 1.1, nesting
-multiplies, ``\\(`` / ``\\)`` are literal parentheses.
+"""Prompt syntax for the transformer families' text encoders, as ComfyUI 0.3.75 reads it, with the parser of
+CLIPTextEncode (nodes/prompt_parse.py ``parse_weights``): ``(x:1.2)``, ``(x)`` = 1.1, nesting multiplies, ``\\(`` /
+``\\)`` are literal parentheses, ``embedding:name`` is a textual-inversion embedding.
+
+Which encoders weight (ComfyUI's tokenizers, facts of its source): T5 (FLUX.1, SD3) and the CLIPs do. Qwen3
+(Z-Image, CLIPLoader lumina2) and Qwen2.5-VL (Qwen-Image) do NOT: ComfyUI tokenizes their templated prompt with
+``disable_weights=True`` (ComfyUI PR #9438 "Disable prompt weights for qwen.", and z_image.py since Z-Image came),
+so there ``(red:1.3)`` reaches the tokenizer as written; only ``\\(`` / ``\\)`` lose their backslash and
+``embedding:name`` is still resolved. ``WEIGHTED`` below is that list.
 
 Tokens: each weighted segment is unescaped and tokenized on its own (no special tokens) and the ids are
-concatenated, so a token's weight is its segment's; ``embedding:name`` words (preceded by the start, a space or a
-newline; one space before them is dropped, a newline kept) become one ``EmbeddingToken`` per vector
-(nodes/embeddings.py).
+concatenated, so a token's weight is its segment's. Inside a segment, ComfyUI's embedding rule: the text is split
+before every `` embedding:`` / ``\\nembedding:`` (the space or newline is dropped); an embedding word's name is its
+first whitespace-separated word (a trailing ``,.;:`` is retried without it and stays text), it becomes one
+``EmbeddingToken`` per vector (nodes/embeddings.py), and the rest of the piece is tokenized with its whitespace
+collapsed to single spaces.
 
 Weights act on the encoder's output as ComfyUI's: with ``z`` the prompt's token features (all weights 1) and
 ``z_empty`` ComfyUI's *empty sequence for that encoder at the same length*, a token of weight ``w != 1`` gets
 ``(z - z_empty) * w + z_empty``; tokens of weight 1 keep ``z`` exactly. The empty sequence is the encoder's
 start token (if it has one), its end token (if it has one), then its pad token up to the prompt's length:
 - T5: ``</s>`` then ``<pad>`` to the prompt's padded length (256) = the empty prompt padded like the prompt;
-- Qwen3 / Qwen2.5-VL (no start or end token in ComfyUI's recipe): ``<|endoftext|>`` (the pad token) repeated for
-  the length of the templated prompt, encoded as causal as the prompt and without a padding mask;
 - CLIP: BOS, EOS, then pad to 77 (as CLIPTextEncode).
-The chat template's own tokens carry weight 1 (the template holds no parentheses), so only the prompt's tokens are
-reweighted. Without any syntax (no parenthesis, backslash or ``embedding:``) the callers keep their plain path.
+Without any syntax the callers keep their plain path (bit for bit today's encoding).
 """
 from __future__ import annotations
 
@@ -24,40 +29,42 @@ import re
 
 from .prompt_parse import _unescape, parse_weights
 
-_EMBEDDING = re.compile(r"(?:^|(?<=[ \n]))embedding:[^\s]+")
+#: encoder kinds whose prompts ComfyUI weights (Qwen3 / Qwen2.5-VL: ``disable_weights=True``)
+WEIGHTED = frozenset({"clip_l", "clip_g", "t5"})
+PREFIX = "embedding:"
+_SPLIT = re.compile(r"[ \n]embedding:")
 
 
-def has_syntax(text: str) -> bool:
-    """Whether ``text`` uses weighting, escapes or embeddings (else it is tokenized as written)."""
-    return any(s in text for s in ("(", ")", "\\", "embedding:"))
+def has_syntax(text: str, weighted: bool = True) -> bool:
+    """Whether ``text`` needs this module: weighting (when the encoder ``weighted``), escapes or embeddings."""
+    marks = ("(", ")", "\\", PREFIX) if weighted else ("\\(", "\\)", PREFIX)
+    return any(s in text for s in marks)
 
 
 def _pieces(seg: str):
-    """(text, is_embedding_word) pieces of one unescaped segment; the one space before an embedding word is
-    dropped (it separates words; it is not prompt text), a newline is kept (the chat templates end in one)."""
-    pos = 0
-    for m in _EMBEDDING.finditer(seg):
-        before = seg[pos:m.start()]
-        if before.endswith(" "):
-            before = before[:-1]
-        if before:
-            yield before, False
-        yield m.group(0), True
-        pos = m.end()
-    if pos < len(seg):
-        yield seg[pos:], False
+    """(text, is_embedding_word) pieces of one unescaped segment, split as ComfyUI splits them."""
+    parts = _SPLIT.split(seg)
+    for i, part in enumerate(parts):
+        word = part if i == 0 else PREFIX + part
+        if word:
+            yield word, word.startswith(PREFIX)
 
 
-def weighted_ids(tok, text: str, resolver=None) -> list[tuple[int, float]]:
-    """(token id, weight) pairs of ``text`` without special tokens: weighted segments tokenized one by one.
-    ``resolver`` (nodes/embeddings.py ``Resolver``, or None: the words stay text) resolves ``embedding:`` words."""
+def weighted_ids(tok, text: str, resolver=None, weighted: bool = True) -> list[tuple[int, float]]:
+    """(token id, weight) pairs of ``text`` without special tokens: weighted segments tokenized one by one
+    (``weighted`` False: one segment of weight 1, escapes still undone). ``resolver`` (nodes/embeddings.py
+    ``Resolver``, or None: the words stay text as written) resolves ``embedding:`` words."""
     out: list[tuple[int, float]] = []
-    for seg, w in parse_weights(text):
+    for seg, w in (parse_weights(text) if weighted else [(text, 1.0)]):
         seg = _unescape(seg)
         for piece, is_emb in (_pieces(seg) if resolver is not None else [(seg, False)]):
-            if is_emb and resolver is not None:
-                toks, piece = resolver.split(piece)
-                out += [(t, w) for t in toks]
+            if is_emb:
+                words = piece[len(PREFIX):].strip("\n").split()
+                if words:
+                    toks, punct = resolver.split(PREFIX + words[0])
+                    out += [(t, w) for t in toks]
+                    rest = " ".join(words[1:])
+                    piece = f"{punct} {rest}" if punct else rest
             if piece:
                 out += [(i, w) for i in tok(piece, add_special_tokens=False)["input_ids"]]
     return out

@@ -1,9 +1,10 @@
-"""Prompt weighting, escapes and ``embedding:name`` on the transformer families' text encoders (T5 for FLUX.1,
-Qwen3 for Z-Image, Qwen2.5-VL for Qwen-Image), on the tiny files with their tiny tokenizers.
+"""Prompt syntax on the transformer families' text encoders as ComfyUI 0.3.75 reads it (T5 for FLUX.1 and SD3
+weighted; Qwen3 for Z-Image and Qwen2.5-VL for Qwen-Image not weighted; escapes and ``embedding:name`` on all), on
+the tiny files with their tiny tokenizers.
 
 Expectations are computed by hand from the encoder: the prompt's features ``z`` (the syntax stripped, tokenized as
-one string) and ComfyUI's empty sequence ``z_empty`` at the same length (T5: ``</s>`` then pad to 256; Qwen: pad
-tokens), then ``(z - z_empty) * w + z_empty`` on the weighted tokens only."""
+one string) and ComfyUI's empty sequence ``z_empty`` at the same length (T5: ``</s>`` then pad to 256; CLIP: BOS,
+EOS, pad), then ``(z - z_empty) * w + z_empty`` on the weighted tokens only."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,19 +70,22 @@ def _by_hand(type_, te, text, weighted=(), pad_empty=True):
 
 
 @pytest.mark.parametrize("type_", list(SETS))
-def test_no_syntax_and_weight_one_are_the_plain_encoding(clips, type_):
+def test_no_syntax_is_the_plain_encoding_and_qwen_is_not_weighted(clips, type_):
     _, c = clips
     clip, te = c[type_]
     z, _, _ = _by_hand(type_, te, "a red circle")
     assert torch.equal(_cond(clip, "a red circle"), z)  # today's path, bit for bit
-    assert torch.equal(_cond(clip, "(a red:1.0) circle"), z)  # syntax with all weights 1: same ids, same features
+    if type_ == "flux":
+        assert torch.equal(_cond(clip, "(a red:1.0) circle"), z)  # syntax with all weights 1: same ids, same features
+    else:  # ComfyUI tokenizes Qwen prompts with weights disabled: the syntax is prompt text
+        lit, _, _ = _by_hand(type_, te, "(a red:1.5) circle")
+        assert torch.equal(_cond(clip, "(a red:1.5) circle"), lit)
 
 
-@pytest.mark.parametrize("type_", list(SETS))
-def test_weight_is_comfyui_formula_on_the_weighted_tokens_only(clips, type_):
+def test_t5_weight_is_comfyui_formula_on_the_weighted_tokens_only(clips):
     _, c = clips
-    clip, te = c[type_]
-    z, ze, (red,) = _by_hand(type_, te, "red circle", weighted=("red",))
+    clip, te = c["flux"]
+    z, ze, (red,) = _by_hand("flux", te, "red circle", weighted=("red",))
     got = _cond(clip, "(red:1.5) circle")
     want = z.clone()
     want[:, red.start:red.stop] = (z[:, red.start:red.stop] - ze[:, red.start:red.stop]) * 1.5 + ze[:, red.start:red.stop]
@@ -89,22 +93,27 @@ def test_weight_is_comfyui_formula_on_the_weighted_tokens_only(clips, type_):
     assert torch.allclose(got, want, atol=1e-6, rtol=0)
     assert not torch.allclose(got, z, atol=1e-4)
     rest = [i for i in range(z.shape[1]) if i not in red]
-    assert torch.equal(got[:, rest], z[:, rest])  # ' circle', the template, eos and padding: untouched
+    assert torch.equal(got[:, rest], z[:, rest])  # ' circle', eos and padding: untouched
 
 
-@pytest.mark.parametrize("type_", ["lumina2", "flux"])
-def test_nesting_multiplies_and_escapes_are_literal(clips, type_):
+def test_t5_nesting_multiplies_and_an_explicit_weight_sets(clips):
     _, c = clips
-    clip, te = c[type_]
-    z, ze, (red,) = _by_hand(type_, te, "red circle", weighted=("red",))
-    nested = _cond(clip, "((red)) circle")
+    clip, te = c["flux"]
+    z, ze, (red,) = _by_hand("flux", te, "red circle", weighted=("red",))
     want = z.clone()
     want[:, red.start:red.stop] = (z[:, red.start:red.stop] - ze[:, red.start:red.stop]) * 1.21 + ze[:, red.start:red.stop]
-    assert torch.allclose(nested, want, atol=1e-5, rtol=0)
-    assert torch.allclose(_cond(clip, "((red:1.5)) circle"), _cond(clip, "(red:1.5) circle"), atol=0)  # explicit = set
+    assert torch.allclose(_cond(clip, "((red)) circle"), want, atol=1e-5, rtol=0)
+    assert torch.equal(_cond(clip, "((red:1.5)) circle"), _cond(clip, "(red:1.5) circle"))
+
+
+@pytest.mark.parametrize("type_", list(SETS))
+def test_escaped_parentheses_reach_the_tokenizer(clips, type_):
+    _, c = clips
+    clip, te = c[type_]
     lit, _, _ = _by_hand(type_, te, "(red) circle")
-    assert torch.equal(_cond(clip, "\\(red\\) circle"), lit)  # the parentheses reach the tokenizer
-    assert lit.shape != z.shape or not torch.allclose(lit, z, atol=1e-4)
+    assert torch.equal(_cond(clip, "\\(red\\) circle"), lit)
+    plain, _, _ = _by_hand(type_, te, "red circle")
+    assert lit.shape != plain.shape or not torch.allclose(lit, plain, atol=1e-4)
 
 
 def _write_embedding(root, name, vectors):
@@ -114,26 +123,49 @@ def _write_embedding(root, name, vectors):
     save_file({"emb_params": vectors.contiguous()}, str(root / "embeddings" / f"{name}.safetensors"))
 
 
-@pytest.mark.parametrize("type_", ["lumina2", "flux", "qwen_image"])
+def _features_of_ids(type_, te, ids):
+    """The family's features for explicit token ids (T5: + eos + padding; Qwen-Image: the template prefix dropped)."""
+    tok, m = te.tokenizer, te.model
+    with torch.no_grad():
+        if type_ == "flux":
+            ids = ids + [tok.eos_token_id] + [tok.pad_token_id] * (T5_TOKENS - len(ids) - 1)
+            return m(torch.tensor([ids])).last_hidden_state.float()
+        t = torch.tensor([ids])
+        if type_ == "lumina2":
+            return m(input_ids=t, output_hidden_states=True).hidden_states[-2].float()
+        h = m(input_ids=t, attention_mask=torch.ones_like(t), output_hidden_states=True).hidden_states[-1]
+        return h[:, len(tok(QWEN_IMAGE_TEMPLATE.split("{}")[0]).input_ids):].float()
+
+
+@pytest.mark.parametrize("type_", list(SETS))
 def test_embedding_of_the_encoders_width_is_used_else_warned(clips, type_):
+    """ComfyUI's rule: the text splits before ' embedding:' (the space dropped), the name is the next word and the rest
+    of the piece is tokenized with its whitespace collapsed (the template's newlines included)."""
     root, c = clips
     clip, te = c[type_]
     from nodes.embeddings import _token_embedding
 
-    emb = _token_embedding(te.model)
-    ids = te.tokenizer("red", add_special_tokens=False).input_ids
-    _write_embedding(root, f"red_{type_}", emb.weight[ids].detach().clone())
-    _write_embedding(root, f"wide_{type_}", torch.randn(2, emb.weight.shape[1] + 8))
+    tok = te.tokenizer
+
+    def ids(s):
+        return tok(s, add_special_tokens=False).input_ids
+
+    red = ids("red")
+    _write_embedding(root, f"red_{type_}", _token_embedding(te.model).weight[red].detach().clone())
+    _write_embedding(root, f"wide_{type_}", torch.randn(2, _token_embedding(te.model).weight.shape[1] + 8))
+    tmpl = {"flux": "{}", "lumina2": QWEN_TEMPLATE, "qwen_image": QWEN_IMAGE_TEMPLATE}[type_]
+    left, right = tmpl.split("{}")
+    before, after = ids(left + "a"), ids(" ".join(("circle" + right).split()))
     warnings = []
-    got = _cond(clip, f"embedding:red_{type_} circle", warn=warnings.append)
+    got = _cond(clip, f"a embedding:red_{type_} circle", warn=warnings.append)
     assert warnings == []
-    assert torch.allclose(got, _cond(clip, "red circle"), atol=1e-5)
-    weighted = _cond(clip, f"(embedding:red_{type_}:1.5) circle")
-    assert torch.allclose(weighted, _cond(clip, "(red:1.5) circle"), atol=1e-5)
-    got = _cond(clip, f"embedding:wide_{type_} circle", warn=warnings.append)
+    assert torch.allclose(got, _features_of_ids(type_, te, before + red + after), atol=1e-6)
+    got = _cond(clip, f"a embedding:wide_{type_} circle", warn=warnings.append)
     assert len(warnings) == 1 and f"wide_{type_}" in warnings[0] and "width" in warnings[0], warnings
-    z, _, _ = _by_hand(type_, te, " circle")  # the word is left out; ' circle' is tokenized as written
-    assert torch.allclose(got, z, atol=1e-6)
+    assert torch.allclose(got, _features_of_ids(type_, te, before + after), atol=1e-6)  # the word is left out
+    if type_ == "flux":  # a weighted embedding is weighted like the words it stands for
+        weighted = _cond(clip, f"(embedding:red_{type_}:1.5) circle")
+        assert torch.allclose(weighted, _cond(clip, "(red:1.5) circle"), atol=1e-5)
 
 
 def test_embedding_warnings_at_validation_and_run_time(fam_env, family_models):
@@ -159,22 +191,25 @@ def test_embedding_warnings_at_validation_and_run_time(fam_env, family_models):
     assert any("'ghost'" in w["message"] for w in run) and any("'wide_t5'" in w["message"] for w in run), run
 
 
-def test_zimage_txt2img_changes_with_a_weight_and_not_at_one(fam_exec, fam_env):
+def test_flux_txt2img_changes_with_a_weight_and_not_at_one(fam_exec, fam_env):
     from tests.families.test_family_txt2img import _enc, txt2img
 
     images = {}
-    for prefix, text in (("wplain", "a red circle"), ("wone", "(a red:1.0) circle"), ("wheavy", "(a red:1.6) circle")):
-        wf = txt2img({"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
+    for prefix, text in (("wplain", "a red circle"), ("wone", "(a red:1.0) circle"), ("wheavy", "(a red circle:4.0)"), ("wother", "blue square on green grass")):
+        wf = txt2img({"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors",
                                                                       "weight_dtype": "default"}},
-                      "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors",
-                                                                      "type": "lumina2"}},
-                      "p": _enc("clip", text), "n": _enc("clip", "")}, ["p", 0], ["n", 0], steps=2, prefix=prefix)
+                      "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                                          "clip_name2": "t5xxl_fp16.safetensors",
+                                                                          "type": "flux"}},
+                      "p": _enc("clip", text), "n": _enc("clip", "")}, ["p", 0], ["n", 0], cfg=1.0, steps=2,
+                     prefix=prefix)
         r = fam_exec.run(wf)
         assert r.status == "success", r.error
         images[prefix] = np.asarray(Image.open(sorted(fam_env.output_dir.glob(f"{prefix}_*.png"))[-1])).astype(int)
     assert np.array_equal(images["wplain"], images["wone"])
     diff = np.abs(images["wplain"] - images["wheavy"]).max()
-    print(f"\nZ-Image 64px, 2 steps: max pixel diff plain vs (a red:1.6) = {diff}")
+    other = np.abs(images["wplain"] - images["wother"]).max()
+    print(f"\nFLUX.1 64px, 2 steps: max pixel diff plain vs (a red circle:4.0) = {diff}, vs another prompt = {other}")
     assert diff > 0
 
 
@@ -217,3 +252,5 @@ def test_weighted_ids_tokenize_each_segment_with_its_weight(clips):
     pieces = [("a (b) ", 1.0), ("red", 1.21), (" ", 1.0), ("circle", 0.5), (" embedding:x", 1.0)]
     assert [t for t, _ in got] == [i for s, _ in pieces for i in ids(s)]  # no resolver: embedding words stay text
     assert [w for _, w in got] == pytest.approx([w for s, w in pieces for _ in ids(s)])
+    flat = weighted_ids(tok, "a \\(b\\) ((red)) (circle:0.5)", weighted=False)  # Qwen: one segment, escapes undone
+    assert flat == [(i, 1.0) for i in ids("a (b) ((red)) (circle:0.5)")]
