@@ -103,6 +103,8 @@ def vectors_for(tensors: dict[str, torch.Tensor], width: int, arch: str, index: 
         preferred = [k for k in ("string_to_param.*", "emb_params") if k in tensors]
         cands = [tensors[k] for k in preferred] + [v for k, v in tensors.items() if k not in preferred]
     for t in cands:
+        if t.ndim == 0 or t.numel() == 0:  # a scalar or an empty tensor holds no vectors
+            continue
         t = t.reshape(1, -1) if t.ndim == 1 else t.reshape(-1, t.shape[-1])
         if t.shape[-1] == width:
             return t
@@ -146,9 +148,12 @@ class Resolver:
             return [], rest
         vec = vectors_for(tensors, self.width, self.arch, self.index)
         if vec is None:
-            widths = sorted({t.shape[-1] for t in tensors.values()})
+            widths = sorted({t.shape[-1] for t in tensors.values() if t.ndim and t.numel()})
             self._report(name, f"embedding '{name}' has vectors of width {widths}, but text encoder {self.index + 1} "
                                f"of this CLIP ({self.arch}) expects {self.width}; ignored for that encoder")
+            return [], rest
+        if not vec.isfinite().all():  # NaN vectors would turn the whole prompt's conditioning into NaN
+            self._report(name, f"embedding '{name}' has NaN or infinite values; the word is ignored")
             return [], rest
         return [EmbeddingToken(v) for v in vec], rest
 

@@ -394,3 +394,25 @@ def test_broken_flux_controlnets(ex, root, name, says):
         _bad_flux_controlnets(d)
     _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
     assert ex.run(_cn_wf("good-fluxcn.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------------------------ embeddings
+@pytest.mark.parametrize("name, tensor", [
+    ("scalar-emb", torch.tensor(1.0)), ("zero-emb", torch.zeros(3, 0)), ("nan-emb", torch.full((2, 64), float("nan"))),
+    ("rank3-emb", torch.zeros(2, 2, 7)),
+])
+def test_broken_embeddings_are_left_out_of_the_prompt(ex, root, name, tensor):
+    """An embedding is a warning, never the failure of the prompt (ComfyUI's rule): a scalar or empty tensor used to
+    raise IndexError / torch's reshape error from CLIPTextEncode, and NaN vectors made the conditioning NaN. The
+    prompt encodes as if the word were absent."""
+    (root / "embeddings").mkdir(exist_ok=True)
+    save_file({"emb_params": tensor}, str(root / "embeddings" / f"{name}.safetensors"))
+
+    def wf(text):
+        return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+                "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}},
+                "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    r = ex.run(wf(f"a embedding:{name} cat"))
+    assert r.status == "success", r.error
+    assert "nan" not in r.outputs["3"]["text"][0].lower()
+    assert r.outputs["3"]["text"] == ex.run(wf("a  cat")).outputs["3"]["text"]
