@@ -416,3 +416,24 @@ def test_broken_embeddings_are_left_out_of_the_prompt(ex, root, name, tensor):
     assert r.status == "success", r.error
     assert "nan" not in r.outputs["3"]["text"][0].lower()
     assert r.outputs["3"]["text"] == ex.run(wf("a  cat")).outputs["3"]["text"]
+
+
+# ------------------------------------------------------------------------------------------ ControlNet Union files
+@pytest.mark.parametrize("name, change, says", [
+    ("notypes-union.safetensors", {"task_embedding": torch.zeros(0, 32)}, ()),
+    ("flat-union.safetensors", {"task_embedding": torch.zeros(8)}, ()),
+    ("noproj-union.safetensors", {"spatial_ch_projs.weight": None}, ()),
+])
+def test_broken_union_controlnets(ex, root, tiny_sd1, name, change, says):
+    """A Union header without its type table (0 types, a 1-D table, no projection) was a ZeroDivisionError /
+    ValueError / KeyError out of the plan; now the loader's error naming the file."""
+    from tests.tiny_controlnet import build_tiny_union
+
+    d = root / "controlnet"
+    good = {k: v.contiguous() for k, v in build_tiny_union(tiny_sd1[0]).state_dict().items()}
+    if not (d / "good-union.safetensors").exists():
+        save_file(good, str(d / "good-union.safetensors"))
+    bad = {**good, **{k: v for k, v in change.items() if v is not None}}
+    save_file({k: v for k, v in bad.items() if change.get(k, 0) is not None}, str(d / name))
+    _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
+    assert ex.run(_cn_wf("good-union.safetensors")).status == "success"
