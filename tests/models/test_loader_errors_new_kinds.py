@@ -416,3 +416,85 @@ def test_broken_embeddings_are_left_out_of_the_prompt(ex, root, name, tensor):
     assert r.status == "success", r.error
     assert "nan" not in r.outputs["3"]["text"][0].lower()
     assert r.outputs["3"]["text"] == ex.run(wf("a  cat")).outputs["3"]["text"]
+
+
+# ------------------------------------------------------------------------------------------ ControlNet Union files
+@pytest.mark.parametrize("name, change, says", [
+    ("notypes-union.safetensors", {"task_embedding": torch.zeros(0, 32)}, ()),
+    ("flat-union.safetensors", {"task_embedding": torch.zeros(8)}, ()),
+    ("noproj-union.safetensors", {"spatial_ch_projs.weight": None}, ()),
+])
+def test_broken_union_controlnets(ex, root, tiny_sd1, name, change, says):
+    """A Union header without its type table (0 types, a 1-D table, no projection) was a ZeroDivisionError /
+    ValueError / KeyError out of the plan; now the loader's error naming the file."""
+    from tests.tiny_controlnet import build_tiny_union
+
+    d = root / "controlnet"
+    good = {k: v.contiguous() for k, v in build_tiny_union(tiny_sd1[0]).state_dict().items()}
+    if not (d / "good-union.safetensors").exists():
+        save_file(good, str(d / "good-union.safetensors"))
+    bad = {**good, **{k: v for k, v in change.items() if v is not None}}
+    save_file({k: v for k, v in bad.items() if change.get(k, 0) is not None}, str(d / name))
+    _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
+    assert ex.run(_cn_wf("good-union.safetensors")).status == "success"
+
+
+# ------------------------------------------------------------------------------- headers, widths, repaired files
+def test_a_lora_header_declaring_rank_a_million_is_refused_from_the_header(ex, root):
+    """lora_up declared (192, 10^6) float32 over 8 bytes of data: refused by the header check, nothing allocated."""
+    d = root / "loras"
+    if not (d / "good-lora.safetensors").exists():
+        _bad_loras(d)
+    _raw(d / "absurd-rank-lora.safetensors", {
+        f"{QKV}.lora_up.weight": {"dtype": "F32", "shape": [192, 10**6], "data_offsets": [0, 4]},
+        f"{QKV}.lora_down.weight": {"dtype": "F32", "shape": [10**6, 64], "data_offsets": [4, 8]}}, b"\0" * 8)
+    _fails(ex, _lora_wf("absurd-rank-lora.safetensors"), "2", "LoraLoaderModelOnly", "absurd-rank-lora.safetensors",
+           "needs")
+    assert ex.run(_lora_wf("good-lora.safetensors")).status == "success"
+
+
+def test_a_style_model_narrower_than_the_clip_vision_output(ex, root):
+    """The 16-wide test style model on the bundled 64-wide CLIP vision model: StyleModelApply names both widths."""
+    from tests.nodes.test_style_model import CLIP
+
+    (root / "clip_vision").mkdir(exist_ok=True)
+    (root / "clip_vision" / CLIP.name).write_bytes(CLIP.read_bytes())
+    d = root / "style_models"
+    if not (d / "good-style.safetensors").exists():
+        _bad_styles(d)
+
+    def wf(style):
+        return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+                "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a"}},
+                "3": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP.name}},
+                "4": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 9}},
+                "5": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["3", 0], "image": ["4", 0],
+                                                                  "crop": "none"}},
+                "6": {"class_type": "StyleModelLoader", "inputs": {"style_model_name": style}},
+                "7": {"class_type": "StyleModelApply", "inputs": {
+                    "conditioning": ["2", 0], "style_model": ["6", 0], "clip_vision_output": ["5", 0],
+                    "strength": 1.0, "strength_type": "multiply"}},
+                "8": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}}}
+    _fails(ex, wf("good-style.safetensors"), "7", "StyleModelApply", "good-style.safetensors", "16", "64")
+    save_file(_style_sd(w=64), str(d / "wide-style.safetensors"))
+    assert ex.run(wf("wide-style.safetensors")).status == "success"
+
+
+@pytest.mark.parametrize("folder, node_wf, good", [
+    ("style_models", "_style_wf", lambda: _style_sd()),
+    ("hypernetworks", "_hn_wf", lambda: _hn_sd()),
+])
+def test_a_repaired_file_loads_on_the_same_executor(ex, root, folder, node_wf, good):
+    """A file that failed, then replaced in place by a good one (same name), loads on the next run: the failure
+    was not cached, and the file's new size/mtime is seen."""
+    import os
+
+    p = root / folder / "repaired.safetensors"
+    p.write_bytes(b"\0" * 16)
+    wf = globals()[node_wf]("repaired.safetensors")
+    assert ex.run(wf).status == "error"
+    save_file(good(), str(p))
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    r = ex.run(wf)
+    assert r.status == "success", r.error
