@@ -7,11 +7,16 @@ TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
   describe the image, then the user turn), unpadded, last hidden state; the template's prefix tokens (everything
   before the prompt: 34 with the real tokenizer) are dropped -> (1, L, D); no pooled output.
 - ``flux``: T5 last hidden state of the prompt, eos, then pad to at least 256 tokens -> (1, max(256, L), D);
-  CLIP-L's pooled output (B, 768).
-- ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens), CLIP-G's projected pooled output.
-- ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
-  T5's tokens (padded to at least 77); pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute
-  zeros.
+  CLIP-L's pooled output (B, 768) of the prompt's first 77-token window.
+- ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens per window), CLIP-G's projected pooled
+  output of the first window.
+- ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens per window, zero-padded on features to T5's width)
+  followed by T5's tokens (padded to at least 77); pooled = CLIP-L ++ CLIP-G projected embeddings of the first
+  window. Missing encoders contribute zeros.
+CLIP windows (as CLIPTextEncode on SD checkpoints, nodes/prompt_parse.py ``tokenize_weighted``): a prompt longer than
+75 tokens is cut at word boundaries into 77-token windows (BOS, up to 75 tokens, EOS, pad), each encoded on its own
+and concatenated along tokens; the pooled vector is the first window's (as ComfyUI). When CLIP-L's and CLIP-G's
+prompts differ in window count the shorter gets empty-prompt windows (as ComfyUI's CLIPTextEncodeSDXL/SD3).
 T5 length (ComfyUI 0.3.75's rule): the prompt, ``</s>``, then ``<pad>`` up to a per-family *minimum* (``T5_MIN_TOKENS``:
 FLUX.1 256, SD3 77); a longer prompt is kept whole, never truncated (T5's relative position buckets take any length).
 Prompt syntax as ComfyUI reads it (nodes/prompt_weights.py): ``(word:1.2)`` weights on CLIP and T5 tokens; Qwen3
@@ -84,38 +89,55 @@ def _weighted(te, pairs: list, empty: list, features):
     return (z,) + tuple(out[1:]) if isinstance(out, tuple) else z
 
 
-def _clip_pairs(te, text: str, res):
-    """CLIP (id, weight) pairs of one 77-token window (BOS, prompt, EOS, pad) and the empty window's ids."""
+def _clip_windows(te, text: str, res=_plain) -> list:
+    """CLIP (id, weight) windows of 77 tokens (BOS, up to 75 prompt tokens, EOS, pad): nodes/prompt_parse.py
+    ``tokenize_weighted``, the windows CLIPTextEncode uses on SD checkpoints; at least one."""
     from .prompt_parse import tokenize_weighted
 
-    tok = te.tokenizer
-    return tokenize_weighted(tok, text, res(te, text))[0], [t for t, _ in tokenize_weighted(tok, "")[0]]
+    return tokenize_weighted(te.tokenizer, text, res(te, text) if has_syntax(text) else None)
 
 
-def _clip(te, text: str, res=_plain):
-    """(penultimate hidden (1,77,D), pooled (1,P)): pooled = projected text_embeds when the file has a projection,
-    else CLIP's pooled output (final-norm feature at the first end token). Weights reweight the hidden states;
-    the pooled output is the unweighted prompt's (as ComfyUI)."""
-    def features(ids):
-        o = te.model(ids, output_hidden_states=True)
-        pooled = getattr(o, "text_embeds", None)
-        return o.hidden_states[-2], (pooled if pooled is not None else o.pooler_output)
+def _clip_run(te, text: str, windows: list, features, n: int = 1):
+    """``features`` over the CLIP ``windows`` of ``text``, padded with the empty prompt's window up to ``n`` windows
+    (as ComfyUI pads the shorter of two CLIPs' prompts): (token features (1, 77*max(n, len(windows)), D) = the
+    windows' concatenated along tokens, each reweighted against the empty window as in CLIPTextEncode, then the
+    first window's other outputs (its pooled vector; unweighted, as ComfyUI)). One window of a prompt without
+    syntax: the tokenizer's own 77-token encoding, bit for bit the encoding before windows."""
+    from .prompt_parse import tokenize_weighted
 
-    if has_syntax(text):
-        h, pooled = _weighted(te, *_clip_pairs(te, text, res), features)
-        return h, pooled.float().cpu()
     dev = next(te.model.parameters()).device
-    h, pooled = features(_ids(te.tokenizer, text, 77, dev))
-    return h.float().cpu(), pooled.float().cpu()
+    if n <= 1 and len(windows) == 1 and not has_syntax(text):
+        out = features(_ids(te.tokenizer, text, 77, dev))
+        return tuple(o.float().cpu() for o in out)
+    empty = tokenize_weighted(te.tokenizer, "")[0]
+    windows = windows + [empty] * (n - len(windows))
+    outs = [_weighted(te, w, [t for t, _ in empty], features) for w in windows]
+    return (torch.cat([o[0] for o in outs], 1),) + tuple(o.float().cpu() for o in outs[0][1:])
+
+
+def _clip_hidden(te, o):
+    """CLIP's penultimate hidden state and its pooled vector: projected text_embeds when the file has a projection,
+    else the pooled output (final-norm feature at the first end token)."""
+    pooled = getattr(o, "text_embeds", None)
+    return o.hidden_states[-2], (pooled if pooled is not None else o.pooler_output)
+
+
+def _clip(te, text: str, res=_plain, n: int = 1):
+    """(penultimate hidden (1, 77*k, D) of the prompt's k windows (at least ``n``), the first window's pooled
+    (1, P)). Weights reweight the hidden states; the pooled output is the unweighted prompt's (as ComfyUI)."""
+    return _clip_run(te, text, _clip_windows(te, text, res),
+                     lambda ids: _clip_hidden(te, te.model(ids, output_hidden_states=True)), n)
 
 
 def _clip_pooled_output(te, text: str, res=_plain):
-    """CLIP's un-projected pooled output (Flux uses it): final-norm feature at the first end token."""
+    """CLIP's un-projected pooled output (Flux uses it) of the prompt's first 77-token window: final-norm feature at
+    the first end token. A longer prompt's later windows do not reach it (as the first window's pooled on SD)."""
     from .embeddings import inject
 
     dev = next(te.model.parameters()).device
-    if has_syntax(text):
-        pairs, _ = _clip_pairs(te, text, res)
+    windows = _clip_windows(te, text, res)
+    if has_syntax(text) or len(windows) > 1:
+        pairs = windows[0]
         ids = torch.tensor([[t for t, _ in pairs]], device=dev)
     else:
         pairs, ids = [], _ids(te.tokenizer, text, 77, dev)
@@ -237,8 +259,9 @@ def _encode(type_: str, by: dict, texts: dict, res=_plain) -> list:
     if type_ == "sd3":
         return [_sd3(by, texts, res)]
     if type_ == "sdxl":  # SDXL: both CLIPs' penultimate layers side by side, CLIP-G's projected pooled output
-        hl, _ = _clip(by["clip_l"], texts["clip_l"], res)
-        hg, pg = _clip(by["clip_g"], texts["clip_g"], res)
+        n = max(len(_clip_windows(by[k], texts[k], res)) for k in ("clip_l", "clip_g"))
+        hl, _ = _clip(by["clip_l"], texts["clip_l"], res, n)
+        hg, pg = _clip(by["clip_g"], texts["clip_g"], res, n)
         return [[torch.cat([hl, hg], -1), {"pooled_output": pg}]]
     if type_ == "stable_diffusion":
         te, text = by["clip_l"], texts["clip_l"]
@@ -248,11 +271,8 @@ def _encode(type_: str, by: dict, texts: dict, res=_plain) -> list:
             pooled = getattr(o, "text_embeds", None)
             return o.last_hidden_state, (pooled if pooled is not None else o.pooler_output)
 
-        if has_syntax(text):
-            h, pooled = _weighted(te, *_clip_pairs(te, text, res), features)
-        else:
-            h, pooled = features(_ids(te.tokenizer, text, 77, next(te.model.parameters()).device))
-        return [[h.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+        h, pooled = _clip_run(te, text, _clip_windows(te, text, res), features)
+        return [[h, {"pooled_output": pooled}]]
     raise ValueError(f"CLIP type {type_!r} cannot encode text yet")
 
 
@@ -260,11 +280,13 @@ def _sd3(by: dict, texts: dict, res=_plain):
     feats, pooled = [], []
     t5 = _t5(by["t5"], texts["t5"], T5_MIN_TOKENS["sd3"], res) if "t5" in by else None
     width = t5.shape[-1] if t5 is not None else 4096
+    # every CLIP gets as many 77-token windows as the longest CLIP prompt (the shorter padded with empty windows)
+    n = max([len(_clip_windows(by[k], texts[k], res)) for k in ("clip_l", "clip_g") if k in by] or [1])
     for kind, dim in (("clip_l", 768), ("clip_g", 1280)):
         if kind in by:
-            h, p = _clip(by[kind], texts[kind], res)
+            h, p = _clip(by[kind], texts[kind], res, n)
         elif kind == "clip_l":  # a missing CLIP-L is zeros of its real width (768), before CLIP-G
-            h, p = torch.zeros(1, 77, dim), torch.zeros(1, dim)
+            h, p = torch.zeros(1, 77 * n, dim), torch.zeros(1, dim)
         else:  # a missing CLIP-G: zero features come from the padding to T5's width, zero pooled from the sampler
             continue
         feats.append(h)

@@ -21,7 +21,7 @@ Weights act on the encoder's output as ComfyUI's: with ``z`` the prompt's token 
 start token (if it has one), its end token (if it has one), then its pad token up to the prompt's length:
 - T5: ``</s>`` then ``<pad>`` to the prompt's padded length (at least 256 on FLUX.1, 77 on SD3, longer when the
   prompt is: never truncated) = the empty prompt padded like the prompt;
-- CLIP: BOS, EOS, then pad to 77 (as CLIPTextEncode).
+- CLIP: BOS, EOS, then pad to 77, for each 77-token window of a long prompt (as CLIPTextEncode).
 Without any syntax the callers keep their plain path (bit for bit today's encoding).
 """
 from __future__ import annotations
