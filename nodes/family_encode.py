@@ -6,10 +6,14 @@ TripleCLIPLoader): CONDITIONING as ComfyUI builds it for each family.
 - ``qwen_image`` (Qwen-Image, Qwen2.5-VL): the prompt in QwenImagePipeline's template (a system line asking to
   describe the image, then the user turn), unpadded, last hidden state; the template's prefix tokens (everything
   before the prompt: 34 with the real tokenizer) are dropped -> (1, L, D); no pooled output.
-- ``flux``: T5 last hidden state over 256 tokens (eos, then pad) -> (1, 256, D); CLIP-L's pooled output (B, 768).
+- ``flux``: T5 last hidden state of the prompt, eos, then pad to at least 256 tokens -> (1, max(256, L), D);
+  CLIP-L's pooled output (B, 768).
 - ``sdxl`` (DualCLIPLoader): CLIP-L ++ CLIP-G penultimate layers (77 tokens), CLIP-G's projected pooled output.
 - ``sd3``: CLIP-L ++ CLIP-G penultimate layers (77 tokens, zero-padded on features to T5's width) followed by
-  T5's 256 tokens; pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute zeros.
+  T5's tokens (padded to at least 77); pooled = CLIP-L ++ CLIP-G projected embeddings. Missing encoders contribute
+  zeros.
+T5 length (ComfyUI 0.3.75's rule): the prompt, ``</s>``, then ``<pad>`` up to a per-family *minimum* (``T5_MIN_TOKENS``:
+FLUX.1 256, SD3 77); a longer prompt is kept whole, never truncated (T5's relative position buckets take any length).
 Prompt syntax as ComfyUI reads it (nodes/prompt_weights.py): ``(word:1.2)`` weights on CLIP and T5 tokens; Qwen3
 and Qwen2.5-VL prompts are not weighted (ComfyUI disables weights there, the text is encoded as written); escapes
 and ``embedding:name`` on every encoder. A prompt without syntax is encoded exactly as before.
@@ -26,7 +30,8 @@ QWEN_IMAGE_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the 
                        "text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}"
                        "<|im_end|>\n<|im_start|>assistant\n")
 QWEN_IMAGE_MAX_TOKENS = 1024
-T5_TOKENS = 256
+#: loader type -> the T5 part's minimum length in tokens (padded up to it, never truncated)
+T5_MIN_TOKENS = {"flux": 256, "sd3": 77}
 #: loader type -> encoder kinds it accepts (ComfyUI's recipes for the families Loom loads)
 ACCEPTS = {"lumina2": {"qwen3"}, "qwen_image": {"qwen25vl"}, "flux": {"clip_l", "t5"}, "sd3": {"clip_l", "clip_g", "t5"},
            "stable_diffusion": {"clip_l"}, "sdxl": {"clip_l", "clip_g"}}
@@ -123,17 +128,21 @@ def _clip_pooled_output(te, text: str, res=_plain):
     return o.last_hidden_state[torch.arange(ids.shape[0]), pos].float().cpu()
 
 
-def _t5(te, text: str, res=_plain):
-    """T5 last hidden state over 256 tokens (1, 256, D). Weighted: the empty sequence is ``</s>`` then pad."""
+def _t5(te, text: str, min_tokens: int, res=_plain):
+    """T5 last hidden state (1, max(min_tokens, L), D) of the prompt's L tokens (``</s>`` included) padded with
+    ``<pad>`` up to ``min_tokens``; never truncated. Weighted: the empty sequence is ``</s>`` then pad, at the same
+    length."""
     def features(ids):
         return te.model(ids).last_hidden_state
 
     tok = te.tokenizer
     if not has_syntax(text):
-        return features(_ids(tok, text, T5_TOKENS, next(te.model.parameters()).device)).float().cpu()
-    pairs = weighted_ids(tok, text, res(te, text))[:T5_TOKENS - 1] + [(tok.eos_token_id, 1.0)]
-    pairs += [(tok.pad_token_id, 1.0)] * (T5_TOKENS - len(pairs))
-    return _weighted(te, pairs, [tok.eos_token_id] + [tok.pad_token_id] * (T5_TOKENS - 1), features)
+        ids = tok(text, verbose=False).input_ids  # verbose=False: no "longer than 512" warning, T5 takes any length
+        ids = ids + [tok.pad_token_id] * (min_tokens - len(ids))
+        return features(torch.tensor([ids], device=next(te.model.parameters()).device)).float().cpu()
+    pairs = weighted_ids(tok, text, res(te, text)) + [(tok.eos_token_id, 1.0)]
+    pairs += [(tok.pad_token_id, 1.0)] * (min_tokens - len(pairs))
+    return _weighted(te, pairs, [tok.eos_token_id] + [tok.pad_token_id] * (len(pairs) - 1), features)
 
 
 def _qwen(te, text: str, res=_plain):
@@ -223,7 +232,8 @@ def _encode(type_: str, by: dict, texts: dict, res=_plain) -> list:
     if type_ == "qwen_image":
         return [[_qwen_image(by["qwen25vl"], texts["qwen25vl"], res), {}]]
     if type_ == "flux":
-        return [[_t5(by["t5"], texts["t5"], res), {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"], res)}]]
+        t5 = _t5(by["t5"], texts["t5"], T5_MIN_TOKENS["flux"], res)
+        return [[t5, {"pooled_output": _clip_pooled_output(by["clip_l"], texts["clip_l"], res)}]]
     if type_ == "sd3":
         return [_sd3(by, texts, res)]
     if type_ == "sdxl":  # SDXL: both CLIPs' penultimate layers side by side, CLIP-G's projected pooled output
@@ -248,7 +258,7 @@ def _encode(type_: str, by: dict, texts: dict, res=_plain) -> list:
 
 def _sd3(by: dict, texts: dict, res=_plain):
     feats, pooled = [], []
-    t5 = _t5(by["t5"], texts["t5"], res) if "t5" in by else None
+    t5 = _t5(by["t5"], texts["t5"], T5_MIN_TOKENS["sd3"], res) if "t5" in by else None
     width = t5.shape[-1] if t5 is not None else 4096
     for kind, dim in (("clip_l", 768), ("clip_g", 1280)):
         if kind in by:

@@ -19,7 +19,8 @@ Weights act on the encoder's output as ComfyUI's: with ``z`` the prompt's token 
 ``z_empty`` ComfyUI's *empty sequence for that encoder at the same length*, a token of weight ``w != 1`` gets
 ``(z - z_empty) * w + z_empty``; tokens of weight 1 keep ``z`` exactly. The empty sequence is the encoder's
 start token (if it has one), its end token (if it has one), then its pad token up to the prompt's length:
-- T5: ``</s>`` then ``<pad>`` to the prompt's padded length (256) = the empty prompt padded like the prompt;
+- T5: ``</s>`` then ``<pad>`` to the prompt's padded length (at least 256 on FLUX.1, 77 on SD3, longer when the
+  prompt is: never truncated) = the empty prompt padded like the prompt;
 - CLIP: BOS, EOS, then pad to 77 (as CLIPTextEncode).
 Without any syntax the callers keep their plain path (bit for bit today's encoding).
 """

@@ -119,7 +119,7 @@ def test_sd3_matches_pipeline_with_cfg(family_models):
                                     text_encoder=o["clip_l"], tokenizer=toks["clip_l"], text_encoder_2=o["clip_g"],
                                     tokenizer_2=toks["clip_g"], text_encoder_3=o["t5"], tokenizer_3=toks["t5"])
     ref = pipe("a red circle", negative_prompt="", height=64, width=64, num_inference_steps=STEPS,
-               sigmas=sig[:-1].tolist(), guidance_scale=2.5, latents=noise.clone(), max_sequence_length=256,
+               sigmas=sig[:-1].tolist(), guidance_scale=2.5, latents=noise.clone(), max_sequence_length=77,
                output_type="latent").images
     _report("SD3", ours, ref, 1e-4)
 

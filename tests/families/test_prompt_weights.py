@@ -3,8 +3,8 @@ weighted; Qwen3 for Z-Image and Qwen2.5-VL for Qwen-Image not weighted; escapes 
 the tiny files with their tiny tokenizers.
 
 Expectations are computed by hand from the encoder: the prompt's features ``z`` (the syntax stripped, tokenized as
-one string) and ComfyUI's empty sequence ``z_empty`` at the same length (T5: ``</s>`` then pad to 256; CLIP: BOS,
-EOS, pad), then ``(z - z_empty) * w + z_empty`` on the weighted tokens only."""
+one string) and ComfyUI's empty sequence ``z_empty`` at the same length (T5: ``</s>`` then pad to the prompt's padded
+length, 256 on FLUX.1; CLIP: BOS, EOS, pad), then ``(z - z_empty) * w + z_empty`` on the weighted tokens only."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nodes.family_encode import QWEN_IMAGE_TEMPLATE, QWEN_TEMPLATE, T5_TOKENS, encode
+from nodes.family_encode import QWEN_IMAGE_TEMPLATE, QWEN_TEMPLATE, T5_MIN_TOKENS, encode
 from tests.families.test_family_equivalence import _clip, _store
+
+FLUX_T5 = T5_MIN_TOKENS["flux"]  # FLUX.1's T5 minimum length (these prompts are shorter)
 
 SETS = {"lumina2": (["qwen_3_4b.safetensors"], "qwen3"),
         "qwen_image": (["qwen_2.5_vl_7b_fp8_scaled.safetensors"], "qwen25vl"),
@@ -45,8 +47,8 @@ def _by_hand(type_, te, text, weighted=(), pad_empty=True):
     tok, m = te.tokenizer, te.model
     with torch.no_grad():
         if type_ == "flux":
-            ids = tok(text, padding="max_length", max_length=T5_TOKENS, truncation=True, return_tensors="pt").input_ids
-            empty = torch.tensor([[tok.eos_token_id] + [tok.pad_token_id] * (T5_TOKENS - 1)])
+            ids = tok(text, padding="max_length", max_length=FLUX_T5, truncation=True, return_tensors="pt").input_ids
+            empty = torch.tensor([[tok.eos_token_id] + [tok.pad_token_id] * (FLUX_T5 - 1)])
             z, ze = m(ids).last_hidden_state, m(empty).last_hidden_state
             start = 0
         else:
@@ -128,7 +130,7 @@ def _features_of_ids(type_, te, ids):
     tok, m = te.tokenizer, te.model
     with torch.no_grad():
         if type_ == "flux":
-            ids = ids + [tok.eos_token_id] + [tok.pad_token_id] * (T5_TOKENS - len(ids) - 1)
+            ids = ids + [tok.eos_token_id] + [tok.pad_token_id] * (FLUX_T5 - len(ids) - 1)
             return m(torch.tensor([ids])).last_hidden_state.float()
         t = torch.tensor([ids])
         if type_ == "lumina2":
@@ -215,7 +217,7 @@ def test_flux_txt2img_changes_with_a_weight_and_not_at_one(fam_exec, fam_env):
 
 def test_split_loader_clips_weight_like_clip_text_encode(family_models):
     """SD3's TripleCLIPLoader: the CLIP-L tokens are reweighted against CLIP's empty window (BOS, EOS, pad), the
-    pooled vectors are the unweighted prompt's (as ComfyUI), the T5 part is weighted as FLUX.1's."""
+    pooled vectors are the unweighted prompt's (as ComfyUI), the T5 part is weighted as FLUX.1's (at 77 tokens)."""
     root = family_models[0]
     clip = _clip(_store(root), root, ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"], "sd3")
     plain, weighted = encode(clip, "red circle")[0], encode(clip, "(red:1.5) circle")[0]
@@ -234,9 +236,20 @@ def test_split_loader_clips_weight_like_clip_text_encode(family_models):
     assert torch.equal(plain[0][:, :77, :width], z)
     assert torch.allclose(weighted[0][:, :77, :width], want, atol=1e-6, rtol=0)
     assert not torch.allclose(weighted[0][:, :77, :width], z, atol=1e-4)
+    t5 = dict(clip.encoders)["t5"].get()  # SD3's T5 part: FLUX.1's rule at SD3's minimum length, 77 tokens
+    t5_tok = t5.tokenizer
+    head = t5_tok("red", add_special_tokens=False).input_ids
+    ids = head + t5_tok(" circle", add_special_tokens=False).input_ids + [t5_tok.eos_token_id]
+    ids += [t5_tok.pad_token_id] * (77 - len(ids))
+    with torch.no_grad():
+        z5 = t5.model(torch.tensor([ids])).last_hidden_state.float()
+        ze5 = t5.model(torch.tensor([[t5_tok.eos_token_id] + [t5_tok.pad_token_id] * 76])).last_hidden_state.float()
+    z5[:, :len(head)] = (z5[:, :len(head)] - ze5[:, :len(head)]) * 1.5 + ze5[:, :len(head)]
+    assert weighted[0].shape[1] == 154
+    assert torch.allclose(weighted[0][:, 77:], z5, atol=1e-5)
     flux = _clip(_store(root), root, ["clip_l.safetensors", "t5xxl_fp16.safetensors"], "flux")
     flux_weighted = encode(flux, "(red:1.5) circle")[0]
-    assert torch.equal(weighted[0][:, 77:], flux_weighted[0])
+    assert flux_weighted[0].shape[1] == 256
     assert torch.equal(flux_weighted[1]["pooled_output"], encode(flux, "red circle")[0][1]["pooled_output"])
 
 
