@@ -550,3 +550,51 @@ def test_a_converter_missing_a_tensor_is_a_named_error(root):
     store = ModelStore(ModelFolders(root), device="cpu", dtype="fp32")
     with pytest.raises(CheckpointError, match=r"noqkv-flux.safetensors: .*double_blocks.0.txt_attn.qkv.weight.* missing"):
         load_diffusion_model(store, p, p.name).get()
+
+
+# ------------------------------------------------------------------------------------------ CLIP vision files
+def _cv_wf(name):
+    return {"1": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": name}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 9}},
+            "3": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["1", 0], "image": ["2", 0], "crop": "none"}},
+            "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}}}
+
+
+CV_KEY = "vision_model.encoder.layers.0.mlp.fc2.weight"  # (64, 256) in the bundled loom-shapes-clip
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("truncated-cv.safetensors", "truncated", ()), ("empty-cv.safetensors", "empty", ()),
+    ("missing-cv.safetensors", "missing", (CV_KEY,)), ("int-cv.safetensors", "int", (CV_KEY, "int32")),
+    ("shape-cv.safetensors", "shape", (CV_KEY, "(5,)")), ("extra-cv.safetensors", "extra", ("bogus.weight",)),
+    ("stray-layer-cv.safetensors", "stray", ("0..n-1",)), ("word-layer-cv.safetensors", "word", ("not a number",)),
+    ("nopos-cv.safetensors", "nopos", ("position_embedding",)), ("flatpatch-cv.safetensors", "flatpatch", ("rank",)),
+])
+def test_broken_clip_vision_files(ex, root, name, damage, says):
+    """Raw SafetensorError / torch size-mismatch text / KeyError / int-weights-accepted before; and a stray
+    ``layers.99999`` tensor made the loader build 100000 real layers before any check."""
+    from safetensors.torch import load_file
+
+    from tests.nodes.test_style_model import CLIP
+
+    d = root / "clip_vision"
+    d.mkdir(exist_ok=True)
+    good = load_file(str(CLIP))
+    if not (d / CLIP.name).exists():
+        save_file(good, str(d / CLIP.name))
+    pe = "vision_model.embeddings.patch_embedding.weight"
+    sd = {"missing": {k: v for k, v in good.items() if k != CV_KEY},
+          "int": {**good, CV_KEY: torch.ones(64, 256, dtype=torch.int32)},
+          "shape": {**good, CV_KEY: torch.zeros(5)}, "extra": {**good, "bogus.weight": torch.ones(2)},
+          "stray": {**good, "vision_model.encoder.layers.99999.mlp.fc2.bias": torch.zeros(1)},
+          "word": {**good, "vision_model.encoder.layers.x.mlp.fc2.bias": torch.zeros(1)},
+          "nopos": {k: v for k, v in good.items() if k != "vision_model.embeddings.position_embedding.weight"},
+          "flatpatch": {**good, pe: good[pe].flatten()}}.get(damage)
+    if damage == "truncated":
+        _truncate(d / CLIP.name, d / name)
+    elif damage == "empty":
+        (d / name).write_bytes(b"")
+    else:
+        save_file(sd, str(d / name))
+    _fails(ex, _cv_wf(name), "1", "CLIPVisionLoader", name, *says)
+    assert ex.run(_cv_wf(CLIP.name)).status == "success"
