@@ -251,6 +251,8 @@ def _bad_loras(d):
     save_file({f"{QKV}.lora_up.weight": r(192, 4, 3), f"{QKV}.lora_down.weight": r(4, 64)},
               str(d / "rank3-lora.safetensors"))
     torch.save({f"{QKV}.lora_up.weight": r(192, 4)}, str(d / "pickled-lora.pt"))
+    save_file({f"{QKV}.lora_up.weight": r(192, 4), f"{QKV}.lora_down.weight": r(4, 64), f"{QKV}.dora_scale": r(7)},
+              str(d / "dora-lora.safetensors"))
 
 
 @pytest.mark.parametrize("name, says", [
@@ -258,7 +260,7 @@ def _bad_loras(d):
     ("huge-lora.safetensors", ("double_blocks.0.img_attn.qkv",)), ("huge-lokr.safetensors", ("double_blocks.0.img_attn.qkv",)),
     ("huge-loha.safetensors", ("double_blocks.0.img_attn.qkv",)), ("inner-loha.safetensors", ("hada",)),
     ("inner-lokr.safetensors", ("lokr",)), ("int-lora.safetensors", ("int",)), ("rank3-lora.safetensors", ()),
-    ("pickled-lora.pt", ("pickle",)),
+    ("pickled-lora.pt", ("pickle",)), ("dora-lora.safetensors", ("DoRA", "(7,)")),
 ])
 def test_broken_family_loras(ex, root, name, says):
     d = root / "loras"
