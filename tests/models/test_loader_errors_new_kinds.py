@@ -600,3 +600,18 @@ def test_broken_clip_vision_files(ex, root, name, damage, says):
         save_file(sd, str(d / name))
     _fails(ex, _cv_wf(name), "1", "CLIPVisionLoader", name, *says)
     assert ex.run(_cv_wf(CLIP.name)).status == "success"
+
+
+def test_hypernetwork_metadata_that_is_not_json(ex, root):
+    """layer_structure is bookkeeping (the layers are read from the tensors): garbage JSON there loads; the text
+    "false" for activate_output is False (bool("false") was True)."""
+    from modelstore.hypernetwork import load
+
+    d = root / "hypernetworks"
+    if not (d / "good-hn.safetensors").exists():
+        _bad_hns(d)
+    save_file(_hn_sd(), str(d / "meta-hn.safetensors"),
+              metadata={"layer_structure": "[1, 2,", "activation_func": "relu", "activate_output": "false"})
+    assert ex.run(_hn_wf("meta-hn.safetensors")).status == "success"
+    hn = load(d / "meta-hn.safetensors")
+    assert hn.structure["layer_structure"] == "[1, 2," and hn.layers[64][0].activate_output is False
