@@ -615,3 +615,12 @@ def test_hypernetwork_metadata_that_is_not_json(ex, root):
     assert ex.run(_hn_wf("meta-hn.safetensors")).status == "success"
     hn = load(d / "meta-hn.safetensors")
     assert hn.structure["layer_structure"] == "[1, 2," and hn.layers[64][0].activate_output is False
+
+
+def test_saving_a_flux_diffusion_model_says_what_is_supported(ex, root):
+    """ModelSave of a UNETLoader FLUX.1 model said 'no supported architecture family recognises this checkpoint'
+    about a file that loads fine."""
+    wf = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+          "2": {"class_type": "ModelSave", "inputs": {"model": ["1", 0], "filename_prefix": "attack/flux"}}}
+    msg = _fails(ex, wf, "2", "ModelSave", "flux1-dev.safetensors", "saving is supported for SD1/SD2/SDXL")
+    assert "recognises" not in msg
