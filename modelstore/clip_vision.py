@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .filecache import unreadable
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -28,12 +30,24 @@ class ClipVisionError(ValueError):
     """A file that is not a CLIP vision model in a layout Loom reads."""
 
 
+MAX_LAYERS = 256  # ViT-bigG, the largest CLIP vision tower, has 48
+
+
 def _layers(keys, prefix: str) -> int:
-    n = -1
+    """The number of encoder layers: indices 0..n-1, each present (a stray ``layers.99999`` would otherwise make
+    the model build 100000 layers before any weight is checked)."""
+    idx = set()
     for k in keys:
         if k.startswith(prefix):
-            n = max(n, int(k[len(prefix):].split(".", 1)[0]))
-    return n + 1
+            head = k[len(prefix):].split(".", 1)[0]
+            if not head.isdigit():
+                raise ClipVisionError(f"tensor {k[:200]}: layer index {head[:20]!r} is not a number")
+            idx.add(int(head))
+    n = max(idx, default=-1) + 1
+    if n > MAX_LAYERS or len(idx) != n:
+        raise ClipVisionError(f"{prefix}* has layer indices {sorted(idx)[:3]}...{sorted(idx)[-2:]}: expected 0..n-1 "
+                              f"with n at most {MAX_LAYERS}")
+    return n
 
 
 def infer_config(sd: dict[str, torch.Tensor]) -> dict:
@@ -132,35 +146,46 @@ def build(sd: dict[str, torch.Tensor], name: str = "clip_vision") -> ClipVision:
     """Modules from a state dict in HF layout (weights copied in fp32, eval mode)."""
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    from .build import instantiate
+    from .tensorfile import CheckpointError
+
     sd = {k[len("clip_vision."):] if k.startswith("clip_vision.") else k: v for k, v in sd.items()}
-    sd = {k: v.float() for k, v in sd.items() if not k.endswith("position_ids")}
+    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
+    ints = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in sd.items() if not v.is_floating_point()]
+    if ints:
+        raise ClipVisionError(f"{name}: tensors that are not floating point: {', '.join(sorted(ints)[:4])}")
+    sd = {k: v.float() for k, v in sd.items()}
     try:
         cfg = infer_config(sd)
     except ClipVisionError as e:
         raise ClipVisionError(f"{name}: {e}") from None
+    except KeyError as e:
+        raise ClipVisionError(f"{name}: tensor {e} missing: cannot infer the CLIP vision config") from None
+    except (ValueError, IndexError) as e:  # a tensor of another rank than the layout's
+        raise ClipVisionError(f"{name}: tensors of unexpected rank: cannot infer the CLIP vision config "
+                              f"({type(e).__name__}: {e})") from None
     model = None
-    if cfg["text_config"] is not None:
-        model = CLIPModel(CLIPConfig(text_config=cfg["text_config"], vision_config=cfg["vision_config"],
-                                     projection_dim=cfg["projection_dim"]))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.endswith("position_ids")]
-        if missing or unexpected:
-            raise ClipVisionError(f"{name}: CLIPModel keys do not match (missing {missing[:4]}, unexpected "
-                                  f"{unexpected[:4]})")
-        model.eval()
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["vision_config"],
-                                                                projection_dim=cfg["projection_dim"]))
-        vision.vision_model = model.vision_model  # shared modules, not copies
-        vision.visual_projection = model.visual_projection
-    else:
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["vision_config"],
-                                                                projection_dim=cfg["projection_dim"]))
-        if "visual_projection.weight" not in sd:
-            raise ClipVisionError(f"{name}: no visual_projection.weight")
-        missing, unexpected = vision.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.endswith("position_ids")]
-        if missing:
-            raise ClipVisionError(f"{name}: missing CLIP vision keys {missing[:4]}")
+    try:  # laid out on the meta device and checked (keys, shapes) before any weight is allocated
+        if cfg["text_config"] is not None:
+            model = instantiate(lambda: CLIPModel(CLIPConfig(
+                text_config=cfg["text_config"], vision_config=cfg["vision_config"],
+                projection_dim=cfg["projection_dim"])), sd)
+            from accelerate import init_empty_weights
+
+            with init_empty_weights(include_buffers=False):  # a shell: both of its parts are replaced below
+                vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["vision_config"],
+                                                                        projection_dim=cfg["projection_dim"]))
+            vision.vision_model = model.vision_model  # shared modules, not copies
+            vision.visual_projection = model.visual_projection
+        else:
+            if "visual_projection.weight" not in sd:
+                raise ClipVisionError(f"{name}: no visual_projection.weight")
+            keep = ("vision_model.", "visual_projection.")  # other tensors (a logit scale) are not the tower's
+            vision = instantiate(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(
+                **cfg["vision_config"], projection_dim=cfg["projection_dim"])),
+                {k: v for k, v in sd.items() if k.startswith(keep)})
+    except CheckpointError as e:
+        raise ClipVisionError(f"{name}: {e}") from None
     vision.eval()
     return ClipVision(vision, model, cfg["vision_config"]["image_size"], name)
 
@@ -178,5 +203,9 @@ def load(path: str | Path) -> ClipVision:
         if key not in _CACHE:
             if len(_CACHE) >= 4:
                 _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[key] = build(load_file(str(p)), p.name)
+            try:
+                sd = load_file(str(p))
+            except Exception as e:  # truncated, empty, not safetensors
+                raise ClipVisionError(unreadable(p, e)) from None
+            _CACHE[key] = build(sd, p.name)
         return _CACHE[key]

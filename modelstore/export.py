@@ -132,7 +132,10 @@ def _checkpoint(store, ref):
     src = store.loader.sources.current(ref.key.file)
     if src.header is None:
         raise CheckpointError(f"{src.path.name}: a diffusers folder has no single-file layout to save in")
-    _, fam, plan = store.loader.checkpoint(src.path)
+    try:
+        _, fam, plan = store.loader.checkpoint(src.path)
+    except CheckpointError:  # a diffusion-model-only file (UNETLoader): not a checkpoint at all
+        plan = None
     if not hasattr(plan, "unet") or not hasattr(plan, "text_encoders"):
         raise CheckpointError(f"{src.path.name}: saving is supported for SD1/SD2/SDXL checkpoints")
     return src, plan

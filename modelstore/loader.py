@@ -77,6 +77,9 @@ class Loader:
                 value = kind.build(key, ctx)
             except CheckpointError as e:  # raised where the file is out of sight: say which one
                 raise _named(e, Path(key.file.path)) from None
+            except KeyError as e:  # a converter reaching for a tensor the file lacks (header looked fine)
+                raise CheckpointError(f"{Path(key.file.path).name}: cannot build its {key.component} model: tensor "
+                                      f"{str(e)[:200]} is missing") from None
             return value, kind.nbytes(value)
         last = key.patches[-1]
         if hasattr(last, "apply"):  # a computed patch (modelstore.merge.MergePatch): its own rule on the base

@@ -243,6 +243,9 @@ def check_fit(target, shape: tuple, fname: str) -> None:
     if rows * cols != _numel(shape) or rows != shape[0]:
         raise LoraError(f"{fname}: {kind} {name}: update of {rows}x{cols} does not fit the model weight "
                         f"{tuple(shape)}")
+    if "dora" in parts and _prod(_shape(parts["dora"])) not in (shape[0], _prod(shape[1:])):
+        raise LoraError(f"{fname}: DoRA {name}: magnitude of shape {_shape(parts['dora'])} has neither one value per "
+                        f"output row ({shape[0]}) nor per input column ({_prod(shape[1:])})")
 
 
 def _lycoris_delta(kind: str, parts: dict, device) -> torch.Tensor:

@@ -22,7 +22,7 @@ RAW = ("RuntimeError", "KeyError", "IndexError", "TypeError", "AttributeError", 
 def root(models_root):
     for d in ("style_models", "hypernetworks", "controlnet", "diffusion_models", "text_encoders", "vae", "loras"):
         (models_root / d).mkdir(exist_ok=True)
-    tf.save(tf.flux_file(tf.tiny_flux()), models_root / "diffusion_models" / "flux1-dev.safetensors")
+    tf.write_flux_set(models_root)  # flux1-dev, clip_l, t5xxl_fp16 (+ tokenizer), ae
     return models_root
 
 
@@ -251,6 +251,8 @@ def _bad_loras(d):
     save_file({f"{QKV}.lora_up.weight": r(192, 4, 3), f"{QKV}.lora_down.weight": r(4, 64)},
               str(d / "rank3-lora.safetensors"))
     torch.save({f"{QKV}.lora_up.weight": r(192, 4)}, str(d / "pickled-lora.pt"))
+    save_file({f"{QKV}.lora_up.weight": r(192, 4), f"{QKV}.lora_down.weight": r(4, 64), f"{QKV}.dora_scale": r(7)},
+              str(d / "dora-lora.safetensors"))
 
 
 @pytest.mark.parametrize("name, says", [
@@ -258,7 +260,7 @@ def _bad_loras(d):
     ("huge-lora.safetensors", ("double_blocks.0.img_attn.qkv",)), ("huge-lokr.safetensors", ("double_blocks.0.img_attn.qkv",)),
     ("huge-loha.safetensors", ("double_blocks.0.img_attn.qkv",)), ("inner-loha.safetensors", ("hada",)),
     ("inner-lokr.safetensors", ("lokr",)), ("int-lora.safetensors", ("int",)), ("rank3-lora.safetensors", ()),
-    ("pickled-lora.pt", ("pickle",)),
+    ("pickled-lora.pt", ("pickle",)), ("dora-lora.safetensors", ("DoRA", "(7,)")),
 ])
 def test_broken_family_loras(ex, root, name, says):
     d = root / "loras"
@@ -498,3 +500,127 @@ def test_a_repaired_file_loads_on_the_same_executor(ex, root, folder, node_wf, g
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     r = ex.run(wf)
     assert r.status == "success", r.error
+
+
+# ----------------------------------------------------------------------------------------- diffusion models
+@pytest.mark.parametrize("name, damage, says", [
+    ("missing-flux.safetensors", "missing", ("double_blocks.0.img_mlp.0.weight", "missing")),
+    ("int-flux.safetensors", "int", ()),
+    ("shape-flux.safetensors", "shape", ("MLP width 5",)),
+    ("extra-rank-flux.safetensors", "rank", ("MLP width 1",)),
+])
+def test_broken_flux_diffusion_models(ex, root, name, damage, says):
+    """UNETLoader's plan reads the header (refusing what it cannot infer a config from); whatever it lets through
+    fails where the model is first built (the sampler): a named error either way. (The plan's own ValueError
+    on a wrong width was raw text naming no file.)"""
+    good = tf.flux_file(tf.tiny_flux())
+    k = "double_blocks.0.img_mlp.0.weight"
+    sd = {"missing": {kk: v for kk, v in good.items() if kk != k},
+          "int": {**good, k: torch.ones_like(good[k], dtype=torch.int32)},
+          "shape": {**good, k: good[k][:5].contiguous()},
+          "rank": {**good, k: good[k][None].contiguous()}}[damage]
+    tf.save(sd, root / "diffusion_models" / name)
+
+    def wf(unet):
+        return {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+                "c": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                              "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+                "p": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": "a"}},
+                "l": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+                "2": {"class_type": "KSampler", "inputs": {
+                    "model": ["1", 0], "seed": 3, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                    "scheduler": "simple", "positive": ["p", 0], "negative": ["p", 0], "latent_image": ["l", 0],
+                    "denoise": 1.0}},
+                "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    r = ex.run(wf(name))
+    assert r.status == "error" and r.error["node_id"] in ("1", "2"), r.error
+    _fails(ex, wf(name), r.error["node_id"], {"1": "UNETLoader", "2": "KSampler"}[r.error["node_id"]], name, *says)
+    assert ex.run(wf("flux1-dev.safetensors")).status == "success"
+
+
+def test_a_converter_missing_a_tensor_is_a_named_error(root):
+    """load_diffusion_model's plan needs fewer tensors than FLUX's converter: a file without the fused txt qkv got
+    past the plan and failed in the converter with a bare KeyError; now a CheckpointError naming file and tensor."""
+    from engine.folders import ModelFolders
+    from modelstore.families.store import load_diffusion_model
+    from modelstore.models import ModelStore
+    from modelstore.tensorfile import CheckpointError
+
+    good = tf.flux_file(tf.tiny_flux())
+    p = root / "diffusion_models" / "noqkv-flux.safetensors"
+    tf.save({k: v for k, v in good.items() if k != "double_blocks.0.txt_attn.qkv.weight"}, p)
+    store = ModelStore(ModelFolders(root), device="cpu", dtype="fp32")
+    with pytest.raises(CheckpointError, match=r"noqkv-flux.safetensors: .*double_blocks.0.txt_attn.qkv.weight.* missing"):
+        load_diffusion_model(store, p, p.name).get()
+
+
+# ------------------------------------------------------------------------------------------ CLIP vision files
+def _cv_wf(name):
+    return {"1": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": name}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 9}},
+            "3": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["1", 0], "image": ["2", 0], "crop": "none"}},
+            "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}}}
+
+
+CV_KEY = "vision_model.encoder.layers.0.mlp.fc2.weight"  # (64, 256) in the bundled loom-shapes-clip
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("truncated-cv.safetensors", "truncated", ()), ("empty-cv.safetensors", "empty", ()),
+    ("missing-cv.safetensors", "missing", (CV_KEY,)), ("int-cv.safetensors", "int", (CV_KEY, "int32")),
+    ("shape-cv.safetensors", "shape", (CV_KEY, "(5,)")), ("extra-cv.safetensors", "extra", ("bogus.weight",)),
+    ("stray-layer-cv.safetensors", "stray", ("0..n-1",)), ("word-layer-cv.safetensors", "word", ("not a number",)),
+    ("nopos-cv.safetensors", "nopos", ("position_embedding",)), ("flatpatch-cv.safetensors", "flatpatch", ("rank",)),
+])
+def test_broken_clip_vision_files(ex, root, name, damage, says):
+    """Raw SafetensorError / torch size-mismatch text / KeyError / int-weights-accepted before; and a stray
+    ``layers.99999`` tensor made the loader build 100000 real layers before any check."""
+    from safetensors.torch import load_file
+
+    from tests.nodes.test_style_model import CLIP
+
+    d = root / "clip_vision"
+    d.mkdir(exist_ok=True)
+    good = load_file(str(CLIP))
+    if not (d / CLIP.name).exists():
+        save_file(good, str(d / CLIP.name))
+    pe = "vision_model.embeddings.patch_embedding.weight"
+    sd = {"missing": {k: v for k, v in good.items() if k != CV_KEY},
+          "int": {**good, CV_KEY: torch.ones(64, 256, dtype=torch.int32)},
+          "shape": {**good, CV_KEY: torch.zeros(5)}, "extra": {**good, "bogus.weight": torch.ones(2)},
+          "stray": {**good, "vision_model.encoder.layers.99999.mlp.fc2.bias": torch.zeros(1)},
+          "word": {**good, "vision_model.encoder.layers.x.mlp.fc2.bias": torch.zeros(1)},
+          "nopos": {k: v for k, v in good.items() if k != "vision_model.embeddings.position_embedding.weight"},
+          "flatpatch": {**good, pe: good[pe].flatten()}}.get(damage)
+    if damage == "truncated":
+        _truncate(d / CLIP.name, d / name)
+    elif damage == "empty":
+        (d / name).write_bytes(b"")
+    else:
+        save_file(sd, str(d / name))
+    _fails(ex, _cv_wf(name), "1", "CLIPVisionLoader", name, *says)
+    assert ex.run(_cv_wf(CLIP.name)).status == "success"
+
+
+def test_hypernetwork_metadata_that_is_not_json(ex, root):
+    """layer_structure is bookkeeping (the layers are read from the tensors): garbage JSON there loads; the text
+    "false" for activate_output is False (bool("false") was True)."""
+    from modelstore.hypernetwork import load
+
+    d = root / "hypernetworks"
+    if not (d / "good-hn.safetensors").exists():
+        _bad_hns(d)
+    save_file(_hn_sd(), str(d / "meta-hn.safetensors"),
+              metadata={"layer_structure": "[1, 2,", "activation_func": "relu", "activate_output": "false"})
+    assert ex.run(_hn_wf("meta-hn.safetensors")).status == "success"
+    hn = load(d / "meta-hn.safetensors")
+    assert hn.structure["layer_structure"] == "[1, 2," and hn.layers[64][0].activate_output is False
+
+
+def test_saving_a_flux_diffusion_model_says_what_is_supported(ex, root):
+    """ModelSave of a UNETLoader FLUX.1 model said 'no supported architecture family recognises this checkpoint'
+    about a file that loads fine."""
+    wf = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+          "2": {"class_type": "ModelSave", "inputs": {"model": ["1", 0], "filename_prefix": "attack/flux"}}}
+    msg = _fails(ex, wf, "2", "ModelSave", "flux1-dev.safetensors", "saving is supported for SD1/SD2/SDXL")
+    assert "recognises" not in msg

@@ -176,3 +176,30 @@ def test_alimama_inpainting_without_a_mask_is_a_validation_error(executor, fuzz_
         wf["6"]["inputs"]["mask"] = v
         r = _check(_run(executor, wf), ("alimama mask", v))
         assert r.status in ("refused", "error")
+
+
+def test_loom_validate_over_the_mutations(fuzz_models, tmp_path, capsys):
+    """The same mutations as files through `loom validate --json` (in process): exit 0 or 2 and a JSON answer,
+    never a traceback."""
+    import copy
+
+    import cli
+
+    paths = []
+    for name, wf, nid, inputs in _graphs():
+        rng = random.Random(name)
+        for inp_name, inp in inputs.items():
+            for i, v in enumerate(_values(inp, rng)):
+                bad = copy.deepcopy(wf)
+                bad[nid]["inputs"][inp_name] = v
+                p = tmp_path / f"{name}-{inp_name}-{i}.json"
+                p.write_text(json.dumps(bad))
+                paths.append(p)
+    codes = {}
+    for p in paths:
+        code = cli.main(["validate", "--json", "--models", str(fuzz_models), str(p)])
+        out, err = capsys.readouterr()
+        assert code in (0, 2) and "Traceback" not in out + err, (p.name, code, (out + err)[-2000:])
+        json.loads(out)
+        codes[code] = codes.get(code, 0) + 1
+    assert codes.get(0) and codes.get(2)
