@@ -44,7 +44,7 @@ def encode_text(clip_ref, text, warn=None) -> list:
 
     layer = int(clip_ref.option("clip_skip", -1))
     with clip_ref.store.using(clip_ref) as (tenc,):
-        feats, pooled_out = [], None
+        feats, pooled_out, empties = [], None, []
         for i, (te, tok) in enumerate(zip(tenc.encoders, tenc.tokenizers)):
             t = text[i] if isinstance(text, (list, tuple)) else text
             windows = tokenize_weighted(tok, t, resolver(clip_ref, i, te, warn) if "embedding:" in t else None)
@@ -58,9 +58,19 @@ def encode_text(clip_ref, text, warn=None) -> list:
                     empty = torch.tensor([[t for t, _ in tokenize_weighted(tok, "")[0]]], device=dev)
                     ze = _hidden(te, empty, layer, tenc.arch, i)[0].float().cpu()
                     z = (z - ze) * weights.unsqueeze(-1) + ze
-            feats.append(z.reshape(1, -1, z.shape[-1]))
+            feats.append(z)  # (windows, 77, width)
+            empties.append((te, tok, dev))
             if pooled is not None and (tenc.arch != "sdxl" or i == len(tenc.encoders) - 1):
                 pooled_out = pooled[:1].float().cpu()
+        n = max(f.shape[0] for f in feats)
+        for i, f in enumerate(feats):  # CLIPTextEncodeSDXL: a shorter text_l/text_g gets empty-prompt windows
+            if f.shape[0] < n:
+                te, tok, dev = empties[i]
+                empty = torch.tensor([[t for t, _ in tokenize_weighted(tok, "")[0]]], device=dev)
+                with torch.no_grad():
+                    ze = _hidden(te, empty, layer, tenc.arch, i)[0].float().cpu()
+                feats[i] = torch.cat([f, ze.expand(n - f.shape[0], -1, -1)])
+        feats = [f.reshape(1, -1, f.shape[-1]) for f in feats]
         cond = torch.cat(feats, -1) if len(feats) > 1 else feats[0]
     return [[cond.contiguous(), {"pooled_output": pooled_out}]]
 

@@ -56,6 +56,25 @@ def test_clip_text_encode_sdxl_routes_texts_and_sizes(xl_env):
     assert a[1]["height"] == 768 and a[1]["crop_h"] == 16 and a[1]["target_width"] == 1024
 
 
+def test_clip_text_encode_sdxl_long_text_l_short_text_g(xl_env):
+    """Different window counts (a 100-token text_l, a short text_g): the shorter side is padded with the empty
+    prompt's window, as ComfyUI's SDXL encode does (it used to fail on the concatenation)."""
+    from nodes import default_registry
+
+    reg = default_registry()
+    _, clip, _ = reg.get("CheckpointLoaderSimple")().run(_Ctx(xl_env), "xl.safetensors")
+    enc = reg.get("CLIPTextEncodeSDXL")()
+    kw = dict(width=512, height=512, crop_w=0, crop_h=0, target_width=512, target_height=512)
+    long = " ".join(["red circle"] * 50)
+    cond = enc.run(_Ctx(xl_env), clip, text_g="a red circle", text_l=long, **kw)[0][0][0]
+    short = enc.run(_Ctx(xl_env), clip, text_g="a red circle", text_l="a red circle", **kw)[0][0][0]
+    empty_g = enc.run(_Ctx(xl_env), clip, text_g="", text_l="a red circle", **kw)[0][0][0]
+    L = 64
+    assert cond.shape[1] == 2 * 77 and short.shape[1] == 77
+    assert torch.equal(cond[:, :77, L:], short[:, :, L:])  # CLIP-G's first window: its own text
+    assert torch.equal(cond[:, 77:, L:], empty_g[:, :, L:])  # its second window: the empty prompt's
+
+
 def test_sdxl_txt2img_with_sdxl_encoder(xl_env):
     from engine.executor import Executor
     from nodes import default_registry
