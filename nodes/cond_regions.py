@@ -73,17 +73,27 @@ def active(start: float, end: float, t, train_steps: int = 1000) -> bool:
     return percent_to_timestep(end, train_steps) - 1e-4 <= tv <= percent_to_timestep(start, train_steps) + 1e-4
 
 
-def entry_weight(area: tuple | None, strength: float, mask, h: int, w: int, device, dtype):
+def entry_weight(area: tuple | None, strength: float, mask, h: int, w: int, device, dtype, memo: dict | None = None):
     """An entry's weight over its area, as ComfyUI computes it: ``mask`` (B,1,ah,aw, from ``mask_weight``) x
     strength when the entry has a mask (no feathering); else ``strength``, with the area's edges that are not on the
     latent border faded in linearly over 8 latent pixels: a (1,1,ah,aw) tensor, or the float itself for the whole
-    latent."""
-    import torch
-
+    latent. ``memo``: a dict kept across a sampler's steps, so a feathered area weight is built once, not per step
+    (callers never write into the returned tensor)."""
     if mask is not None:
         return mask.to(device, dtype) * float(strength)
     if area is None:
         return float(strength)
+    if memo is None:
+        return _feathered(area, strength, h, w, device, dtype)
+    key = (area, float(strength), h, w, device, dtype)
+    if key not in memo:
+        memo[key] = _feathered(area, strength, h, w, device, dtype)
+    return memo[key]
+
+
+def _feathered(area: tuple, strength: float, h: int, w: int, device, dtype):
+    import torch
+
     ah, aw, ay, ax = area
     m = torch.full((1, 1, ah, aw), float(strength), device=device, dtype=dtype)
     for t in range(min(FEATHER, ah)):

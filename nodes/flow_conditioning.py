@@ -91,6 +91,7 @@ class FlowConds:
     def __init__(self, den, ms, sides: dict, batch: int, hw: tuple, controls: dict | None):
         self.den, self.ms = den, ms
         self.h, self.w = (int(v) for v in hw)
+        self._weights: dict = {}  # feathered area weights, built once (cond_regions.entry_weight's memo)
         pdim = den.config.get("pooled_projection_dim")
         self.entries: list[FlowEntry] = []
         for side, conds in sides.items():
@@ -139,7 +140,7 @@ class FlowConds:
                 return {e.side: p for e, p in zip(es, preds)}
             for e, pred in zip(es, preds):
                 acc.add(e.side, pred, e.area, entry_weight(e.area, e.strength, e.mask, self.h, self.w, x.device,
-                                                           x.dtype))
+                                                           x.dtype, self._weights))
         out = {}
         for side in self.sides:
             got = acc.get(side)

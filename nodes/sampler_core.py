@@ -62,6 +62,7 @@ class Denoiser:
         self.in_ch = unet.config.in_channels
         h, w = latent_hw
         self.h, self.w = h, w
+        self._weights: dict = {}  # feathered area weights, built once (cond_regions.entry_weight's memo)
         self.ms = model_sampling  # ComfyUI's timestep ranges are percents of the model's sigma schedule
         self.uncovered: dict = {}  # side -> pixels no active entry covered at the last outputs() (see denoised)
         groups = [1] if negative is None or (self.cfg == 1.0 and not need_uncond) else [0, 1]
@@ -217,7 +218,8 @@ class Denoiser:
                 continue
             for j, pred in zip(jobs, self._call(x_in, t, jobs)):
                 acc.add(j.which, pred, j.area,
-                        entry_weight(j.area, j.strength, j.mask, self.h, self.w, x_in.device, x_in.dtype))
+                        entry_weight(j.area, j.strength, j.mask, self.h, self.w, x_in.device, x_in.dtype,
+                                     self._weights))
         self.uncovered = {w: acc.uncovered(w) for w in (0, 1)}
         cond = acc.get(1)
         if cond is None:  # no positive entry active at this step (its x0 is zeroed by ``denoised``)
