@@ -7,31 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from nodes import default_registry
+from .encoders import flux_clip as _flux_clip
+from .encoders import run_node as _node
+from .encoders import sd3_clip as _sd3_clip
 
-REG = default_registry()
 WORDS = ["red", "blue", "green", "circle", "cat", "dog", "house", "tree"]  # one CLIP token each
-
-
-class _Ctx:
-    def __init__(self, env):
-        self.env = env
-        self.warnings = []
-
-    def warn(self, message):
-        self.warnings.append(message)
-
-
-def _node(name, env, *args, **kw):
-    return REG.get(name)().run(_Ctx(env), *args, **kw)
-
-
-def _sd3_clip(env):
-    return _node("TripleCLIPLoader", env, "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors")[0]
-
-
-def _flux_clip(env):
-    return _node("DualCLIPLoader", env, "clip_l.safetensors", "t5xxl_fp16.safetensors", "flux")[0]
 
 
 def _words(n: int, start: int = 0) -> list[str]:

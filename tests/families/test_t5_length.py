@@ -7,30 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes import default_registry
-
-REG = default_registry()
-
-
-class _Ctx:
-    def __init__(self, env):
-        self.env = env
-        self.warnings = []
-
-    def warn(self, message):
-        self.warnings.append(message)
-
-
-def _node(name, env, *args, **kw):
-    return REG.get(name)().run(_Ctx(env), *args, **kw)
-
-
-def _sd3_clip(env):
-    return _node("TripleCLIPLoader", env, "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors")[0]
-
-
-def _flux_clip(env):
-    return _node("DualCLIPLoader", env, "clip_l.safetensors", "t5xxl_fp16.safetensors", "flux")[0]
+from .encoders import flux_clip as _flux_clip
+from .encoders import run_node as _node
+from .encoders import sd3_clip as _sd3_clip
 
 
 def _t5(clip):

@@ -57,6 +57,19 @@ def _fails(ex, wf, node_id, class_type, *says):
     return msg
 
 
+def _fails_then_good(ex, wf, node_id, class_type, name, says, good):
+    """``wf(name)`` fails at ``node_id`` naming the file (and ``says``); then ``wf(good)`` succeeds on the same
+    executor (nothing cached in a broken state)."""
+    _fails(ex, wf(name), node_id, class_type, name, *says)
+    assert ex.run(wf(good)).status == "success"
+
+
+def _once(folder, good, make, arg=None):
+    """Write the kind's bad files (and ``good``) with ``make`` the first time a test of that kind runs."""
+    if not (folder / good).exists():
+        make(folder if arg is None else arg)
+
+
 # ------------------------------------------------------------------------------------------------ style models
 def _style_sd(w=16, ctx=64, tokens=2, layers=1):
     g = torch.Generator().manual_seed(0)
@@ -102,11 +115,8 @@ def _bad_styles(d):
     ("pickled-style.pt", ("pickle",)),
 ])
 def test_broken_style_models(ex, root, name, says):
-    d = root / "style_models"
-    if not (d / "good-style.safetensors").exists():
-        _bad_styles(d)
-    _fails(ex, _style_wf(name), "1", "StyleModelLoader", name, *says)
-    assert ex.run(_style_wf("good-style.safetensors")).status == "success"
+    _once(root / "style_models", "good-style.safetensors", _bad_styles)
+    _fails_then_good(ex, _style_wf, "1", "StyleModelLoader", name, says, "good-style.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------ hypernetworks
@@ -149,11 +159,8 @@ def _bad_hns(d):
     ("rank3-hn.safetensors", ("linear.0.weight",)), ("pickled-hn.pt", ("pickle",)),
 ])
 def test_broken_hypernetworks(ex, root, name, says):
-    d = root / "hypernetworks"
-    if not (d / "good-hn.safetensors").exists():
-        _bad_hns(d)
-    _fails(ex, _hn_wf(name), "2", "HypernetworkLoader", name, *says)
-    assert ex.run(_hn_wf("good-hn.safetensors")).status == "success"
+    _once(root / "hypernetworks", "good-hn.safetensors", _bad_hns)
+    _fails_then_good(ex, _hn_wf, "2", "HypernetworkLoader", name, says, "good-hn.safetensors")
 
 
 # ------------------------------------------------------------------------------ T2I-Adapter / FLUX ControlNet files
@@ -198,22 +205,16 @@ def _adapter_sample_wf(name):
     ("seven-adapter.safetensors", ("7",)),
 ])
 def test_broken_t2i_adapters(ex, root, name, says):
-    d = root / "controlnet"
-    if not (d / "good-adapter.safetensors").exists():
-        _bad_controls(d)
-    _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
-    assert ex.run(_cn_wf("good-adapter.safetensors")).status == "success"
+    _once(root / "controlnet", "good-adapter.safetensors", _bad_controls)
+    _fails_then_good(ex, _cn_wf, "1", "ControlNetLoader", name, says, "good-adapter.safetensors")
 
 
 @pytest.mark.parametrize("name, says", [
     ("int-adapter.safetensors", ("conv_in.weight", "int32")), ("missing-adapter.safetensors", ("conv_in.bias",)),
 ])
 def test_broken_t2i_adapters_fail_where_they_are_built(ex, root, name, says):
-    d = root / "controlnet"
-    if not (d / "good-adapter.safetensors").exists():
-        _bad_controls(d)
-    _fails(ex, _adapter_sample_wf(name), "7", "KSampler", name, *says)
-    assert ex.run(_adapter_sample_wf("good-adapter.safetensors")).status == "success"
+    _once(root / "controlnet", "good-adapter.safetensors", _bad_controls)
+    _fails_then_good(ex, _adapter_sample_wf, "7", "KSampler", name, says, "good-adapter.safetensors")
 
 
 # --------------------------------------------------------------------------------- LoRA / LoHa / LoKr on FLUX.1
@@ -263,11 +264,8 @@ def _bad_loras(d):
     ("pickled-lora.pt", ("pickle",)), ("dora-lora.safetensors", ("DoRA", "(7,)")),
 ])
 def test_broken_family_loras(ex, root, name, says):
-    d = root / "loras"
-    if not (d / "good-lora.safetensors").exists():
-        _bad_loras(d)
-    _fails(ex, _lora_wf(name), "2", "LoraLoaderModelOnly", name, *says)
-    assert ex.run(_lora_wf("good-lora.safetensors")).status == "success"
+    _once(root / "loras", "good-lora.safetensors", _bad_loras)
+    _fails_then_good(ex, _lora_wf, "2", "LoraLoaderModelOnly", name, says, "good-lora.safetensors")
 
 
 # ------------------------------------------------------------------------------- Qwen2.5-VL text encoder (Qwen-Image)
@@ -309,10 +307,9 @@ def _bad_text_encoders(root):
     ("badtok-qwen.safetensors", "CLIPTextEncode", ("tokenizer", "badtok-qwen_tokenizer")),
 ])
 def test_broken_qwen_text_encoders(ex, root, name, node, says):
-    if not (root / "text_encoders" / "good-qwen.safetensors").exists():
-        _bad_text_encoders(root)
-    _fails(ex, _te_wf(name), {"CLIPLoader": "1", "CLIPTextEncode": "2"}[node], node, name, *says)
-    assert ex.run(_te_wf("good-qwen.safetensors")).status == "success"
+    _once(root / "text_encoders", "good-qwen.safetensors", _bad_text_encoders, root)
+    _fails_then_good(ex, _te_wf, {"CLIPLoader": "1", "CLIPTextEncode": "2"}[node], node, name, says,
+                     "good-qwen.safetensors")
 
 
 def test_a_qwen_text_encoder_without_its_tokenizer(tmp_path):
@@ -358,8 +355,7 @@ def test_scaled_fp8_text_encoders(ex, root, name, scale, says):
     """A scale_weight that is not one finite number is refused, naming it (a (4096, 1, 1) scale used to broadcast the
     weight into a 4096x larger tensor)."""
     d = root / "text_encoders"
-    if not (d / "good-qwen.safetensors").exists():
-        _bad_text_encoders(root)
+    _once(d, "good-qwen.safetensors", _bad_text_encoders, root)
     good = tf.qwen25vl_file(tf.tiny_qwen25vl())
     tf.save(_scaled(good, TEXT_KEY, scale), d / name)
     if says is None:
@@ -391,11 +387,8 @@ def _bad_flux_controlnets(d):
 def test_broken_flux_controlnets(ex, root, name, says):
     """A header missing what the diffusers layout always has used to raise KeyError / ValueError /
     ZeroDivisionError from the plan, naming no file."""
-    d = root / "controlnet"
-    if not (d / "good-fluxcn.safetensors").exists():
-        _bad_flux_controlnets(d)
-    _fails(ex, _cn_wf(name), "1", "ControlNetLoader", name, *says)
-    assert ex.run(_cn_wf("good-fluxcn.safetensors")).status == "success"
+    _once(root / "controlnet", "good-fluxcn.safetensors", _bad_flux_controlnets)
+    _fails_then_good(ex, _cn_wf, "1", "ControlNetLoader", name, says, "good-fluxcn.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------ embeddings
@@ -445,8 +438,7 @@ def test_broken_union_controlnets(ex, root, tiny_sd1, name, change, says):
 def test_a_lora_header_declaring_rank_a_million_is_refused_from_the_header(ex, root):
     """lora_up declared (192, 10^6) float32 over 8 bytes of data: refused by the header check, nothing allocated."""
     d = root / "loras"
-    if not (d / "good-lora.safetensors").exists():
-        _bad_loras(d)
+    _once(d, "good-lora.safetensors", _bad_loras)
     _raw(d / "absurd-rank-lora.safetensors", {
         f"{QKV}.lora_up.weight": {"dtype": "F32", "shape": [192, 10**6], "data_offsets": [0, 4]},
         f"{QKV}.lora_down.weight": {"dtype": "F32", "shape": [10**6, 64], "data_offsets": [4, 8]}}, b"\0" * 8)
@@ -462,8 +454,7 @@ def test_a_style_model_narrower_than_the_clip_vision_output(ex, root):
     (root / "clip_vision").mkdir(exist_ok=True)
     (root / "clip_vision" / CLIP.name).write_bytes(CLIP.read_bytes())
     d = root / "style_models"
-    if not (d / "good-style.safetensors").exists():
-        _bad_styles(d)
+    _once(d, "good-style.safetensors", _bad_styles)
 
     def wf(style):
         return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
@@ -608,8 +599,7 @@ def test_hypernetwork_metadata_that_is_not_json(ex, root):
     from modelstore.hypernetwork import load
 
     d = root / "hypernetworks"
-    if not (d / "good-hn.safetensors").exists():
-        _bad_hns(d)
+    _once(d, "good-hn.safetensors", _bad_hns)
     save_file(_hn_sd(), str(d / "meta-hn.safetensors"),
               metadata={"layer_structure": "[1, 2,", "activation_func": "relu", "activate_output": "false"})
     assert ex.run(_hn_wf("meta-hn.safetensors")).status == "success"
