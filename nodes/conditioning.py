@@ -44,7 +44,17 @@ def encode_text(clip_ref, text, warn=None) -> list:
 
     layer = int(clip_ref.option("clip_skip", -1))
     with clip_ref.store.using(clip_ref) as (tenc,):
-        feats, pooled_out, empties = [], None, []
+        feats, pooled_out, empties, empty_z = [], None, [], {}
+
+        def empty_hidden(i, te, tok, dev):
+            """Encoder ``i``'s features of the empty prompt's window (1, 77, width), encoded once per call: the
+            reference of weights and the padding of a shorter text_l/text_g."""
+            if i not in empty_z:
+                empty = torch.tensor([[t for t, _ in tokenize_weighted(tok, "")[0]]], device=dev)
+                with torch.no_grad():
+                    empty_z[i] = _hidden(te, empty, layer, tenc.arch, i)[0].float().cpu()
+            return empty_z[i]
+
         for i, (te, tok) in enumerate(zip(tenc.encoders, tenc.tokenizers)):
             t = text[i] if isinstance(text, (list, tuple)) else text
             windows = tokenize_weighted(tok, t, resolver(clip_ref, i, te, warn) if "embedding:" in t else None)
@@ -55,8 +65,7 @@ def encode_text(clip_ref, text, warn=None) -> list:
                 z, pooled = _hidden(te, ids, layer, tenc.arch, i)
                 z = z.float().cpu()
                 if (weights != 1.0).any():
-                    empty = torch.tensor([[t for t, _ in tokenize_weighted(tok, "")[0]]], device=dev)
-                    ze = _hidden(te, empty, layer, tenc.arch, i)[0].float().cpu()
+                    ze = empty_hidden(i, te, tok, dev)
                     z = (z - ze) * weights.unsqueeze(-1) + ze
             feats.append(z)  # (windows, 77, width)
             empties.append((te, tok, dev))
@@ -65,11 +74,7 @@ def encode_text(clip_ref, text, warn=None) -> list:
         n = max(f.shape[0] for f in feats)
         for i, f in enumerate(feats):  # CLIPTextEncodeSDXL: a shorter text_l/text_g gets empty-prompt windows
             if f.shape[0] < n:
-                te, tok, dev = empties[i]
-                empty = torch.tensor([[t for t, _ in tokenize_weighted(tok, "")[0]]], device=dev)
-                with torch.no_grad():
-                    ze = _hidden(te, empty, layer, tenc.arch, i)[0].float().cpu()
-                feats[i] = torch.cat([f, ze.expand(n - f.shape[0], -1, -1)])
+                feats[i] = torch.cat([f, empty_hidden(i, *empties[i]).expand(n - f.shape[0], -1, -1)])
         feats = [f.reshape(1, -1, f.shape[-1]) for f in feats]
         cond = torch.cat(feats, -1) if len(feats) > 1 else feats[0]
     return [[cond.contiguous(), {"pooled_output": pooled_out}]]

@@ -69,9 +69,10 @@ def _plain(te, text):
     return None
 
 
-def _weighted(te, pairs: list, empty: list, features):
+def _weighted(te, pairs: list, empty: list, features, memo: dict | None = None):
     """Token features (1, L, D) of the (id, weight) ``pairs`` by ``features(ids)`` (``embedding:`` vectors injected),
-    reweighted against ``features`` of the ``empty`` ids where a weight is not 1 (nodes/prompt_weights.py)."""
+    reweighted against ``features`` of the ``empty`` ids where a weight is not 1 (nodes/prompt_weights.py).
+    ``memo``: shared by calls with the same ``empty`` ids (a long prompt's windows), so it is encoded once."""
     from .embeddings import inject
     from .prompt_weights import reweight
 
@@ -83,8 +84,12 @@ def _weighted(te, pairs: list, empty: list, features):
     z = z.float().cpu()
     weights = torch.tensor([w for _, w in pairs])
     if (weights != 1.0).any():
-        ze = features(torch.tensor([empty], device=dev))
-        ze = (ze[0] if isinstance(ze, tuple) else ze).float().cpu()
+        ze = memo.get("empty") if memo is not None else None
+        if ze is None:
+            ze = features(torch.tensor([empty], device=dev))
+            ze = (ze[0] if isinstance(ze, tuple) else ze).float().cpu()
+            if memo is not None:
+                memo["empty"] = ze
         z = reweight(z, ze, weights)
     return (z,) + tuple(out[1:]) if isinstance(out, tuple) else z
 
@@ -111,7 +116,8 @@ def _clip_run(te, text: str, windows: list, features, n: int = 1):
         return tuple(o.float().cpu() for o in out)
     empty = tokenize_weighted(te.tokenizer, "")[0]
     windows = windows + [empty] * (n - len(windows))
-    outs = [_weighted(te, w, [t for t, _ in empty], features) for w in windows]
+    empty_ids, memo = [t for t, _ in empty], {}  # the empty window is encoded once for all windows
+    outs = [_weighted(te, w, empty_ids, features, memo) for w in windows]
     return (torch.cat([o[0] for o in outs], 1),) + tuple(o.float().cpu() for o in outs[0][1:])
 
 
