@@ -38,6 +38,16 @@ def key_indices(shapes, prefix: str) -> list[int]:
     return sorted(out)
 
 
+def freeze_config(cfg: dict) -> tuple:
+    """A diffusers config dict as sorted (name, value) pairs, lists made tuples: hashable, for frozen plans."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()))
+
+
+def thaw_config(pairs: tuple) -> dict:
+    """The config dict back from ``freeze_config``'s pairs (tuples made lists again), as model kwargs."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in pairs}
+
+
 def detect_arch(shapes) -> str:
     """'sd1' | 'sd2' | 'sdxl' from the keys: the text encoder layout first, then UNet hints."""
     if any(k.startswith(SDXL_CLIP_G_PREFIX) for k in shapes) or UNET_PREFIX + "label_emb.0.0.weight" in shapes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from .arch import UNET_PREFIX, key_indices, infer_unet_config
+from .arch import UNET_PREFIX, freeze_config, infer_unet_config, key_indices, thaw_config
 from .flux_controlnet import build_flux_controlnet, is_flux_controlnet, plan_flux_controlnet
 from .t2i_adapter import build_t2i_adapter, is_t2i_adapter, plan_t2i_adapter
 from .tensorfile import CheckpointError
@@ -35,11 +35,7 @@ class ControlNetPlan:
 
     @property
     def kwargs(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config}
-
-
-def _freeze(cfg: dict) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()))
+        return thaw_config(self.config)
 
 
 def _ldm_prefix(shapes) -> str | None:
@@ -96,7 +92,7 @@ def _plan_ldm(shapes, p: str, diff: bool) -> ControlNetPlan:
     cfg = _controlnet_kwargs(ucfg)
     cfg["conditioning_channels"] = shapes[p + "input_hint_block.0.weight"][1]
     cfg["conditioning_embedding_out_channels"] = _hint_channels(shapes, p)
-    return ControlNetPlan("ldm", p, arch, _freeze(cfg), diff)
+    return ControlNetPlan("ldm", p, arch, freeze_config(cfg), diff)
 
 
 def _plan_diffusers(shapes, diff: bool) -> ControlNetPlan:
@@ -132,7 +128,7 @@ def _plan_diffusers(shapes, diff: bool) -> ControlNetPlan:
                    # the attention head count is not in the tensors: 8 is the published models' (and diffusers' default)
                    num_trans_head=8,
                    addition_time_embed_dim=shapes["control_add_embedding.linear_1.weight"][1] // n_types)
-    return ControlNetPlan("diffusers", "", arch, _freeze(cfg), diff)
+    return ControlNetPlan("diffusers", "", arch, freeze_config(cfg), diff)
 
 
 def _controlnet_kwargs(ucfg: dict) -> dict:

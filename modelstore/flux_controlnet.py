@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import key_indices
+from .arch import freeze_config, key_indices, thaw_config
 from .tensorfile import CheckpointError
 
 PROBE = "controlnet_x_embedder.weight"
@@ -40,7 +40,7 @@ class FluxControlNetPlan:
 
     @property
     def kwargs(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config}
+        return thaw_config(self.config)
 
 
 def plan_flux_controlnet(shapes: dict) -> FluxControlNetPlan:
@@ -77,8 +77,7 @@ def plan_flux_controlnet(shapes: dict) -> FluxControlNetPlan:
     if extra not in (0, 4):
         raise CheckpointError(f"FLUX ControlNet: control input has {shapes[PROBE][1]} features, expected {cin} "
                               f"(a latent) or {cin + 4} (a latent and a mask)")
-    return FluxControlNetPlan(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.items())),
-                              extra // 4)
+    return FluxControlNetPlan(freeze_config(cfg), extra // 4)
 
 
 def build_flux_controlnet(plan: FluxControlNetPlan, sd: dict, device=None):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .arch import key_indices
+from .arch import freeze_config, key_indices, thaw_config
 from .tensorfile import CheckpointError
 
 DIFFUSERS_PROBE = "adapter.body.0.resnets.0.block1.weight"
@@ -49,7 +49,7 @@ class T2IAdapterPlan:
 
     @property
     def kwargs(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config}
+        return thaw_config(self.config)
 
 
 def is_t2i_adapter(shapes) -> bool:
@@ -150,8 +150,7 @@ def _plan(s: dict, layout: str, nrb: int) -> T2IAdapterPlan:
                               "(pixel unshuffle)")
     cfg = {"in_channels": cin // (down * down), "channels": list(chans), "num_res_blocks": n_res,
            "downscale_factor": down, "adapter_type": kind}
-    return T2IAdapterPlan(layout, arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                                     for k, v in cfg.items())), nrb)
+    return T2IAdapterPlan(layout, arch, freeze_config(cfg), nrb)
 
 
 def convert_t2i_adapter(sd: dict, plan: T2IAdapterPlan) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from engine.node import Combo, Float, Int, Node, Output, Socket, String
 
-from .loaders import model_list
+from .loaders import file_fingerprint, model_list
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,7 @@ class CLIPVisionLoader(Node):
 
     @classmethod
     def fingerprint(cls, env, clip_name=None, **_):
-        try:
-            st = env.folders.resolve("clip_vision", clip_name).stat()
-            return (st.st_size, st.st_mtime_ns)
-        except Exception:
-            return None
+        return file_fingerprint(env, "clip_vision", clip_name)
 
     def run(self, ctx, clip_name):
         from modelstore.clip_vision import ClipVisionError

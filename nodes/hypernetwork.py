@@ -14,7 +14,7 @@ import threading
 
 from engine.node import Combo, Float, Node, Output, Socket
 
-from .loaders import model_list
+from .loaders import file_fingerprint, model_list
 
 _LOCAL = threading.local()
 
@@ -103,11 +103,7 @@ class HypernetworkLoader(Node):
 
     @classmethod
     def fingerprint(cls, env, hypernetwork_name=None, **_):
-        try:
-            st = env.folders.resolve("hypernetworks", hypernetwork_name).stat()
-            return (st.st_size, st.st_mtime_ns)
-        except Exception:
-            return None
+        return file_fingerprint(env, "hypernetworks", hypernetwork_name)
 
     def run(self, ctx, model, hypernetwork_name, strength):
         from modelstore.hypernetwork import HypernetworkError, load

@@ -17,6 +17,16 @@ def model_list(kind: str):
     return options
 
 
+def file_fingerprint(env, kind: str, name) -> tuple | None:
+    """Cache identity of the file ``name`` in the model folder ``kind``: (size in bytes, mtime in ns), or None when
+    it cannot be resolved or read (the node then runs and reports the problem)."""
+    try:
+        st = env.folders.resolve(kind, name).stat()
+        return (st.st_size, st.st_mtime_ns)
+    except Exception:
+        return None
+
+
 class CheckpointLoaderSimple(Node):
     """Loads a diffusion model checkpoint (single-file .safetensors in the original layout, or a diffusers
     folder); diffusion models are used to denoise latents."""

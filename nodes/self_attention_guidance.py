@@ -18,7 +18,6 @@ run (``installed``) and the original processor is back afterwards; it records on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import threading
 

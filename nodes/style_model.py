@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from engine.node import Combo, Float, Node, Output, Socket
 
-from .loaders import model_list
+from .loaders import file_fingerprint, model_list
 
 STRENGTH_TYPES = ["multiply", "attn_bias"]
 
@@ -47,11 +47,7 @@ class StyleModelLoader(Node):
 
     @classmethod
     def fingerprint(cls, env, style_model_name=None, **_):
-        try:
-            st = env.folders.resolve("style_models", style_model_name).stat()
-            return (st.st_size, st.st_mtime_ns)
-        except Exception:
-            return None
+        return file_fingerprint(env, "style_models", style_model_name)
 
     def run(self, ctx, style_model_name):
         from modelstore.style_model import StyleModelError
